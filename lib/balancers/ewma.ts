@@ -1,0 +1,36 @@
+import { performance } from 'node:perf_hooks'
+import { LeastRequestBalancer } from './least-request'
+import type { BalancerTarget } from './types'
+
+/**
+ * Peak-EWMA (Finagle, Linkerd, APISIX `ewma`): power of two choices on
+ * `latency × (in-flight + 1) / weight`. The pool keeps each target's peak-EWMA latency;
+ * here it decays with the time since its last sample, so that a target that was once
+ * slow, and therefore no longer picked, looks cheaper again and gets re-measured.
+ */
+export class EwmaBalancer extends LeastRequestBalancer {
+  private readonly decay: number
+  private readonly initialLatency: number
+
+  constructor (options: { decay?: number, initialLatency?: number } = {}) {
+    super({ choices: 2 })
+    this.decay = options.decay ?? 10_000
+    this.initialLatency = options.initialLatency ?? 1
+  }
+
+  protected override now (): number {
+    return performance.now()
+  }
+
+  protected override score (target: BalancerTarget, now: number): number {
+    let latency = target.latency
+    if (latency === 0) {
+      latency = this.initialLatency
+    } else {
+      const idle = now - target.latencyUpdatedAt
+      if (idle > 0) latency *= Math.exp(-idle / this.decay)
+    }
+    // a small floor keeps in-flight counts meaningful between very fast targets
+    return ((latency + 0.01) * (target.inflight + 1)) / target.weight
+  }
+}

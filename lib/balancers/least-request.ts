@@ -1,0 +1,54 @@
+import { AliasTable } from './alias-table'
+import type { Balancer, BalancerTarget } from './types'
+
+/**
+ * Weighted power of two choices on in-flight requests (Envoy LEAST_REQUEST): draw
+ * `choices` distinct targets, each by weight, and keep the one with the fewest in-flight
+ * requests per unit of weight. Choosing among a few random targets, not all, keeps a
+ * burst from piling onto the single least-loaded target.
+ */
+export class LeastRequestBalancer implements Balancer {
+  private targets: readonly BalancerTarget[] = []
+  private readonly table = new AliasTable()
+  private readonly choices: number
+
+  constructor (options: { choices?: number } = {}) {
+    this.choices = options.choices ?? 2
+  }
+
+  update (targets: readonly BalancerTarget[]): void {
+    this.targets = targets
+    this.table.build(targets)
+  }
+
+  /** the load score; lower is better (exposed for the EWMA balancer) */
+  protected score (target: BalancerTarget, _now: number): number {
+    return (target.inflight + 1) / target.weight
+  }
+
+  protected now (): number {
+    return 0
+  }
+
+  pick (): BalancerTarget | undefined {
+    const targets = this.targets
+    const n = targets.length
+    if (n <= 1) return n === 1 ? targets[0] : undefined
+    const now = this.now()
+    const draws = this.choices < n ? this.choices : n
+    let best = this.table.sample()
+    let bestScore = this.score(targets[best], now)
+    for (let d = 1; d < draws; d++) {
+      // each draw differs from the current best: redraw once, then take the neighbour
+      let next = this.table.sample()
+      if (next === best) next = this.table.sample()
+      if (next === best) next = best + 1 === n ? 0 : best + 1
+      const score = this.score(targets[next], now)
+      if (score < bestScore) {
+        best = next
+        bestScore = score
+      }
+    }
+    return targets[best]
+  }
+}

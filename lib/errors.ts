@@ -1,0 +1,22 @@
+import createError from '@fastify/error'
+
+// Every error the plugin raises has a stable code; the HTTP status is part of the contract.
+
+/** Thrown at register (and by runtime calls) when options are invalid; the message names the field. */
+export const InvalidOptionError = createError('FST_UPSTREAM_INVALID_OPTION', 'Invalid fastify-upstream option: %s', 500, TypeError)
+/** `reply.forward` named a pool that does not exist. */
+export const UnknownPoolError = createError('FST_UPSTREAM_UNKNOWN_POOL', 'Unknown upstream pool "%s"', 500)
+/** A runtime call named a target URL that is not in the pool. */
+export const UnknownTargetError = createError('FST_UPSTREAM_UNKNOWN_TARGET', 'Pool "%s" has no target %s', 500)
+/** A pool or target was added twice. */
+export const DuplicateError = createError('FST_UPSTREAM_DUPLICATE', '%s already exists', 500)
+/** No target of the pool can take the request right now. */
+export const NoTargetError = createError('FST_UPSTREAM_NO_TARGET', 'No available target in upstream pool "%s"', 503)
+/** The connection to the target could not be made (refused, unreachable, TLS failure). */
+export const ConnectError = createError('FST_UPSTREAM_CONNECT_FAILED', 'Could not connect to the upstream target: %s', 502)
+/** The target did not connect or answer in time. */
+export const TimeoutError = createError('FST_UPSTREAM_TIMEOUT', 'The upstream target timed out: %s', 504)
+/** The target broke the exchange (reset, malformed response). */
+export const BadGatewayError = createError('FST_UPSTREAM_BAD_GATEWAY', 'The upstream target failed: %s', 502)
+/** The request path would leave the mount's upstream prefix. */
+export const BadPathError = createError('FST_UPSTREAM_BAD_PATH', 'The request path is not allowed', 400)

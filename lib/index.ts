@@ -1,0 +1,63 @@
+import fp from 'fastify-plugin'
+import replyFrom from '@fastify/reply-from'
+import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
+import { UpstreamDispatcher } from './dispatcher'
+import { InvalidOptionError } from './errors'
+import { Forwarder, kPool, kPrepared, kStart, kTarget, type ForwardOptions } from './forward'
+import { normalizeOptions, type PluginOptions } from './options'
+import { UpstreamRegistry } from './registry'
+import { mountRoute } from './routes'
+
+export type { ForwardOptions } from './forward'
+export type { PluginOptions as FastifyUpstreamOptions, PoolOptions, RouteOptions, TargetOptions, BalancerOptions, TimeoutOptions, HashKeyOption } from './options'
+export type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from './balancers/types'
+export type { TargetView, TargetState, TargetStatus } from './target'
+export type { UpstreamPool, PoolStatus, RemoveTargetOptions } from './pool'
+export type { UpstreamRegistry, RegistryStatus } from './registry'
+export type { SelectEvent, ProxyErrorEvent } from './events'
+export * as errors from './errors'
+export { RoundRobinBalancer, RandomBalancer, LeastRequestBalancer, EwmaBalancer, ConsistentHashBalancer } from './balancers'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** the upstream pools of fastify-upstream */
+    upstreams: UpstreamRegistry
+  }
+  interface FastifyReply {
+    /** proxies the current request to a target chosen from pool `name` */
+    forward (name: string, options?: ForwardOptions): FastifyReply
+  }
+}
+
+const plugin: FastifyPluginCallback<PluginOptions> = function fastifyUpstream (fastify: FastifyInstance, options, done) {
+  const config = normalizeOptions(options)
+  if (fastify.hasReplyDecorator('from')) {
+    throw new InvalidOptionError('@fastify/reply-from is already registered: fastify-upstream registers it with its own dispatcher')
+  }
+
+  const dispatcher = new UpstreamDispatcher()
+  const registry = new UpstreamRegistry(dispatcher)
+  for (const [name, pool] of config.pools) registry.add(name, pool)
+  const forwarder = new Forwarder(registry, config)
+
+  fastify.register(replyFrom, { undici: dispatcher as never, disableRequestLogging: true })
+  fastify.decorate('upstreams', registry)
+  fastify.decorateRequest(kTarget, null)
+  fastify.decorateRequest(kPool, null)
+  fastify.decorateRequest(kStart, 0)
+  fastify.decorateRequest(kPrepared, null)
+  fastify.decorateReply('forward', function forward (this, name: string, options?: ForwardOptions) {
+    return forwarder.forward(this, name, options?.url, options === undefined ? forwarder.defaults : forwarder.prepare(options))
+  })
+  config.routes.forEach((route, i) => mountRoute(fastify, route, forwarder, i))
+  fastify.addHook('onClose', () => registry.close())
+  done()
+}
+
+const fastifyUpstream = fp(plugin, { fastify: '5.x', name: 'fastify-upstream' })
+
+export { fastifyUpstream }
+export default fastifyUpstream
+
+// CommonJS: `require('fastify-upstream')` is the plugin itself, with the named exports on it
+module.exports = Object.assign(fastifyUpstream, exports, { default: fastifyUpstream, fastifyUpstream })

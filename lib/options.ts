@@ -1,0 +1,302 @@
+import { Type, FormatRegistry, Kind, type Static, type TSchema } from '@sinclair/typebox'
+import { Value, ValueErrorType, type ValueError } from '@sinclair/typebox/value'
+import { InvalidOptionError } from './errors'
+import type { Balancer, BalancerFactory, SelectRequest } from './balancers/types'
+
+// Options are TypeBox schemas: the TypeScript types below are derived from them, and the
+// same schemas validate at register. `errorMessage` on a schema node replaces TypeBox's
+// generic message for that node, so every error reads "path: what was wrong".
+
+const URL_FORMAT = 'fastify-upstream-http-url'
+FormatRegistry.Set(URL_FORMAT, isHttpUrl)
+
+export function isHttpUrl (value: string): boolean {
+  if (!/^https?:\/\//i.test(value)) return false
+  try {
+    const url = new URL(value)
+    return url.hostname !== '' && url.username === '' && url.password === '' && url.search === '' && url.hash === ''
+  } catch {
+    return false
+  }
+}
+
+const Fn = Type.Function([Type.Any()], Type.Any())
+const Weight = Type.Integer({ minimum: 1, maximum: 1000, errorMessage: 'must be an integer from 1 to 1000' })
+const Url = Type.String({ format: URL_FORMAT, errorMessage: 'must be an http(s) URL with no credentials, query or fragment' })
+
+export const TargetSchema = Type.Union([
+  Url,
+  Type.Object({
+    url: Url,
+    weight: Type.Optional(Weight),
+    backup: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' }))
+  }, { additionalProperties: false })
+], { errorMessage: 'must be an http(s) URL string or an object { url, weight, backup }' })
+
+const HashKey = Type.Union([
+  Type.Literal('ip'),
+  Type.Literal('url'),
+  Type.String({ pattern: '^(header|cookie|query):[^\\s]+$' }),
+  Type.Function([Type.Any()], Type.Union([Type.String(), Type.Undefined()]))
+], { errorMessage: "must be 'ip', 'url', 'header:NAME', 'cookie:NAME', 'query:NAME' or a function (request) => string" })
+
+const BalancerName = Type.Union([
+  Type.Literal('round-robin'),
+  Type.Literal('random'),
+  Type.Literal('least-request'),
+  Type.Literal('ewma'),
+  Type.Literal('consistent-hash')
+], { errorMessage: "must be one of 'round-robin', 'random', 'least-request', 'ewma', 'consistent-hash', an object { type, ...options } or a custom balancer" })
+
+const BalancerSchema = Type.Union([
+  BalancerName,
+  Type.Object({ type: Type.Literal('round-robin') }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('random') }, { additionalProperties: false }),
+  Type.Object({
+    type: Type.Literal('least-request'),
+    choices: Type.Optional(Type.Integer({ minimum: 2, maximum: 8, errorMessage: 'must be an integer from 2 to 8' }))
+  }, { additionalProperties: false }),
+  Type.Object({
+    type: Type.Literal('ewma'),
+    decay: Type.Optional(Type.Number({ exclusiveMinimum: 0, errorMessage: 'must be a positive number of milliseconds' })),
+    initialLatency: Type.Optional(Type.Number({ minimum: 0, errorMessage: 'must be a number of milliseconds >= 0' }))
+  }, { additionalProperties: false }),
+  Type.Object({
+    type: Type.Literal('consistent-hash'),
+    key: Type.Optional(HashKey),
+    tableSize: Type.Optional(Type.Integer({ minimum: 7, maximum: 1_000_003, errorMessage: 'must be a prime from 7 to 1000003' }))
+  }, { additionalProperties: false }),
+  // a custom balancer: an object implementing the interface, or a factory returning one
+  Type.Object({ pick: Fn, update: Fn }, { additionalProperties: true }),
+  Fn
+], { errorMessage: 'must be a balancer name, an object { type, ...options }, an object with pick() and update(), or a factory function' })
+
+const Milliseconds = (errorMessage: string) => Type.Integer({ minimum: 1, maximum: 2_147_483_647, errorMessage })
+
+export const TimeoutSchema = Type.Object({
+  connect: Type.Optional(Milliseconds('must be a positive integer (milliseconds)')),
+  response: Type.Optional(Milliseconds('must be a positive integer (milliseconds)')),
+  idle: Type.Optional(Milliseconds('must be a positive integer (milliseconds)'))
+}, { additionalProperties: false })
+
+export const PoolSchema = Type.Object({
+  targets: Type.Array(TargetSchema, { errorMessage: 'must be an array of targets' }),
+  balancer: Type.Optional(BalancerSchema),
+  timeout: Type.Optional(TimeoutSchema),
+  connections: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, errorMessage: 'must be an integer from 1 to 65535' })),
+  keepAliveTimeout: Type.Optional(Milliseconds('must be a positive integer (milliseconds)')),
+  drainTimeout: Type.Optional(Milliseconds('must be a positive integer (milliseconds)'))
+}, { additionalProperties: false })
+
+const METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'] as const
+const Method = Type.Union(METHODS.map((m) => Type.Literal(m)), { errorMessage: `must be one of ${METHODS.join(', ')}` })
+const Prefix = Type.String({ pattern: '^/', errorMessage: "must be a path starting with '/'" })
+const Unknown = Type.Optional(Type.Unknown())
+
+export const RouteSchema = Type.Object({
+  prefix: Prefix,
+  upstream: Type.String({ minLength: 1, errorMessage: 'must be the name of a pool' }),
+  rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$', errorMessage: "must be '' or a path starting with '/'" })),
+  methods: Type.Optional(Type.Array(Method, { minItems: 1, errorMessage: 'must be a non-empty array of HTTP methods' })),
+  /** per-call options passed to `reply.from` (rewriteRequestHeaders, rewriteHeaders, ...) */
+  replyOptions: Type.Optional(Type.Object({}, { additionalProperties: true, errorMessage: 'must be an object' })),
+  // Fastify route options passed through to `fastify.route()`
+  schema: Unknown,
+  config: Unknown,
+  bodyLimit: Type.Optional(Type.Integer({ minimum: 0, errorMessage: 'must be an integer >= 0' })),
+  logLevel: Unknown,
+  constraints: Unknown,
+  errorHandler: Unknown,
+  attachValidation: Unknown,
+  exposeHeadRoute: Unknown,
+  onRequest: Unknown,
+  preParsing: Unknown,
+  preValidation: Unknown,
+  preHandler: Unknown,
+  preSerialization: Unknown,
+  onSend: Unknown,
+  onResponse: Unknown,
+  onTimeout: Unknown,
+  onError: Unknown,
+  onRequestAbort: Unknown
+}, { additionalProperties: false })
+
+export const OptionsSchema = Type.Object({
+  upstreams: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.:-]+$' }), PoolSchema, {
+    errorMessage: 'must be an object of pools, named with letters, digits, _ . : -'
+  })),
+  routes: Type.Optional(Type.Array(RouteSchema, { errorMessage: 'must be an array of routes' })),
+  onSelect: Type.Optional(Fn),
+  onProxyError: Type.Optional(Fn)
+}, { additionalProperties: false })
+
+// --- derived types -----------------------------------------------------------------
+
+export type TargetOptions = Static<typeof TargetSchema>
+export type TimeoutOptions = Static<typeof TimeoutSchema>
+export type HashKeyOption = 'ip' | 'url' | `header:${string}` | `cookie:${string}` | `query:${string}` | ((request: SelectRequest) => string | undefined)
+export type BalancerOptions =
+  | 'round-robin' | 'random' | 'least-request' | 'ewma' | 'consistent-hash'
+  | { type: 'round-robin' }
+  | { type: 'random' }
+  | { type: 'least-request', choices?: number }
+  | { type: 'ewma', decay?: number, initialLatency?: number }
+  | { type: 'consistent-hash', key?: HashKeyOption, tableSize?: number }
+  | Balancer
+  | BalancerFactory
+export type PoolOptions = Omit<Static<typeof PoolSchema>, 'balancer'> & { balancer?: BalancerOptions }
+export type RouteOptions = Static<typeof RouteSchema>
+
+/** The normalised form of a target after defaults. */
+export interface TargetConfig { url: string, weight: number, backup: boolean }
+
+/** The normalised form of a pool after defaults. */
+export interface PoolConfig {
+  targets: TargetConfig[]
+  balancer: BalancerOptions
+  timeout: Required<TimeoutOptions>
+  connections: number | undefined
+  keepAliveTimeout: number
+  drainTimeout: number
+}
+
+export const DEFAULTS = {
+  weight: 1,
+  balancer: 'round-robin',
+  timeout: { connect: 5000, response: 30000, idle: 60000 },
+  keepAliveTimeout: 4000,
+  drainTimeout: 30000,
+  methods: METHODS
+} as const
+
+// --- validation ----------------------------------------------------------------------
+
+/** Converts a JSON pointer (`/upstreams/users/targets/1/url`) to `upstreams.users.targets[1].url`. */
+function fieldPath (base: string, pointer: string): string {
+  let out = base
+  for (const raw of pointer.split('/').slice(1)) {
+    const part = raw.replace(/~1/g, '/').replace(/~0/g, '~')
+    out += /^\d+$/.test(part) ? `[${part}]` : (out === '' ? part : `.${part}`)
+  }
+  return out
+}
+
+function kindOf (value: unknown): string {
+  if (Array.isArray(value)) return 'array'
+  if (value === null) return 'null'
+  return typeof value
+}
+
+function schemaKind (schema: TSchema): string | undefined {
+  if (schema.const !== undefined) return typeof schema.const
+  if (schema.type === 'integer') return 'number'
+  if (typeof schema.type === 'string') return schema.type
+  if ((schema as unknown as Record<symbol, unknown>)[Kind] === 'Function') return 'function'
+  return undefined
+}
+
+/**
+ * The most precise message for one error. A union error is resolved into the one variant
+ * of the value's own kind when there is exactly one (a string target is checked as a URL,
+ * an object target as `{ url, weight, backup }`), so the message points at the real field.
+ */
+function describe (error: ValueError, base: string): string {
+  if (error.type === ValueErrorType.Union) {
+    const variants = (error.schema.anyOf as TSchema[]).filter((s) => schemaKind(s) === kindOf(error.value))
+    const objectVariants = kindOf(error.value) === 'object' && (error.value as { type?: unknown }).type !== undefined
+      ? variants.filter((s) => s.properties?.type?.const === (error.value as { type?: unknown }).type)
+      : variants
+    const only = objectVariants.length === 1 ? objectVariants[0] : (variants.length === 1 ? variants[0] : undefined)
+    if (only !== undefined && schemaKind(only) !== 'string' && schemaKind(only) !== 'function') {
+      const first = Value.Errors(only, error.value).First()
+      if (first !== undefined) return describe(first, fieldPath(base, error.path))
+    } else if (only !== undefined && schemaKind(only) === 'string' && only.const === undefined) {
+      const first = Value.Errors(only, error.value).First()
+      if (first !== undefined) return `${fieldPath(base, error.path)}: ${first.schema.errorMessage ?? error.schema.errorMessage ?? first.message}`
+    }
+  }
+  const path = fieldPath(base, error.path)
+  if (error.type === ValueErrorType.ObjectAdditionalProperties) return `${path}: unknown option`
+  if (error.type === ValueErrorType.ObjectRequiredProperty) return `${path}: is required`
+  const message = (error.schema.errorMessage as string | undefined) ?? error.message
+  return `${path}: ${message}`
+}
+
+/** Throws FST_UPSTREAM_INVALID_OPTION naming the first invalid field. */
+export function check (schema: TSchema, value: unknown, base: string): void {
+  const first = Value.Errors(schema, value).First()
+  if (first !== undefined) throw new InvalidOptionError(describe(first, base))
+}
+
+function isPrime (n: number): boolean {
+  if (n < 2) return false
+  for (let i = 2; i * i <= n; i++) if (n % i === 0) return false
+  return true
+}
+
+export function normalizeTarget (input: TargetOptions, path: string): TargetConfig {
+  check(TargetSchema, input, path)
+  const target = typeof input === 'string' ? { url: input } : input
+  // drop a trailing slash so that `http://a/` and `http://a` are one target
+  const url = new URL(target.url)
+  const href = url.origin + (url.pathname === '/' ? '' : url.pathname.replace(/\/+$/, ''))
+  return { url: href, weight: target.weight ?? DEFAULTS.weight, backup: target.backup ?? false }
+}
+
+export function normalizePool (input: PoolOptions, path: string): PoolConfig {
+  check(PoolSchema, input, path)
+  const seen = new Set<string>()
+  const targets = input.targets.map((t, i) => {
+    const target = normalizeTarget(t as TargetOptions, `${path}.targets[${i}]`)
+    if (seen.has(target.url)) throw new InvalidOptionError(`${path}.targets[${i}].url: duplicate target ${target.url}`)
+    seen.add(target.url)
+    return target
+  })
+  const balancer = input.balancer ?? DEFAULTS.balancer
+  if (typeof balancer === 'object' && 'type' in balancer && balancer.type === 'consistent-hash' &&
+      balancer.tableSize !== undefined && !isPrime(balancer.tableSize)) {
+    throw new InvalidOptionError(`${path}.balancer.tableSize: must be a prime from 7 to 1000003`)
+  }
+  return {
+    targets,
+    balancer,
+    timeout: { ...DEFAULTS.timeout, ...input.timeout },
+    connections: input.connections,
+    keepAliveTimeout: input.keepAliveTimeout ?? DEFAULTS.keepAliveTimeout,
+    drainTimeout: input.drainTimeout ?? DEFAULTS.drainTimeout
+  }
+}
+
+export interface PluginOptions {
+  /** named pools of targets */
+  upstreams?: Record<string, PoolOptions>
+  /** prefix mounts proxied to a pool */
+  routes?: RouteOptions[]
+  /** called after each selection (also on diagnostics channel `fastify-upstream:select`) */
+  onSelect?: (event: import('./events').SelectEvent) => void
+  /** called when proxying fails (also on diagnostics channel `fastify-upstream:proxy-error`) */
+  onProxyError?: (event: import('./events').ProxyErrorEvent) => void
+}
+
+export interface NormalizedOptions {
+  pools: Map<string, PoolConfig>
+  routes: RouteOptions[]
+  onSelect: PluginOptions['onSelect']
+  onProxyError: PluginOptions['onProxyError']
+}
+
+export function normalizeOptions (input: PluginOptions | undefined): NormalizedOptions {
+  const options = input ?? {}
+  check(OptionsSchema, options, '')
+  const pools = new Map<string, PoolConfig>()
+  for (const [name, pool] of Object.entries(options.upstreams ?? {})) {
+    pools.set(name, normalizePool(pool, `upstreams.${name}`))
+  }
+  const routes = options.routes ?? []
+  routes.forEach((route, i) => {
+    if (!pools.has(route.upstream)) {
+      throw new InvalidOptionError(`routes[${i}].upstream: unknown pool "${route.upstream}"`)
+    }
+  })
+  return { pools, routes, onSelect: options.onSelect, onProxyError: options.onProxyError }
+}

@@ -1,0 +1,158 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions as FastifyRouteOptions } from 'fastify'
+import { BadPathError, InvalidOptionError } from './errors'
+import type { ForwardOptions, Forwarder } from './forward'
+import { kTarget } from './forward'
+import { DEFAULTS, type RouteOptions } from './options'
+import type { Target } from './target'
+
+/**
+ * A `routes` entry mounted like an `@fastify/http-proxy` prefix: `prefix` (with `:params`)
+ * maps to `rewritePrefix` (the same params substituted) on a pool, the query string is
+ * kept, bodies of any type pass through as streams, `Location` headers come back under
+ * the prefix, and paths that would climb out of `rewritePrefix` are refused with 400.
+ */
+
+/** A path template split into literal text and `:param` references. */
+type Template = Array<string | { param: number }>
+
+interface Mount {
+  /** number of path segments the prefix spans */
+  depth: number
+  /** index of each prefix segment that is a `:param`, by name */
+  params: Map<string, number>
+  upstream: Template
+  client: Template
+}
+
+function stripTrailingSlash (path: string): string {
+  return path.replace(/\/+$/, '')
+}
+
+function compile (path: string, params: Map<string, number>, field: string): Template {
+  const template: Template = []
+  for (const part of path.split(/(:[A-Za-z_][A-Za-z0-9_]*)/)) {
+    if (part === '') continue
+    if (part.startsWith(':')) {
+      const index = params.get(part.slice(1))
+      if (index === undefined) throw new InvalidOptionError(`${field}: ${part} is not a parameter of the prefix`)
+      template.push({ param: index })
+    } else {
+      template.push(part)
+    }
+  }
+  return template
+}
+
+function render (template: Template, segments: string[] | undefined): string {
+  let out = ''
+  for (const part of template) out += typeof part === 'string' ? part : (segments as string[])[part.param + 1]
+  return out
+}
+
+/** Index in `path` where the part after the first `depth` segments starts. */
+function restStart (path: string, depth: number): number {
+  let at = 0
+  for (let i = 0; i < depth; i++) {
+    const next = path.indexOf('/', at + 1)
+    if (next === -1) return path.length
+    at = next
+  }
+  return at
+}
+
+const ENCODED_SEPARATOR = /%2f|%5c/i
+const DOT_SEGMENT = /(^|\/)(\.|%2e){1,2}(\/|$)/i
+
+/**
+ * True when a raw path is safe to append below the upstream prefix: no dot segments
+ * (plain or percent-encoded), no encoded slash or backslash, no raw backslash, and
+ * valid percent-encoding throughout.
+ */
+export function isSafeSubPath (path: string): boolean {
+  if (path.includes('\\')) return false
+  if (path.includes('%')) {
+    if (ENCODED_SEPARATOR.test(path)) return false
+    try {
+      decodeURIComponent(path)
+    } catch {
+      return false
+    }
+  }
+  return !DOT_SEGMENT.test(path)
+}
+
+function rewriteLocation (location: string, request: FastifyRequest, mount: Mount, segments: string[] | undefined): string {
+  let path = location
+  if (!location.startsWith('/')) {
+    const target = (request as unknown as { [kTarget]: Target | null })[kTarget]
+    if (target === null || !location.startsWith(target.origin)) return location
+    path = location.slice(target.origin.length)
+    if (!path.startsWith('/')) return location
+  }
+  const upstream = render(mount.upstream, segments)
+  if (!path.startsWith(upstream)) return location
+  const after = path.charCodeAt(upstream.length)
+  // only at a segment boundary: /v1/users must not match /v1/usersX
+  if (upstream !== '' && !Number.isNaN(after) && after !== 47 && after !== 63) return location
+  const rest = path.slice(upstream.length)
+  return (render(mount.client, segments) + rest) || '/'
+}
+
+export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwarder: Forwarder, index: number): void {
+  const {
+    prefix: rawPrefix, upstream: pool, rewritePrefix: rawRewrite, methods, replyOptions, ...routeOptions
+  } = route
+  const prefix = stripTrailingSlash(rawPrefix)
+  const segments = prefix === '' ? [] : prefix.split('/').slice(1)
+  const params = new Map<string, number>()
+  segments.forEach((segment, i) => { if (segment.startsWith(':')) params.set(segment.slice(1), i) })
+  const mount: Mount = {
+    depth: segments.length,
+    params,
+    upstream: compile(stripTrailingSlash(rawRewrite ?? ''), params, `routes[${index}].rewritePrefix`),
+    client: compile(prefix, params, `routes[${index}].prefix`)
+  }
+  const hasParams = params.size > 0
+  const userOptions = (replyOptions ?? {}) as ForwardOptions
+  const userRewriteHeaders = userOptions.rewriteHeaders
+
+  const rewriteHeaders = (headers: Record<string, unknown>, request: FastifyRequest): Record<string, unknown> => {
+    const location = headers.location
+    if (typeof location === 'string') {
+      const raw = request.raw.url as string
+      const split = hasParams ? raw.split('?')[0].split('/') : undefined
+      headers.location = rewriteLocation(location, request, mount, split)
+    }
+    return userRewriteHeaders !== undefined ? (userRewriteHeaders as (h: unknown, r: unknown) => Record<string, unknown>)(headers, request) : headers
+  }
+  const prepared = forwarder.prepare({ ...userOptions, rewriteHeaders } as ForwardOptions)
+
+  function handler (request: FastifyRequest, reply: FastifyReply): FastifyReply {
+    const raw = request.raw.url as string
+    const query = raw.indexOf('?')
+    const path = query === -1 ? raw : raw.slice(0, query)
+    const rest = path.slice(restStart(path, mount.depth))
+    if (!isSafeSubPath(rest)) return reply.send(new BadPathError())
+    const base = render(mount.upstream, hasParams ? path.split('/') : undefined)
+    const upstreamPath = (base + rest) || '/'
+    return forwarder.forward(reply, pool, query === -1 ? upstreamPath : upstreamPath + raw.slice(query), prepared)
+  }
+
+  fastify.register(async function upstreamMount (child) {
+    // stream bodies of any type straight through, unless the route validates the body
+    const schema = routeOptions.schema as { body?: unknown } | undefined
+    if (schema?.body === undefined) {
+      child.removeAllContentTypeParsers()
+      child.addContentTypeParser('*', function passThrough (_request, payload, done) {
+        done(null, payload)
+      })
+    }
+    const base = {
+      ...(routeOptions as Partial<FastifyRouteOptions>),
+      method: [...(methods ?? DEFAULTS.methods)],
+      handler
+    }
+    child.route({ ...base, url: prefix === '' ? '/' : prefix })
+    child.route({ ...base, url: `${prefix}/*` })
+  })
+}

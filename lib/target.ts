@@ -1,0 +1,129 @@
+import type { BalancerTarget } from './balancers/types'
+import type { TargetConfig } from './options'
+
+export type TargetState = 'healthy' | 'unhealthy' | 'ejected' | 'draining' | 'disabled'
+
+/** Peak-EWMA time constant for the latency every target keeps (ms). */
+const LATENCY_DECAY = 10_000
+
+/**
+ * One target of one pool: its configuration, its state and its counters. The state is
+ * derived from independent flags, so that each part (operator, drain, active and passive
+ * checks) sets only its own flag and the most restrictive one wins:
+ * draining > disabled > ejected > unhealthy > healthy.
+ */
+export class Target implements BalancerTarget {
+  readonly url: string
+  /** scheme://host:port, the key of the target's connection pool */
+  readonly origin: string
+  /** path prefix of the target URL ('' for none), prepended to every upstream path */
+  readonly basePath: string
+  readonly backup: boolean
+  configuredWeight: number
+  /** the weight balancers use */
+  weight: number
+
+  disabled = false
+  draining = false
+  unhealthy = false
+  ejected = false
+
+  inflight = 0
+  requests = 0
+  failures = 0
+  latency = 0
+  latencyUpdatedAt = 0
+
+  /** resolves a pending drain when the last in-flight request ends */
+  onIdle: (() => void) | undefined = undefined
+
+  constructor (config: TargetConfig) {
+    const url = new URL(config.url)
+    this.url = config.url
+    this.origin = url.origin
+    this.basePath = url.pathname === '/' ? '' : url.pathname
+    this.backup = config.backup
+    this.configuredWeight = config.weight
+    this.weight = config.weight
+  }
+
+  get state (): TargetState {
+    if (this.draining) return 'draining'
+    if (this.disabled) return 'disabled'
+    if (this.ejected) return 'ejected'
+    if (this.unhealthy) return 'unhealthy'
+    return 'healthy'
+  }
+
+  /** may take new requests */
+  get available (): boolean {
+    return !this.draining && !this.disabled && !this.ejected && !this.unhealthy
+  }
+
+  start (): void {
+    this.inflight++
+    this.requests++
+  }
+
+  finish (): void {
+    this.inflight--
+    if (this.inflight === 0 && this.onIdle !== undefined) this.onIdle()
+  }
+
+  /** Peak-EWMA: a slower sample is taken at once, a faster one blends in with time. */
+  observeLatency (ms: number, now: number): void {
+    if (this.latency === 0 || ms > this.latency) {
+      this.latency = ms
+    } else {
+      const w = Math.exp(-(now - this.latencyUpdatedAt) / LATENCY_DECAY)
+      this.latency = this.latency * w + ms * (1 - w)
+    }
+    this.latencyUpdatedAt = now
+  }
+}
+
+/** The read-only face of a target that the public API hands out. */
+export interface TargetView {
+  readonly url: string
+  readonly weight: number
+  readonly effectiveWeight: number
+  readonly backup: boolean
+  readonly state: TargetState
+  readonly inflight: number
+  readonly requests: number
+  readonly failures: number
+  /** peak-EWMA latency to response headers, ms */
+  readonly latency: number
+}
+
+export type TargetStatus = TargetView
+
+/** A live read-only view over a target (one per target, created once). */
+export function viewOf (target: Target): TargetView {
+  return Object.freeze({
+    get url () { return target.url },
+    get weight () { return target.configuredWeight },
+    get effectiveWeight () { return target.weight },
+    get backup () { return target.backup },
+    get state () { return target.state },
+    get inflight () { return target.inflight },
+    get requests () { return target.requests },
+    get failures () { return target.failures },
+    get latency () { return target.latency },
+    toJSON () { return statusOf(target) }
+  })
+}
+
+export function statusOf (target: Target): TargetStatus {
+  return {
+    url: target.url,
+    weight: target.configuredWeight,
+    effectiveWeight: target.weight,
+    backup: target.backup,
+    state: target.state,
+    inflight: target.inflight,
+    requests: target.requests,
+    failures: target.failures,
+    latency: Math.round(target.latency * 1000) / 1000
+  }
+}
