@@ -30,6 +30,17 @@ declare module 'fastify' {
 }
 
 const plugin: FastifyPluginCallback<PluginOptions> = function fastifyUpstream (fastify: FastifyInstance, options, done) {
+  try {
+    wire(fastify, options)
+  } catch (error) {
+    done(error as Error)
+    return
+  }
+  done()
+}
+
+/** Validates the options and wires the parts into the Fastify instance. */
+function wire (fastify: FastifyInstance, options: PluginOptions): void {
   const config = normalizeOptions(options)
   if (fastify.hasReplyDecorator('from')) {
     throw new InvalidOptionError('@fastify/reply-from is already registered: fastify-upstream registers it with its own dispatcher')
@@ -51,7 +62,6 @@ const plugin: FastifyPluginCallback<PluginOptions> = function fastifyUpstream (f
   })
   config.routes.forEach((route, i) => mountRoute(fastify, route, forwarder, i))
   fastify.addHook('onClose', () => registry.close())
-  done()
 }
 
 const fastifyUpstream = fp(plugin, { fastify: '5.x', name: 'fastify-upstream' })

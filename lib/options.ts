@@ -122,9 +122,7 @@ export const RouteSchema = Type.Object({
 }, { additionalProperties: false })
 
 export const OptionsSchema = Type.Object({
-  upstreams: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.:-]+$' }), PoolSchema, {
-    errorMessage: 'must be an object of pools, named with letters, digits, _ . : -'
-  })),
+  upstreams: Type.Optional(Type.Record(Type.String(), PoolSchema, { errorMessage: 'must be an object of pools' })),
   routes: Type.Optional(Type.Array(RouteSchema, { errorMessage: 'must be an array of routes' })),
   onSelect: Type.Optional(Fn),
   onProxyError: Type.Optional(Fn)
@@ -192,6 +190,11 @@ function schemaKind (schema: TSchema): string | undefined {
   if (schema.type === 'integer') return 'number'
   if (typeof schema.type === 'string') return schema.type
   if ((schema as unknown as Record<symbol, unknown>)[Kind] === 'Function') return 'function'
+  if (Array.isArray(schema.anyOf)) {
+    // a union whose members are all of one kind (a set of literals) is of that kind
+    const kinds = new Set((schema.anyOf as TSchema[]).map(schemaKind))
+    if (kinds.size === 1) return [...kinds][0]
+  }
   return undefined
 }
 
@@ -243,6 +246,15 @@ export function normalizeTarget (input: TargetOptions, path: string): TargetConf
   return { url: href, weight: target.weight ?? DEFAULTS.weight, backup: target.backup ?? false }
 }
 
+const POOL_NAME = /^[A-Za-z0-9_.:-]{1,128}$/
+
+/** Pool names appear in logs, metrics labels and URLs: keep them plain. */
+export function checkPoolName (name: string): void {
+  if (typeof name !== 'string' || !POOL_NAME.test(name)) {
+    throw new InvalidOptionError(`upstreams.${String(name)}: a pool name must be 1 to 128 letters, digits, _ . : or -`)
+  }
+}
+
 export function normalizePool (input: PoolOptions, path: string): PoolConfig {
   check(PoolSchema, input, path)
   const seen = new Set<string>()
@@ -279,7 +291,7 @@ export interface PluginOptions {
 }
 
 export interface NormalizedOptions {
-  pools: Map<string, PoolConfig>
+  pools: Map<string, PoolOptions>
   routes: RouteOptions[]
   onSelect: PluginOptions['onSelect']
   onProxyError: PluginOptions['onProxyError']
@@ -288,9 +300,11 @@ export interface NormalizedOptions {
 export function normalizeOptions (input: PluginOptions | undefined): NormalizedOptions {
   const options = input ?? {}
   check(OptionsSchema, options, '')
-  const pools = new Map<string, PoolConfig>()
+  // pools are normalised by the registry as it adds them; names are checked here for routes
+  const pools = new Map<string, PoolOptions>()
   for (const [name, pool] of Object.entries(options.upstreams ?? {})) {
-    pools.set(name, normalizePool(pool, `upstreams.${name}`))
+    checkPoolName(name)
+    pools.set(name, pool)
   }
   const routes = options.routes ?? []
   routes.forEach((route, i) => {

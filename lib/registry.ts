@@ -1,6 +1,6 @@
 import type { UpstreamDispatcher } from './dispatcher'
 import { DuplicateError, UnknownPoolError } from './errors'
-import { normalizePool, type PoolOptions } from './options'
+import { checkPoolName, normalizePool, type PoolOptions } from './options'
 import { UpstreamPool, type PoolStatus } from './pool'
 
 export interface RegistryStatus {
@@ -30,6 +30,7 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
 
   /** Adds a pool, validating its options as register does; works before and after `ready`. */
   add (name: string, options: PoolOptions): UpstreamPool {
+    checkPoolName(name)
     if (this.pools.has(name)) throw new DuplicateError(`Upstream pool "${name}"`)
     const pool = new UpstreamPool(name, normalizePool(options, `upstreams.${name}`), this.dispatcher)
     this.pools.set(name, pool)

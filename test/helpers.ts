@@ -78,3 +78,10 @@ export async function load (url: string, total: number, concurrency: number, ini
   await Promise.all(Array.from({ length: concurrency }, client))
   return counts
 }
+
+/** What the default upstream handler answers. */
+export interface Echo { upstream: string, method: string, url: string, body: string }
+
+export async function echo (res: Response | Promise<Response>): Promise<Echo> {
+  return await (await res).json() as Echo
+}

@@ -1,0 +1,92 @@
+import { test } from 'tap'
+import Fastify from 'fastify'
+import fastifyUpstream, { type FastifyUpstreamOptions } from '../lib/index'
+
+async function registerError (options: unknown): Promise<Error & { code?: string }> {
+  const app = Fastify()
+  try {
+    await app.register(fastifyUpstream, options as FastifyUpstreamOptions)
+    await app.ready()
+  } catch (error) {
+    return error as Error & { code?: string }
+  }
+  await app.close()
+  throw new Error('register did not throw')
+}
+
+const cases: Array<[string, unknown, string]> = [
+  ['target URL not http(s)', { upstreams: { users: { targets: ['http://127.0.0.1:1', 'ftp://x'] } } }, 'upstreams.users.targets[1]: must be an http(s) URL'],
+  ['target URL not a URL', { upstreams: { users: { targets: ['nope'] } } }, 'upstreams.users.targets[0]: must be an http(s) URL'],
+  ['target URL with credentials', { upstreams: { users: { targets: ['http://a:b@127.0.0.1:1'] } } }, 'upstreams.users.targets[0]: must be an http(s) URL'],
+  ['object target URL', { upstreams: { users: { targets: [{ url: 'x' }] } } }, 'upstreams.users.targets[0].url: must be an http(s) URL'],
+  ['target without url', { upstreams: { users: { targets: [{ weight: 2 }] } } }, 'upstreams.users.targets[0].url: is required'],
+  ['weight zero', { upstreams: { users: { targets: [{ url: 'http://127.0.0.1:1', weight: 0 }] } } }, 'upstreams.users.targets[0].weight: must be an integer from 1 to 1000'],
+  ['weight fraction', { upstreams: { users: { targets: [{ url: 'http://127.0.0.1:1', weight: 1.5 }] } } }, 'upstreams.users.targets[0].weight: must be an integer'],
+  ['backup not boolean', { upstreams: { users: { targets: [{ url: 'http://127.0.0.1:1', backup: 'yes' }] } } }, 'upstreams.users.targets[0].backup: must be a boolean'],
+  ['unknown target field', { upstreams: { users: { targets: [{ url: 'http://127.0.0.1:1', wieght: 2 }] } } }, 'upstreams.users.targets[0].wieght: unknown option'],
+  ['target of wrong type', { upstreams: { users: { targets: [42] } } }, 'upstreams.users.targets[0]: must be an http(s) URL string or an object'],
+  ['duplicate target', { upstreams: { users: { targets: ['http://127.0.0.1:1', 'http://127.0.0.1:1/'] } } }, 'upstreams.users.targets[1].url: duplicate target'],
+  ['targets missing', { upstreams: { users: {} } }, 'upstreams.users.targets: is required'],
+  ['targets not an array', { upstreams: { users: { targets: 'http://127.0.0.1:1' } } }, 'upstreams.users.targets: must be an array of targets'],
+  ['unknown pool option', { upstreams: { users: { targets: [], balancr: 'random' } } }, 'upstreams.users.balancr: unknown option'],
+  ['unknown balancer', { upstreams: { users: { targets: [], balancer: 'fastest' } } }, 'upstreams.users.balancer: must be one of'],
+  ['unknown balancer type', { upstreams: { users: { targets: [], balancer: { type: 'fastest' } } } }, 'upstreams.users.balancer: must be a balancer name'],
+  ['balancer option of wrong type', { upstreams: { users: { targets: [], balancer: { type: 'least-request', choices: 1 } } } }, 'upstreams.users.balancer.choices: must be an integer from 2 to 8'],
+  ['unknown balancer option', { upstreams: { users: { targets: [], balancer: { type: 'random', key: 'ip' } } } }, 'upstreams.users.balancer.key: unknown option'],
+  ['bad hash key', { upstreams: { users: { targets: [], balancer: { type: 'consistent-hash', key: 'body' } } } }, "upstreams.users.balancer.key: must be 'ip'"],
+  ['table size not prime', { upstreams: { users: { targets: [], balancer: { type: 'consistent-hash', tableSize: 100 } } } }, 'upstreams.users.balancer.tableSize: must be a prime'],
+  ['ewma decay negative', { upstreams: { users: { targets: [], balancer: { type: 'ewma', decay: -1 } } } }, 'upstreams.users.balancer.decay: must be a positive number'],
+  ['timeout not a number', { upstreams: { users: { targets: [], timeout: { connect: 'soon' } } } }, 'upstreams.users.timeout.connect: must be a positive integer'],
+  ['unknown timeout', { upstreams: { users: { targets: [], timeout: { read: 1 } } } }, 'upstreams.users.timeout.read: unknown option'],
+  ['connections zero', { upstreams: { users: { targets: [], connections: 0 } } }, 'upstreams.users.connections: must be an integer from 1 to 65535'],
+  ['bad pool name', { upstreams: { 'a b': { targets: [] } } }, 'upstreams.a b: a pool name must be'],
+  ['upstreams not an object', { upstreams: [] }, 'upstreams: must be an object of pools'],
+  ['unknown top-level option', { upstream: {} }, 'upstream: unknown option'],
+  ['route naming an unknown pool', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'orders' }] }, 'routes[0].upstream: unknown pool "orders"'],
+  ['route prefix without slash', { upstreams: { users: { targets: [] } }, routes: [{ prefix: 'u', upstream: 'users' }] }, "routes[0].prefix: must be a path starting with '/'"],
+  ['route without upstream', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u' }] }, 'routes[0].upstream: is required'],
+  ['route method unknown', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'users', methods: ['FETCH'] }] }, 'routes[0].methods[0]: must be one of'],
+  ['route option unknown', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'users', prehandler: () => {} }] }, 'routes[0].prehandler: unknown option'],
+  ['rewritePrefix with unknown param', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u/:id', upstream: 'users', rewritePrefix: '/v1/:userId' }] }, 'routes[0].rewritePrefix: :userId is not a parameter of the prefix'],
+  ['hook not a function', { upstreams: {}, onSelect: 'log' }, 'onSelect: Expected function']
+]
+
+for (const [name, options, message] of cases) {
+  test(`invalid option: ${name}`, async (t) => {
+    const error = await registerError(options)
+    t.equal(error.code, 'FST_UPSTREAM_INVALID_OPTION')
+    t.ok(error.message.includes(message), `"${error.message}" includes "${message}"`)
+  })
+}
+
+test('a server keeps working after a failed register elsewhere', async (t) => {
+  const error = await registerError({ upstreams: { users: { targets: ['nope'] } } })
+  t.equal(error.code, 'FST_UPSTREAM_INVALID_OPTION')
+  const app = Fastify()
+  await app.register(fastifyUpstream, { upstreams: { users: { targets: ['http://127.0.0.1:1'] } } })
+  await app.ready()
+  t.equal(app.upstreams.get('users')?.targets[0].url, 'http://127.0.0.1:1')
+  await app.close()
+})
+
+test('options may be omitted and defaults apply', async (t) => {
+  const app = Fastify()
+  await app.register(fastifyUpstream)
+  await app.ready()
+  t.equal(app.upstreams.size, 0)
+  const pool = app.upstreams.add('users', { targets: ['http://127.0.0.1:1/', { url: 'http://127.0.0.1:2', weight: 5, backup: true }] })
+  t.same(pool.targets.map((t) => [t.url, t.weight, t.backup, t.state]), [
+    ['http://127.0.0.1:1', 1, false, 'healthy'],
+    ['http://127.0.0.1:2', 5, true, 'healthy']
+  ])
+  t.same(pool.config.timeout, { connect: 5000, response: 30000, idle: 60000 })
+  t.equal(pool.status().balancer, 'round-robin')
+  await app.close()
+})
+
+test('registering next to an existing @fastify/reply-from fails clearly', async (t) => {
+  const app = Fastify()
+  await app.register(import('@fastify/reply-from'))
+  await t.rejects(async () => { await app.register(fastifyUpstream, { upstreams: {} }) }, { code: 'FST_UPSTREAM_INVALID_OPTION', message: /already registered/ })
+  await app.close()
+})
