@@ -1,0 +1,80 @@
+import Fastify, { type FastifyReply } from 'fastify'
+import { expectAssignable, expectError, expectType } from 'tsd'
+import fastifyUpstream, {
+  fastifyUpstream as named,
+  type Balancer,
+  type BalancerTarget,
+  type FastifyUpstreamOptions,
+  type PoolStatus,
+  type RegistryStatus,
+  type SelectRequest,
+  type TargetState,
+  type TargetView,
+  type UpstreamPool
+} from '..'
+
+expectType<typeof fastifyUpstream>(named)
+
+const app = Fastify()
+app.register(fastifyUpstream, {
+  upstreams: {
+    users: {
+      targets: [
+        { url: 'http://127.0.0.1:3001', weight: 3 },
+        'http://127.0.0.1:3002',
+        { url: 'http://127.0.0.1:3009', backup: true }
+      ],
+      balancer: 'least-request',
+      timeout: { connect: 2000, response: 30000 }
+    },
+    sessions: {
+      targets: ['http://127.0.0.1:4001'],
+      balancer: { type: 'consistent-hash', key: 'header:x-user' }
+    },
+    keyed: {
+      targets: [],
+      balancer: { type: 'consistent-hash', key: (request) => request.headers['x-tenant'] as string | undefined }
+    }
+  },
+  routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users', methods: ['GET', 'POST'] }],
+  onSelect: (event) => { expectType<TargetView>(event.target) }
+})
+
+// a custom balancer implements the same interface as the built-ins
+class First implements Balancer {
+  private list: readonly BalancerTarget[] = []
+  update (targets: readonly BalancerTarget[]): void { this.list = targets }
+  pick (_request: SelectRequest): BalancerTarget | undefined { return this.list[0] }
+}
+expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balancer: new First() } } })
+expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balancer: () => new First() } } })
+
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balancer: 'fastest' } } }))
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [{ weight: 2 }] } } }))
+expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x' }] }))
+
+// decorators
+const pool = app.upstreams.get('users')
+expectType<UpstreamPool | undefined>(pool)
+expectType<boolean>(app.upstreams.has('users'))
+expectType<RegistryStatus>(app.upstreams.status())
+if (pool !== undefined) {
+  expectType<string>(pool.name)
+  expectType<readonly TargetView[]>(pool.targets)
+  expectType<TargetState>(pool.targets[0].state)
+  expectType<number>(pool.targets[0].inflight)
+  expectType<TargetView | undefined>(pool.select({ headers: {}, url: '/' }))
+  expectType<TargetView>(pool.addTarget('http://127.0.0.1:3003'))
+  expectType<Promise<void>>(pool.removeTarget('http://127.0.0.1:3003', { drain: true }))
+  expectType<void>(pool.setWeight('http://127.0.0.1:3001', 5))
+  expectType<void>(pool.setState('http://127.0.0.1:3001', 'disabled'))
+  expectError(pool.setState('http://127.0.0.1:3001', 'healthy'))
+  expectType<PoolStatus>(pool.status())
+}
+for (const each of app.upstreams) expectType<UpstreamPool>(each)
+
+app.get('/me', (_request, reply) => {
+  expectType<FastifyReply>(reply.forward('users', { url: '/v1/users/me', rewriteRequestHeaders: (_req, headers) => headers }))
+  return reply.forward('users')
+})
+expectError(app.get('/x', (_request, reply) => reply.forward()))
