@@ -3,6 +3,11 @@ import type { PoolConfig } from './options'
 
 interface Entry { pool: Pool, refs: number }
 
+/** How connections to a pool's targets are opened: shared by traffic and active checks. */
+export function connectOptions (config: PoolConfig): { timeout: number } {
+  return { timeout: config.timeout.connect }
+}
+
 /**
  * The undici dispatcher handed to `@fastify/reply-from`: it routes each request, by its
  * origin, to that target's own keep-alive `Pool`, built with the settings of the
@@ -21,11 +26,11 @@ export class UpstreamDispatcher extends Dispatcher {
       return
     }
     const pool = new Pool(origin, {
-      connections: config.connections ?? null,
+      connections: config.maxConnections ?? null,
       keepAliveTimeout: config.keepAliveTimeout,
       headersTimeout: config.timeout.response,
       bodyTimeout: config.timeout.idle,
-      connect: { timeout: config.timeout.connect }
+      connect: connectOptions(config)
     })
     this.pools.set(origin, { pool, refs: 1 })
   }

@@ -20,3 +20,5 @@ export const TimeoutError = createError('FST_UPSTREAM_TIMEOUT', 'The upstream ta
 export const BadGatewayError = createError('FST_UPSTREAM_BAD_GATEWAY', 'The upstream target failed: %s', 502)
 /** The request path would leave the mount's upstream prefix. */
 export const BadPathError = createError('FST_UPSTREAM_BAD_PATH', 'The request path is not allowed', 400)
+/** Every target that could take the request is at its connection limit (`maxConnections` + `maxPending`). */
+export const OverloadedError = createError('FST_UPSTREAM_OVERLOADED', 'Every target of upstream pool "%s" is at its connection limit', 503)

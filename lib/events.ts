@@ -1,5 +1,5 @@
 import diagnostics from 'node:diagnostics_channel'
-import type { TargetView } from './target'
+import type { TargetState, TargetView } from './target'
 
 /** Published after a target is selected for a request. */
 export interface SelectEvent {
@@ -17,8 +17,40 @@ export interface ProxyErrorEvent {
   error: Error & { code: string, statusCode: number }
 }
 
+/** Published when a target's state changes. */
+export interface TargetStateEvent {
+  pool: string
+  target: TargetView
+  from: TargetState
+  to: TargetState
+  /** why, in words: 'active check failed 3 times', 'ejected for 30000 ms', 'disabled by the operator' */
+  reason: string
+}
+
+/** Published before a failed attempt is tried again. */
+export interface RetryEvent {
+  pool: string
+  request: unknown
+  /** the attempt about to start (1 for the first retry) */
+  attempt: number
+  /** the target that failed */
+  from: TargetView
+  /** the target of the next attempt */
+  to: TargetView
+  /** why the previous attempt failed: an error code or `status 503` */
+  reason: string
+}
+
 /** Diagnostics channels; names are part of the public contract. */
 export const channels = {
   select: diagnostics.channel('fastify-upstream:select'),
-  proxyError: diagnostics.channel('fastify-upstream:proxy-error')
+  proxyError: diagnostics.channel('fastify-upstream:proxy-error'),
+  targetState: diagnostics.channel('fastify-upstream:target-state'),
+  retry: diagnostics.channel('fastify-upstream:retry')
+}
+
+/** The minimal logger the pools use (a pino or Fastify logger fits). */
+export interface Logger {
+  info: (object: object, message: string) => void
+  warn: (object: object, message: string) => void
 }

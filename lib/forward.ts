@@ -1,11 +1,13 @@
 import { performance } from 'node:perf_hooks'
+import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { FastifyReplyFromHooks } from '@fastify/reply-from'
-import { BadGatewayError, ConnectError, NoTargetError, TimeoutError, UnknownPoolError } from './errors'
-import { channels, type ProxyErrorEvent } from './events'
+import { BadGatewayError, ConnectError, NoTargetError, OverloadedError, TimeoutError, UnknownPoolError } from './errors'
+import { channels, type ProxyErrorEvent, type RetryEvent } from './events'
 import type { PluginOptions } from './options'
 import type { UpstreamPool } from './pool'
 import type { UpstreamRegistry } from './registry'
+import { backoff, mayRetry } from './retry'
 import type { Target } from './target'
 
 /** Per-call options of `reply.forward`: `url` plus the per-call options of `reply.from`. */
@@ -18,7 +20,7 @@ export interface ForwardOptions extends FastifyReplyFromHooks {
 // reply-from's hook types are generic over every server type; the plugin works with the
 // default HTTP/1 ones and hands the callbacks through untouched.
 type ReplyFromOptions = Record<string, unknown>
-type UpstreamResponse = { statusCode: number, headers: Record<string, unknown>, stream: NodeJS.ReadableStream }
+interface UpstreamResponse { statusCode: number, headers: Record<string, unknown>, stream: Readable }
 type OnResponse = (request: FastifyRequest, reply: FastifyReply, res: UpstreamResponse) => void
 type OnError = (reply: FastifyReply, error: { error: Error }) => void
 
@@ -34,31 +36,44 @@ export interface PreparedOptions {
 }
 
 // Per-request state lives in request decorations declared at register (stable shapes,
-// no per-request closures): the target, when the request left, the prepared options.
+// no per-request closures or objects on the path without retries).
 export const kTarget = Symbol('fastify-upstream.target')
 export const kPool = Symbol('fastify-upstream.pool')
 export const kStart = Symbol('fastify-upstream.start')
 export const kPrepared = Symbol('fastify-upstream.prepared')
+export const kPath = Symbol('fastify-upstream.path')
+export const kRetries = Symbol('fastify-upstream.retries')
+export const kTried = Symbol('fastify-upstream.tried')
+
+/** The request decorations, with their initial values. */
+export const requestDecorations = [
+  [kTarget, null], [kPool, null], [kStart, 0], [kPrepared, null], [kPath, ''], [kRetries, 0], [kTried, null]
+] as const
 
 interface ForwardState {
   [kTarget]: Target | null
   [kPool]: UpstreamPool | null
   [kStart]: number
   [kPrepared]: PreparedOptions | null
+  [kPath]: string
+  [kRetries]: number
+  [kTried]: Target[] | null
 }
 
 type StatefulRequest = FastifyRequest & ForwardState
 
-type Hooks = Pick<PluginOptions, 'onSelect' | 'onProxyError'>
+type Hooks = Pick<PluginOptions, 'onSelect' | 'onProxyError' | 'onRetry'>
 
-// Error codes of the connection phase: the target was never reached.
+// Error codes of the connection phase: nothing was sent to the target.
 const CONNECT_CODES = new Set([
   'ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'UND_ERR_CONNECT'
 ])
 const TLS_CODE = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|HOSTNAME_MISMATCH)/
 
+type MappedError = Error & { code: string, statusCode: number }
+
 /** Maps what reply-from or undici reported to one of the plugin's stable errors. */
-export function upstreamError (error: Error & { cause?: unknown }): Error & { code: string, statusCode: number } {
+export function upstreamError (error: Error & { cause?: unknown }): MappedError {
   const cause = (error.cause ?? error) as Error & { code?: string }
   const code = cause.code ?? ''
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return new TimeoutError('no connection within the connect timeout', { cause })
@@ -68,12 +83,26 @@ export function upstreamError (error: Error & { cause?: unknown }): Error & { co
   return new BadGatewayError(code !== '' ? code : cause.message, { cause })
 }
 
+/** true when the failure happened before any byte of the request reached the target */
+function neverSent (error: MappedError): boolean {
+  const code = (error.cause as { code?: string } | undefined)?.code
+  return error instanceof ConnectError || code === 'UND_ERR_CONNECT_TIMEOUT'
+}
+
+/** true when the request body can be sent again */
+function bodyReplayable (request: FastifyRequest, nothingSent: boolean): boolean {
+  const body = request.body
+  if (body === undefined || body === null) return true
+  if (body instanceof Readable) return nothingSent && !body.readableDidRead && !body.destroyed
+  return true
+}
+
 function noRetry (): null {
   return null
 }
 
-/** The raw response carries its target until it closes. */
-type RawResponse = FastifyReply['raw'] & { [kTarget]?: Target }
+/** The raw response carries its target (and its pool, once retried) until it closes. */
+type RawResponse = FastifyReply['raw'] & { [kTarget]?: Target, [kPool]?: UpstreamPool }
 
 // A shared listener, not a closure per request: a request stays in flight until the
 // response to the client has closed, whether it finished, failed or was aborted.
@@ -83,9 +112,14 @@ function onClientResponseClosed (this: RawResponse): void {
     this[kTarget] = undefined
     target.finish()
   }
+  const retried = this[kPool]
+  if (retried !== undefined) {
+    this[kPool] = undefined
+    retried.retriesInFlight--
+  }
 }
 
-/** Glue to `@fastify/reply-from`: selects a target, proxies, and accounts for the outcome. */
+/** Glue to `@fastify/reply-from`: selects a target, proxies, retries, and accounts for the outcome. */
 export class Forwarder {
   private readonly registry: UpstreamRegistry
   private readonly hooks: Hooks
@@ -122,11 +156,7 @@ export class Forwarder {
     const pool = this.registry.get(name)
     if (pool === undefined) return reply.send(new UnknownPoolError(name))
     const target = pool.pick(request)
-    if (target === undefined) {
-      const after = pool.retryAfter()
-      if (after !== undefined) reply.header('retry-after', after)
-      return reply.send(new NoTargetError(name))
-    }
+    if (target === undefined) return this.unavailable(reply, pool)
     if (this.hooks.onSelect !== undefined || channels.select.hasSubscribers) {
       const event = { pool: name, target: pool.viewOf(target), request }
       this.hooks.onSelect?.(event)
@@ -137,22 +167,109 @@ export class Forwarder {
       const query = url.indexOf('?')
       path = query === -1 ? url : url.slice(0, query)
     }
-    request[kTarget] = target
     request[kPool] = pool
     request[kPrepared] = prepared
-    request[kStart] = performance.now()
-    target.start()
+    request[kPath] = path
+    reply.raw.on('close', onClientResponseClosed)
+    return this.send(reply, request, target)
+  }
+
+  /** One attempt: the target takes the request in flight until the client response closes. */
+  private send (reply: FastifyReply, request: StatefulRequest, target: Target): FastifyReply {
     const raw = reply.raw as RawResponse
     raw[kTarget] = target
-    raw.on('close', onClientResponseClosed)
-    return reply.from(target.origin + target.basePath + path, prepared.from as never)
+    request[kTarget] = target
+    request[kStart] = performance.now()
+    target.start()
+    return reply.from(target.origin + target.basePath + request[kPath], (request[kPrepared] as PreparedOptions).from as never)
+  }
+
+  private unavailable (reply: FastifyReply, pool: UpstreamPool): FastifyReply {
+    if (pool.status().available > 0) {
+      reply.header('retry-after', 1)
+      return reply.send(new OverloadedError(pool.name))
+    }
+    const after = pool.retryAfter()
+    if (after !== undefined) reply.header('retry-after', after)
+    return reply.send(new NoTargetError(pool.name))
+  }
+
+  /** The attempt on `target` is over and another follows: in-flight accounting moves on. */
+  private settle (reply: FastifyReply, target: Target): void {
+    const raw = reply.raw as RawResponse
+    if (raw[kTarget] === target) {
+      raw[kTarget] = undefined
+      target.finish()
+    }
+  }
+
+  /**
+   * Tries the request again on another target when the policy allows it; false when it
+   * does not (the caller then answers with what it has).
+   */
+  private retry (reply: FastifyReply, failed: Target, reason: string, nothingSent: boolean): boolean {
+    const request = reply.request as StatefulRequest
+    const pool = request[kPool] as UpstreamPool
+    if (reply.sent || this.registry.get(pool.name) !== pool) return false
+    const facts = {
+      retries: request[kRetries],
+      method: request.raw.method as string,
+      neverSent: nothingSent,
+      bodyReplayable: bodyReplayable(request, nothingSent)
+    }
+    if (!mayRetry(pool.config.retry, pool, facts)) return false
+    const tried = request[kTried] ?? (request[kTried] = [])
+    tried.push(failed)
+    // always another target (as NGINX's next upstream): the same one would likely fail again
+    const next = pool.pick(request, tried)
+    if (next === undefined) return false
+    this.settle(reply, failed)
+    const retries = ++request[kRetries]
+    const raw = reply.raw as RawResponse
+    if (raw[kPool] === undefined) {
+      raw[kPool] = pool
+      pool.retriesInFlight++
+    }
+    if (this.hooks.onRetry !== undefined || channels.retry.hasSubscribers) {
+      const event: RetryEvent = { pool: pool.name, request, attempt: retries, from: pool.viewOf(failed), to: pool.viewOf(next), reason }
+      this.hooks.onRetry?.(event)
+      channels.retry.publish(event)
+    }
+    const delay = backoff(pool.config.retry, retries)
+    if (delay === 0) {
+      this.send(reply, request, next)
+    } else {
+      // hold the next target's place while waiting, so that the request stays counted
+      setTimeout(() => {
+        if (reply.raw.destroyed) return
+        this.send(reply, request, next)
+      }, delay)
+    }
+    return true
   }
 
   private readonly onResponse = (request: FastifyRequest, reply: FastifyReply, res: UpstreamResponse): void => {
     const state = request as StatefulRequest
     const target = state[kTarget] as Target
+    const pool = state[kPool] as UpstreamPool
     const now = performance.now()
     target.observeLatency(now - state[kStart], now)
+    const status = res.statusCode
+    const detector = pool.detector
+    if (detector !== undefined) {
+      if (detector.isFailureStatus(status)) {
+        target.failures++
+        detector.failure(target, now)
+      } else {
+        detector.success(target)
+      }
+    }
+    if (pool.config.retry.statusCodes[status] === 1 && this.retry(reply, target, `status ${status}`, false)) {
+      // drop this answer: its body, and the headers reply-from already copied
+      for (const header of Object.keys(res.headers)) reply.removeHeader(header)
+      res.stream.resume()
+      return
+    }
     const user = (state[kPrepared] as PreparedOptions).onResponse
     if (user !== undefined) user(request, reply, res)
     else reply.send(res.stream)
@@ -162,8 +279,10 @@ export class Forwarder {
     const request = reply.request as StatefulRequest
     const target = request[kTarget] as Target
     const pool = request[kPool] as UpstreamPool
-    target.failures++
     const mapped = upstreamError(error)
+    target.failures++
+    pool.detector?.failure(target, performance.now())
+    if (this.retry(reply, target, mapped.code, neverSent(mapped))) return
     if (this.hooks.onProxyError !== undefined || channels.proxyError.hasSubscribers) {
       const event: ProxyErrorEvent = { pool: pool.name, target: pool.viewOf(target), request, error: mapped }
       this.hooks.onProxyError?.(event)

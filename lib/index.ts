@@ -3,7 +3,7 @@ import replyFrom from '@fastify/reply-from'
 import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
 import { UpstreamDispatcher } from './dispatcher'
 import { InvalidOptionError } from './errors'
-import { Forwarder, kPool, kPrepared, kStart, kTarget, type ForwardOptions } from './forward'
+import { Forwarder, requestDecorations, type ForwardOptions } from './forward'
 import { normalizeOptions, type PluginOptions } from './options'
 import { UpstreamRegistry } from './registry'
 import { mountRoute } from './routes'
@@ -47,20 +47,19 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   }
 
   const dispatcher = new UpstreamDispatcher()
-  const registry = new UpstreamRegistry(dispatcher)
+  const registry = new UpstreamRegistry(dispatcher, fastify.log, config.onTargetStateChange)
   for (const [name, pool] of config.pools) registry.add(name, pool)
   const forwarder = new Forwarder(registry, config)
 
   fastify.register(replyFrom, { undici: dispatcher as never, disableRequestLogging: true })
   fastify.decorate('upstreams', registry)
-  fastify.decorateRequest(kTarget, null)
-  fastify.decorateRequest(kPool, null)
-  fastify.decorateRequest(kStart, 0)
-  fastify.decorateRequest(kPrepared, null)
+  for (const [key, initial] of requestDecorations) fastify.decorateRequest(key, initial as null)
   fastify.decorateReply('forward', function forward (this, name: string, options?: ForwardOptions) {
     return forwarder.forward(this, name, options?.url, options === undefined ? forwarder.defaults : forwarder.prepare(options))
   })
   config.routes.forEach((route, i) => mountRoute(fastify, route, forwarder, i))
+  // active checks run their first round before the server starts serving
+  fastify.addHook('onReady', () => registry.start())
   fastify.addHook('onClose', () => registry.close())
 }
 

@@ -79,13 +79,70 @@ export const TimeoutSchema = Type.Object({
   idle: Type.Optional(Milliseconds('must be a positive integer (milliseconds)'))
 }, { additionalProperties: false })
 
+const Ms = Milliseconds('must be a positive integer (milliseconds)')
+const Percent = Type.Number({ minimum: 0, maximum: 100, errorMessage: 'must be a percentage from 0 to 100' })
+const Count = Type.Integer({ minimum: 1, maximum: 1000, errorMessage: 'must be an integer from 1 to 1000' })
+const StatusCode = Type.Integer({ minimum: 100, maximum: 599, errorMessage: 'must be an HTTP status code (100-599)' })
+const StatusRange = Type.String({ pattern: '^[1-5][0-9][0-9]-[1-5][0-9][0-9]$', errorMessage: "must be a status code or a range such as '200-399'" })
+const StatusList = Type.Array(Type.Union([StatusCode, StatusRange], { errorMessage: "must be a status code or a range such as '200-399'" }), {
+  errorMessage: 'must be an array of status codes'
+})
+const AnyMethod = Type.String({ pattern: '^[A-Z]+$', errorMessage: 'must be an upper-case HTTP method' })
+
+export const ActiveCheckSchema = Type.Object({
+  type: Type.Optional(Type.Union([Type.Literal('http'), Type.Literal('tcp')], { errorMessage: "must be 'http' or 'tcp'" })),
+  path: Type.Optional(Type.String({ pattern: '^/', errorMessage: "must be a path starting with '/'" })),
+  method: Type.Optional(AnyMethod),
+  headers: Type.Optional(Type.Record(Type.String(), Type.String(), { errorMessage: 'must be an object of header strings' })),
+  expectedStatus: Type.Optional(StatusList),
+  interval: Type.Optional(Ms),
+  timeout: Type.Optional(Ms),
+  jitter: Type.Optional(Type.Integer({ minimum: 0, maximum: 2_147_483_647, errorMessage: 'must be an integer >= 0 (milliseconds)' })),
+  healthyThreshold: Type.Optional(Count),
+  unhealthyThreshold: Type.Optional(Count),
+  check: Type.Optional(Type.Function([Type.Any()], Type.Any()))
+}, { additionalProperties: false })
+
+export const PassiveCheckSchema = Type.Object({
+  consecutiveFailures: Type.Optional(Count),
+  statusCodes: Type.Optional(StatusList),
+  ejectionTime: Type.Optional(Ms),
+  maxEjectionTime: Type.Optional(Ms),
+  maxEjectionPercent: Type.Optional(Percent)
+}, { additionalProperties: false })
+
+export const RetrySchema = Type.Object({
+  attempts: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, errorMessage: 'must be an integer from 0 to 10' })),
+  methods: Type.Optional(Type.Array(AnyMethod, { errorMessage: 'must be an array of HTTP methods' })),
+  statusCodes: Type.Optional(StatusList),
+  backoff: Type.Optional(Type.Object({
+    base: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000, errorMessage: 'must be an integer from 0 to 60000 (milliseconds)' })),
+    max: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000, errorMessage: 'must be an integer from 0 to 60000 (milliseconds)' }))
+  }, { additionalProperties: false })),
+  budget: Type.Optional(Type.Object({
+    percent: Type.Optional(Percent),
+    minRetries: Type.Optional(Type.Integer({ minimum: 0, maximum: 100_000, errorMessage: 'must be an integer >= 0' }))
+  }, { additionalProperties: false }))
+}, { additionalProperties: false })
+
 export const PoolSchema = Type.Object({
   targets: Type.Array(TargetSchema, { errorMessage: 'must be an array of targets' }),
   balancer: Type.Optional(BalancerSchema),
+  healthCheck: Type.Optional(Type.Object({
+    active: Type.Optional(ActiveCheckSchema),
+    passive: Type.Optional(PassiveCheckSchema)
+  }, { additionalProperties: false })),
+  retry: Type.Optional(RetrySchema),
   timeout: Type.Optional(TimeoutSchema),
-  connections: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, errorMessage: 'must be an integer from 1 to 65535' })),
-  keepAliveTimeout: Type.Optional(Milliseconds('must be a positive integer (milliseconds)')),
-  drainTimeout: Type.Optional(Milliseconds('must be a positive integer (milliseconds)'))
+  slowStart: Type.Optional(Type.Object({
+    window: Type.Optional(Type.Integer({ minimum: 0, maximum: 2_147_483_647, errorMessage: 'must be an integer >= 0 (milliseconds)' })),
+    minWeightPercent: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 100, errorMessage: 'must be a percentage above 0, up to 100' }))
+  }, { additionalProperties: false })),
+  panicThreshold: Type.Optional(Percent),
+  maxConnections: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, errorMessage: 'must be an integer from 1 to 65535' })),
+  maxPending: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, errorMessage: 'must be an integer from 0 to 1000000' })),
+  keepAliveTimeout: Type.Optional(Ms),
+  drainTimeout: Type.Optional(Ms)
 }, { additionalProperties: false })
 
 const METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'] as const
@@ -125,7 +182,9 @@ export const OptionsSchema = Type.Object({
   upstreams: Type.Optional(Type.Record(Type.String(), PoolSchema, { errorMessage: 'must be an object of pools' })),
   routes: Type.Optional(Type.Array(RouteSchema, { errorMessage: 'must be an array of routes' })),
   onSelect: Type.Optional(Fn),
-  onProxyError: Type.Optional(Fn)
+  onProxyError: Type.Optional(Fn),
+  onTargetStateChange: Type.Optional(Fn),
+  onRetry: Type.Optional(Fn)
 }, { additionalProperties: false })
 
 // --- derived types -----------------------------------------------------------------
@@ -142,18 +201,69 @@ export type BalancerOptions =
   | { type: 'consistent-hash', key?: HashKeyOption, tableSize?: number }
   | Balancer
   | BalancerFactory
-export type PoolOptions = Omit<Static<typeof PoolSchema>, 'balancer'> & { balancer?: BalancerOptions }
+export type PoolOptions = Omit<Static<typeof PoolSchema>, 'balancer' | 'healthCheck'> & {
+  balancer?: BalancerOptions
+  healthCheck?: { active?: ActiveCheckOptions, passive?: PassiveCheckOptions }
+}
 export type RouteOptions = Static<typeof RouteSchema>
+export type ActiveCheckOptions = Omit<Static<typeof ActiveCheckSchema>, 'check'> & {
+  /** a custom probe: resolve true when the target is healthy */
+  check?: (target: import('./target').TargetView) => boolean | Promise<boolean>
+}
+export type PassiveCheckOptions = Static<typeof PassiveCheckSchema>
+export type RetryOptions = Static<typeof RetrySchema>
 
 /** The normalised form of a target after defaults. */
 export interface TargetConfig { url: string, weight: number, backup: boolean }
+
+/** A status list (`[502, '500-599']`) compiled to a lookup over 100..599. */
+export type StatusSet = Uint8Array
+
+export interface ActiveCheckConfig {
+  type: 'http' | 'tcp'
+  path: string
+  method: string
+  headers: Record<string, string>
+  expectedStatus: StatusSet
+  interval: number
+  timeout: number
+  jitter: number
+  healthyThreshold: number
+  unhealthyThreshold: number
+  check: ((target: import('./target').TargetView) => boolean | Promise<boolean>) | undefined
+}
+
+export interface PassiveCheckConfig {
+  consecutiveFailures: number
+  statusCodes: StatusSet
+  ejectionTime: number
+  maxEjectionTime: number
+  maxEjectionPercent: number
+}
+
+export interface RetryConfig {
+  attempts: number
+  methods: Set<string>
+  statusCodes: StatusSet
+  backoffBase: number
+  backoffMax: number
+  budgetPercent: number
+  budgetMinRetries: number
+}
 
 /** The normalised form of a pool after defaults. */
 export interface PoolConfig {
   targets: TargetConfig[]
   balancer: BalancerOptions
+  active: ActiveCheckConfig | undefined
+  passive: PassiveCheckConfig | undefined
+  retry: RetryConfig
   timeout: Required<TimeoutOptions>
-  connections: number | undefined
+  slowStartWindow: number
+  slowStartMinWeight: number
+  panicThreshold: number
+  maxConnections: number | undefined
+  maxPending: number
   keepAliveTimeout: number
   drainTimeout: number
 }
@@ -162,10 +272,37 @@ export const DEFAULTS = {
   weight: 1,
   balancer: 'round-robin',
   timeout: { connect: 5000, response: 30000, idle: 60000 },
+  active: {
+    type: 'http', path: '/', method: 'GET', expectedStatus: ['200-399'], interval: 5000, timeout: 1000, jitter: 0, healthyThreshold: 2, unhealthyThreshold: 3
+  },
+  passive: { consecutiveFailures: 5, statusCodes: [], ejectionTime: 30000, maxEjectionTime: 300000, maxEjectionPercent: 50 },
+  retry: {
+    attempts: 2,
+    methods: ['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'],
+    statusCodes: [],
+    backoff: { base: 25, max: 250 },
+    budget: { percent: 20, minRetries: 3 }
+  },
+  slowStart: { window: 0, minWeightPercent: 10 },
+  panicThreshold: 0,
+  maxPending: 0,
   keepAliveTimeout: 4000,
   drainTimeout: 30000,
   methods: METHODS
 } as const
+
+export function statusSet (list: ReadonlyArray<number | string>): StatusSet {
+  const set = new Uint8Array(600)
+  for (const item of list) {
+    if (typeof item === 'number') {
+      set[item] = 1
+    } else {
+      const [from, to] = item.split('-').map(Number)
+      for (let code = from; code <= to; code++) set[code] = 1
+    }
+  }
+  return set
+}
 
 // --- validation ----------------------------------------------------------------------
 
@@ -269,11 +406,60 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
       balancer.tableSize !== undefined && !isPrime(balancer.tableSize)) {
     throw new InvalidOptionError(`${path}.balancer.tableSize: must be a prime from 7 to 1000003`)
   }
+  const active = input.healthCheck?.active
+  const passive = input.healthCheck?.passive
+  const retry = input.retry ?? {}
+  for (const [field, list] of [['healthCheck.active.expectedStatus', active?.expectedStatus], ['healthCheck.passive.statusCodes', passive?.statusCodes], ['retry.statusCodes', retry.statusCodes]] as const) {
+    for (const [i, item] of (list ?? []).entries()) {
+      if (typeof item === 'string' && Number(item.split('-')[0]) > Number(item.split('-')[1])) {
+        throw new InvalidOptionError(`${path}.${field}[${i}]: the range ${item} runs backwards`)
+      }
+    }
+  }
+  const activeConfig: ActiveCheckConfig | undefined = active === undefined
+    ? undefined
+    : {
+        type: active.type ?? DEFAULTS.active.type,
+        path: active.path ?? DEFAULTS.active.path,
+        method: active.method ?? DEFAULTS.active.method,
+        headers: active.headers ?? {},
+        expectedStatus: statusSet(active.expectedStatus ?? DEFAULTS.active.expectedStatus),
+        interval: active.interval ?? DEFAULTS.active.interval,
+        timeout: active.timeout ?? DEFAULTS.active.timeout,
+        jitter: active.jitter ?? DEFAULTS.active.jitter,
+        healthyThreshold: active.healthyThreshold ?? DEFAULTS.active.healthyThreshold,
+        unhealthyThreshold: active.unhealthyThreshold ?? DEFAULTS.active.unhealthyThreshold,
+        check: active.check as ActiveCheckConfig['check']
+      }
+  const passiveConfig: PassiveCheckConfig | undefined = passive === undefined
+    ? undefined
+    : {
+        consecutiveFailures: passive.consecutiveFailures ?? DEFAULTS.passive.consecutiveFailures,
+        statusCodes: statusSet(passive.statusCodes ?? DEFAULTS.passive.statusCodes),
+        ejectionTime: passive.ejectionTime ?? DEFAULTS.passive.ejectionTime,
+        maxEjectionTime: Math.max(passive.maxEjectionTime ?? DEFAULTS.passive.maxEjectionTime, passive.ejectionTime ?? 0),
+        maxEjectionPercent: passive.maxEjectionPercent ?? DEFAULTS.passive.maxEjectionPercent
+      }
   return {
     targets,
     balancer,
+    active: activeConfig,
+    passive: passiveConfig,
+    retry: {
+      attempts: retry.attempts ?? DEFAULTS.retry.attempts,
+      methods: new Set(retry.methods ?? DEFAULTS.retry.methods),
+      statusCodes: statusSet(retry.statusCodes ?? DEFAULTS.retry.statusCodes),
+      backoffBase: retry.backoff?.base ?? DEFAULTS.retry.backoff.base,
+      backoffMax: Math.max(retry.backoff?.max ?? DEFAULTS.retry.backoff.max, retry.backoff?.base ?? 0),
+      budgetPercent: retry.budget?.percent ?? DEFAULTS.retry.budget.percent,
+      budgetMinRetries: retry.budget?.minRetries ?? DEFAULTS.retry.budget.minRetries
+    },
     timeout: { ...DEFAULTS.timeout, ...input.timeout },
-    connections: input.connections,
+    slowStartWindow: input.slowStart?.window ?? DEFAULTS.slowStart.window,
+    slowStartMinWeight: (input.slowStart?.minWeightPercent ?? DEFAULTS.slowStart.minWeightPercent) / 100,
+    panicThreshold: input.panicThreshold ?? DEFAULTS.panicThreshold,
+    maxConnections: input.maxConnections,
+    maxPending: input.maxPending ?? DEFAULTS.maxPending,
     keepAliveTimeout: input.keepAliveTimeout ?? DEFAULTS.keepAliveTimeout,
     drainTimeout: input.drainTimeout ?? DEFAULTS.drainTimeout
   }
@@ -288,6 +474,10 @@ export interface PluginOptions {
   onSelect?: (event: import('./events').SelectEvent) => void
   /** called when proxying fails (also on diagnostics channel `fastify-upstream:proxy-error`) */
   onProxyError?: (event: import('./events').ProxyErrorEvent) => void
+  /** called when a target changes state (also on diagnostics channel `fastify-upstream:target-state`) */
+  onTargetStateChange?: (event: import('./events').TargetStateEvent) => void
+  /** called before a failed request is tried again (also on diagnostics channel `fastify-upstream:retry`) */
+  onRetry?: (event: import('./events').RetryEvent) => void
 }
 
 export interface NormalizedOptions {
@@ -295,6 +485,8 @@ export interface NormalizedOptions {
   routes: RouteOptions[]
   onSelect: PluginOptions['onSelect']
   onProxyError: PluginOptions['onProxyError']
+  onTargetStateChange: PluginOptions['onTargetStateChange']
+  onRetry: PluginOptions['onRetry']
 }
 
 export function normalizeOptions (input: PluginOptions | undefined): NormalizedOptions {
@@ -312,5 +504,12 @@ export function normalizeOptions (input: PluginOptions | undefined): NormalizedO
       throw new InvalidOptionError(`routes[${i}].upstream: unknown pool "${route.upstream}"`)
     }
   })
-  return { pools, routes, onSelect: options.onSelect, onProxyError: options.onProxyError }
+  return {
+    pools,
+    routes,
+    onSelect: options.onSelect,
+    onProxyError: options.onProxyError,
+    onTargetStateChange: options.onTargetStateChange,
+    onRetry: options.onRetry
+  }
 }

@@ -1,14 +1,23 @@
+import { performance } from 'node:perf_hooks'
+import { ActiveProber } from './active-prober'
 import { createBalancer, balancerName } from './balancers'
 import type { Balancer, SelectRequest } from './balancers/types'
-import type { UpstreamDispatcher } from './dispatcher'
+import { connectOptions, type UpstreamDispatcher } from './dispatcher'
 import { DuplicateError, InvalidOptionError, UnknownPoolError, UnknownTargetError } from './errors'
-import { DEFAULTS, normalizeTarget, type PoolConfig, type TargetOptions } from './options'
+import type { TargetStateEvent } from './events'
+import type { HealthHost } from './health-host'
+import { normalizeTarget, type PoolConfig, type TargetOptions } from './options'
+import { OutlierDetector } from './outlier-detector'
+import { SlowStart } from './slow-start'
 import { Target, statusOf, viewOf, type TargetStatus, type TargetView } from './target'
 
 export interface PoolStatus {
   name: string
   balancer: string
+  /** targets that may take requests */
   available: number
+  /** fewer than `panicThreshold` percent of the primaries are available: balancing over all */
+  panic: boolean
   targets: TargetStatus[]
 }
 
@@ -17,38 +26,67 @@ export interface RemoveTargetOptions {
   drain?: boolean
 }
 
+/** Where a pool reports state changes (the registry turns them into hooks, events and logs). */
+export type StateChangeListener = (event: TargetStateEvent) => void
+
 /**
- * A named pool of targets: it owns the targets, keeps the balancer fed with the ones that
- * may take requests (primaries, or the backups when no primary is available), and opens
- * and closes each target's connection pool. It knows nothing of Fastify.
+ * A named pool of targets: it owns the targets and their health parts, keeps the balancer
+ * fed with the targets that may take requests (primaries; backups when no primary is
+ * available; all of them in panic), and opens and closes each target's connection pool.
+ * It knows nothing of Fastify.
  */
-export class UpstreamPool {
+export class UpstreamPool implements HealthHost {
   readonly name: string
   readonly config: PoolConfig
   private readonly balancer: Balancer
   private readonly dispatcher: UpstreamDispatcher
+  private readonly onStateChange: StateChangeListener
+  readonly detector: OutlierDetector | undefined
+  private readonly prober: ActiveProber | undefined
+  private readonly slowStart: SlowStart
   private readonly byUrl = new Map<string, Target>()
   private readonly views = new Map<Target, TargetView>()
   private list: Target[] = []
   private viewList: readonly TargetView[] = []
-  private drains = new Set<{ target: Target, timer: NodeJS.Timeout, done: () => void }>()
+  private candidates: readonly Target[] = []
+  private readonly drains = new Set<{ target: Target, timer: NodeJS.Timeout, done: () => void }>()
+  private started = false
   private closed = false
+  panic = false
+  /** retries in flight (for the retry budget) */
+  retriesInFlight = 0
 
-  constructor (name: string, config: PoolConfig, dispatcher: UpstreamDispatcher) {
+  constructor (name: string, config: PoolConfig, dispatcher: UpstreamDispatcher, onStateChange: StateChangeListener = () => {}) {
     this.name = name
     this.config = config
     this.dispatcher = dispatcher
+    this.onStateChange = onStateChange
     this.balancer = createBalancer(config.balancer)
     if (typeof this.balancer?.pick !== 'function' || typeof this.balancer?.update !== 'function') {
       throw new InvalidOptionError(`upstreams.${name}.balancer: the factory must return an object with pick() and update()`)
     }
+    this.detector = config.passive === undefined ? undefined : new OutlierDetector(config.passive, this)
+    this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, connectOptions(config))
+    this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
     for (const target of config.targets) this.insert(new Target(target))
     this.refresh()
+  }
+
+  /** requests in flight on all targets (for the retry budget; read only on failures) */
+  get inflight (): number {
+    let sum = 0
+    for (const target of this.list) sum += target.inflight
+    return sum
   }
 
   /** Read-only views of every target, in the order they were added. */
   get targets (): readonly TargetView[] {
     return this.viewList
+  }
+
+  /** The internal targets (for the health parts). */
+  get targetList (): readonly Target[] {
+    return this.list
   }
 
   /** The view of the target with this URL, if any. */
@@ -63,9 +101,29 @@ export class UpstreamPool {
     return target === undefined ? undefined : this.views.get(target)
   }
 
-  /** Hot-path selection for the forwarder: the internal target, no view. */
-  pick (request: SelectRequest): Target | undefined {
-    return this.balancer.pick(request) as Target | undefined
+  /**
+   * Hot-path selection for the forwarder. A target at its connection limit
+   * (`maxConnections` + `maxPending`) is passed over, as is any target in `exclude`
+   * (those a request already tried), when another candidate can take the request.
+   */
+  pick (request: SelectRequest, exclude?: readonly Target[]): Target | undefined {
+    const first = this.balancer.pick(request) as Target | undefined
+    if (first === undefined || (exclude === undefined && !this.isFull(first))) return first
+    if (this.usable(first, exclude)) return first
+    // the balancer's choice cannot be used: ask again a few times, then look through all
+    const candidates = this.candidates
+    for (let i = 0; i < 2 && i < candidates.length; i++) {
+      const next = this.balancer.pick(request) as Target | undefined
+      if (next !== undefined && this.usable(next, exclude)) return next
+    }
+    for (const candidate of candidates) if (this.usable(candidate, exclude)) return candidate
+    return undefined
+  }
+
+  /** true when the target is at its connection limit */
+  isFull (target: Target): boolean {
+    const max = this.config.maxConnections
+    return max !== undefined && target.inflight >= max + this.config.maxPending
   }
 
   viewOf (target: Target): TargetView {
@@ -77,8 +135,11 @@ export class UpstreamPool {
     const config = normalizeTarget(input, `upstreams.${this.name}.targets`)
     if (this.byUrl.has(config.url)) throw new DuplicateError(`Target ${config.url} of pool "${this.name}"`)
     const target = new Target(config)
+    // a target that joins a running pool ramps up, and is probed before it counts as healthy
+    if (this.started) this.slowStart.begin(target)
     this.insert(target)
     this.refresh()
+    this.prober?.add(target)
     return this.views.get(target) as TargetView
   }
 
@@ -90,13 +151,15 @@ export class UpstreamPool {
   async removeTarget (url: string, options: RemoveTargetOptions = {}): Promise<void> {
     const target = this.mustGet(url)
     if (target.draining) throw new UnknownTargetError(this.name, `${url} (already being removed)`)
-    target.draining = true
-    this.refresh()
+    this.transition(target, (t) => { t.draining = true }, options.drain === true ? 'removed with drain' : 'removed')
     if (options.drain === true && target.inflight > 0) await this.waitIdle(target)
     this.byUrl.delete(target.url)
     this.views.delete(target)
     this.list = this.list.filter((t) => t !== target)
     this.viewList = Object.freeze(this.list.map((t) => this.views.get(t) as TargetView))
+    this.prober?.remove(target)
+    this.detector?.forget(target)
+    this.slowStart.forget(target)
     await this.dispatcher.release(target.origin)
   }
 
@@ -106,7 +169,7 @@ export class UpstreamPool {
       throw new InvalidOptionError(`upstreams.${this.name}: weight of ${url} must be an integer from 1 to 1000`)
     }
     target.configuredWeight = weight
-    target.weight = weight
+    this.slowStart.apply(target, performance.now())
     this.refresh()
   }
 
@@ -115,13 +178,34 @@ export class UpstreamPool {
     if (state !== 'disabled' && state !== 'enabled') {
       throw new InvalidOptionError(`upstreams.${this.name}: state must be 'disabled' or 'enabled'`)
     }
-    target.disabled = state === 'disabled'
+    this.transition(target, (t) => { t.disabled = state === 'disabled' }, `${state} by the operator`)
+  }
+
+  /**
+   * Applies a change to a target's flags; when its state changes, the balancer is fed
+   * again, the change is reported, and a target that comes back ramps up (slow start).
+   */
+  transition (target: Target, change: (target: Target) => void, reason: string): void {
+    const from = target.state
+    const wasAvailable = target.available
+    change(target)
+    const to = target.state
+    if (from === to) return
+    if (!wasAvailable && target.available && this.started) this.slowStart.begin(target)
     this.refresh()
+    this.onStateChange({ pool: this.name, target: this.viewOf(target), from, to, reason })
   }
 
   /** Seconds until a target may be available again, when known. */
   retryAfter (): number | undefined {
-    return undefined
+    const now = performance.now()
+    let soonest = Infinity
+    for (const target of this.list) {
+      if (target.draining || target.disabled) continue
+      if (target.ejected) soonest = Math.min(soonest, target.ejectedUntil - now)
+      else if (target.unhealthy && this.config.active !== undefined) soonest = Math.min(soonest, this.config.active.interval)
+    }
+    return soonest === Infinity ? undefined : Math.max(1, Math.ceil(soonest / 1000))
   }
 
   status (): PoolStatus {
@@ -131,26 +215,54 @@ export class UpstreamPool {
       name: this.name,
       balancer: balancerName(this.config.balancer),
       available,
+      panic: this.panic,
       targets: this.list.map(statusOf)
     }
   }
 
-  /** Stops pending drains; the dispatcher closes the connections. */
-  close (): void {
-    this.closed = true
-    for (const drain of this.drains) drain.done()
+  /** Starts active checks; resolves when their first round is done. */
+  async start (): Promise<void> {
+    this.started = true
+    await this.prober?.start()
   }
 
-  /** Feeds the balancer the primaries that may take requests, or else the backups. */
+  /** Stops checks, ramps and pending drains; the dispatcher closes the connections. */
+  async close (): Promise<void> {
+    this.closed = true
+    for (const drain of this.drains) drain.done()
+    this.detector?.close()
+    this.slowStart.close()
+    await this.prober?.close()
+  }
+
+  /**
+   * Feeds the balancer: the available primaries, or else the available backups. In panic
+   * (fewer than `panicThreshold` percent of the primaries available), every primary that
+   * the operator has not taken out, healthy or not, as Envoy does.
+   */
   refresh (): void {
     const primaries: Target[] = []
     const backups: Target[] = []
+    let inService = 0
     for (const target of this.list) {
+      if (!target.backup && !target.draining && !target.disabled) inService++
       if (!target.available) continue
       if (target.backup) backups.push(target)
       else primaries.push(target)
     }
-    this.balancer.update(primaries.length > 0 ? primaries : backups)
+    const threshold = this.config.panicThreshold
+    this.panic = threshold > 0 && inService > 0 && (primaries.length * 100) / inService < threshold &&
+      (primaries.length > 0 || backups.length === 0)
+    if (this.panic) {
+      this.candidates = this.list.filter((t) => !t.backup && !t.draining && !t.disabled)
+    } else {
+      this.candidates = primaries.length > 0 ? primaries : backups
+    }
+    this.balancer.update(this.candidates)
+  }
+
+  private usable (target: Target, exclude: readonly Target[] | undefined): boolean {
+    return !this.isFull(target) && (exclude === undefined || !exclude.includes(target))
   }
 
   private insert (target: Target): void {
@@ -165,7 +277,7 @@ export class UpstreamPool {
     return new Promise((resolve) => {
       const drain = {
         target,
-        timer: setTimeout(() => drain.done(), this.config.drainTimeout ?? DEFAULTS.drainTimeout),
+        timer: setTimeout(() => drain.done(), this.config.drainTimeout),
         done: () => {
           clearTimeout(drain.timer)
           target.onIdle = undefined

@@ -1,6 +1,7 @@
 import type { UpstreamDispatcher } from './dispatcher'
 import { DuplicateError, UnknownPoolError } from './errors'
-import { checkPoolName, normalizePool, type PoolOptions } from './options'
+import { channels, type Logger, type TargetStateEvent } from './events'
+import { checkPoolName, normalizePool, type PluginOptions, type PoolOptions } from './options'
 import { UpstreamPool, type PoolStatus } from './pool'
 
 export interface RegistryStatus {
@@ -11,9 +12,14 @@ export interface RegistryStatus {
 export class UpstreamRegistry implements Iterable<UpstreamPool> {
   private readonly pools = new Map<string, UpstreamPool>()
   private readonly dispatcher: UpstreamDispatcher
+  private readonly log: Logger
+  private readonly hook: PluginOptions['onTargetStateChange']
+  private started = false
 
-  constructor (dispatcher: UpstreamDispatcher) {
+  constructor (dispatcher: UpstreamDispatcher, log: Logger, hook?: PluginOptions['onTargetStateChange']) {
     this.dispatcher = dispatcher
+    this.log = log
+    this.hook = hook
   }
 
   get size (): number {
@@ -28,12 +34,16 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
     return this.pools.has(name)
   }
 
-  /** Adds a pool, validating its options as register does; works before and after `ready`. */
+  /**
+   * Adds a pool, validating its options as register does. Works before and after `ready`;
+   * after it, the pool's active checks start at once.
+   */
   add (name: string, options: PoolOptions): UpstreamPool {
     checkPoolName(name)
     if (this.pools.has(name)) throw new DuplicateError(`Upstream pool "${name}"`)
-    const pool = new UpstreamPool(name, normalizePool(options, `upstreams.${name}`), this.dispatcher)
+    const pool = new UpstreamPool(name, normalizePool(options, `upstreams.${name}`), this.dispatcher, this.stateChanged)
     this.pools.set(name, pool)
+    if (this.started) pool.start().catch(() => {})
     return pool
   }
 
@@ -43,7 +53,7 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
     if (pool === undefined) throw new UnknownPoolError(name)
     this.pools.delete(name)
     await Promise.all(pool.targets.map((t) => pool.removeTarget(t.url)))
-    pool.close()
+    await pool.close()
   }
 
   status (): RegistryStatus {
@@ -60,10 +70,27 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
     return this.pools.keys()
   }
 
+  /** Starts every pool's active checks; resolves when their first round is done. */
+  async start (): Promise<void> {
+    this.started = true
+    await Promise.all([...this.pools.values()].map((pool) => pool.start()))
+  }
+
   /** Closes every pool and connection; called from the plugin's onClose. */
   async close (): Promise<void> {
-    for (const pool of this.pools.values()) pool.close()
+    const pools = [...this.pools.values()]
     this.pools.clear()
+    await Promise.all(pools.map((pool) => pool.close()))
     await this.dispatcher.destroy()
+  }
+
+  /** Every state change: one log line, the hook, the diagnostics channel. */
+  private readonly stateChanged = (event: TargetStateEvent): void => {
+    const line = { pool: event.pool, target: event.target.url, from: event.from, to: event.to, reason: event.reason }
+    // what the operator did is news; what health checks found is a warning
+    if (event.to === 'unhealthy' || event.to === 'ejected') this.log.warn(line, `upstream target is ${event.to}`)
+    else this.log.info(line, `upstream target is ${event.to}`)
+    this.hook?.(event)
+    channels.targetState.publish(event)
   }
 }

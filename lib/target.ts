@@ -34,6 +34,19 @@ export class Target implements BalancerTarget {
   latency = 0
   latencyUpdatedAt = 0
 
+  // active checks: consecutive results, reset by the opposite result
+  probeSuccesses = 0
+  probeFailures = 0
+  // passive checks
+  consecutiveFailures = 0
+  ejections = 0
+  /** ejections in a row without a quiet spell between them: doubles the ejection time */
+  ejectionStreak = 0
+  /** when the current ejection ends (performance.now() ms), 0 when not ejected */
+  ejectedUntil = 0
+  /** when slow start began (performance.now() ms), 0 when the weight is not ramping */
+  slowStartAt = 0
+
   /** resolves a pending drain when the last in-flight request ends */
   onIdle: (() => void) | undefined = undefined
 
@@ -92,6 +105,8 @@ export interface TargetView {
   readonly inflight: number
   readonly requests: number
   readonly failures: number
+  /** times the target was ejected by passive checks */
+  readonly ejections: number
   /** peak-EWMA latency to response headers, ms */
   readonly latency: number
 }
@@ -109,6 +124,7 @@ export function viewOf (target: Target): TargetView {
     get inflight () { return target.inflight },
     get requests () { return target.requests },
     get failures () { return target.failures },
+    get ejections () { return target.ejections },
     get latency () { return target.latency },
     toJSON () { return statusOf(target) }
   })
@@ -124,6 +140,7 @@ export function statusOf (target: Target): TargetStatus {
     inflight: target.inflight,
     requests: target.requests,
     failures: target.failures,
+    ejections: target.ejections,
     latency: Math.round(target.latency * 1000) / 1000
   }
 }

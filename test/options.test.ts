@@ -38,7 +38,7 @@ const cases: Array<[string, unknown, string]> = [
   ['ewma decay negative', { upstreams: { users: { targets: [], balancer: { type: 'ewma', decay: -1 } } } }, 'upstreams.users.balancer.decay: must be a positive number'],
   ['timeout not a number', { upstreams: { users: { targets: [], timeout: { connect: 'soon' } } } }, 'upstreams.users.timeout.connect: must be a positive integer'],
   ['unknown timeout', { upstreams: { users: { targets: [], timeout: { read: 1 } } } }, 'upstreams.users.timeout.read: unknown option'],
-  ['connections zero', { upstreams: { users: { targets: [], connections: 0 } } }, 'upstreams.users.connections: must be an integer from 1 to 65535'],
+  ['maxConnections zero', { upstreams: { users: { targets: [], maxConnections: 0 } } }, 'upstreams.users.maxConnections: must be an integer from 1 to 65535'],
   ['bad pool name', { upstreams: { 'a b': { targets: [] } } }, 'upstreams.a b: a pool name must be'],
   ['upstreams not an object', { upstreams: [] }, 'upstreams: must be an object of pools'],
   ['unknown top-level option', { upstream: {} }, 'upstream: unknown option'],

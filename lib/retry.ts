@@ -1,0 +1,44 @@
+import type { RetryConfig } from './options'
+
+/**
+ * The retry policy, as plain decisions: whether a failed attempt may be tried again, and
+ * after how long. Retries go to another target (the forwarder picks it); here is only
+ * what makes a retry safe and affordable.
+ */
+
+export interface RetryBudget {
+  /** requests in flight in the pool */
+  readonly inflight: number
+  /** retries among them */
+  readonly retriesInFlight: number
+}
+
+export interface AttemptFacts {
+  /** retries already made for this request */
+  retries: number
+  method: string
+  /** the failure happened before anything was sent (connection refused, DNS, TLS, connect timeout) */
+  neverSent: boolean
+  /** the request body can be sent again: none, a parsed body, or a stream not yet read */
+  bodyReplayable: boolean
+}
+
+/**
+ * A retry is allowed when attempts remain, the budget has room (Envoy: at most `percent`
+ * of the requests in flight are retries, but always `minRetries`), the body can be sent
+ * again, and either nothing reached the target or the method is one configured as safe
+ * to repeat.
+ */
+export function mayRetry (config: RetryConfig, budget: RetryBudget, facts: AttemptFacts): boolean {
+  if (facts.retries >= config.attempts || !facts.bodyReplayable) return false
+  if (!facts.neverSent && !config.methods.has(facts.method)) return false
+  const allowed = Math.max(config.budgetMinRetries, (budget.inflight * config.budgetPercent) / 100)
+  return budget.retriesInFlight < allowed
+}
+
+/** Exponential backoff with full jitter: a random delay up to base × 2^(retry-1), capped at max. */
+export function backoff (config: RetryConfig, retry: number): number {
+  if (config.backoffBase === 0) return 0
+  const cap = Math.min(config.backoffMax, config.backoffBase * 2 ** (retry - 1))
+  return Math.floor(Math.random() * cap)
+}
