@@ -8,6 +8,7 @@ import type { PluginOptions } from './options'
 import type { UpstreamPool } from './pool'
 import type { UpstreamRegistry } from './registry'
 import { backoff, mayRetry } from './retry'
+import { LazyBody } from './replayable-body'
 import type { Target } from './target'
 
 /** Per-call options of `reply.forward`: `url` plus the per-call options of `reply.from`. */
@@ -44,10 +45,11 @@ export const kPrepared = Symbol('fastify-upstream.prepared')
 export const kPath = Symbol('fastify-upstream.path')
 export const kRetries = Symbol('fastify-upstream.retries')
 export const kTried = Symbol('fastify-upstream.tried')
+export const kBody = Symbol('fastify-upstream.body')
 
 /** The request decorations, with their initial values. */
 export const requestDecorations = [
-  [kTarget, null], [kPool, null], [kStart, 0], [kPrepared, null], [kPath, ''], [kRetries, 0], [kTried, null]
+  [kTarget, null], [kPool, null], [kStart, 0], [kPrepared, null], [kPath, ''], [kRetries, 0], [kTried, null], [kBody, null]
 ] as const
 
 interface ForwardState {
@@ -58,6 +60,8 @@ interface ForwardState {
   [kPath]: string
   [kRetries]: number
   [kTried]: Target[] | null
+  /** the client's body stream, when it is one and retries may need it again */
+  [kBody]: Readable | null
 }
 
 type StatefulRequest = FastifyRequest & ForwardState
@@ -90,11 +94,11 @@ function neverSent (error: MappedError): boolean {
 }
 
 /** true when the request body can be sent again */
-function bodyReplayable (request: FastifyRequest, nothingSent: boolean): boolean {
-  const body = request.body
-  if (body === undefined || body === null) return true
-  if (body instanceof Readable) return nothingSent && !body.readableDidRead && !body.destroyed
-  return true
+function bodyReplayable (request: StatefulRequest, nothingSent: boolean): boolean {
+  const stream = request[kBody]
+  if (stream !== null) return nothingSent && !stream.readableDidRead && !stream.destroyed
+  // no body, or a parsed one that reply-from serialises anew
+  return !(request.body instanceof Readable)
 }
 
 function noRetry (): null {
@@ -170,6 +174,10 @@ export class Forwarder {
     request[kPool] = pool
     request[kPrepared] = prepared
     request[kPath] = path
+    // keep a streamed body replayable when a retry may need it (and only then)
+    if (request.body instanceof Readable && pool.config.retry.attempts > 0 && pool.targetList.length > 1) {
+      request[kBody] = request.body
+    }
     reply.raw.on('close', onClientResponseClosed)
     return this.send(reply, request, target)
   }
@@ -181,6 +189,8 @@ export class Forwarder {
     request[kTarget] = target
     request[kStart] = performance.now()
     target.start()
+    const body = request[kBody]
+    if (body !== null) request.body = new LazyBody(body)
     return reply.from(target.origin + target.basePath + request[kPath], (request[kPrepared] as PreparedOptions).from as never)
   }
 

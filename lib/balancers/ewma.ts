@@ -2,6 +2,10 @@ import { performance } from 'node:perf_hooks'
 import { LeastRequestBalancer } from './least-request'
 import type { BalancerTarget } from './types'
 
+/** the cost of an unmeasured target with requests in flight: above any measured one
+ * (ms × requests), and small enough that adding the in-flight count stays exact */
+const UNMEASURED_PENALTY = 1e12
+
 /**
  * Peak-EWMA (Finagle, Linkerd, APISIX `ewma`): power of two choices on
  * `latency × (in-flight + 1) / weight`. The pool keeps each target's peak-EWMA latency;
@@ -25,6 +29,10 @@ export class EwmaBalancer extends LeastRequestBalancer {
   protected override score (target: BalancerTarget, now: number): number {
     let latency = target.latency
     if (latency === 0) {
+      // Unmeasured: cheap while idle, so that it gets probed, but dear once a request is
+      // out (Finagle's penalty). Otherwise a new or slow target, still looking like
+      // `initialLatency`, would take every pick until its first answer came back.
+      if (target.inflight > 0) return UNMEASURED_PENALTY + target.inflight
       latency = this.initialLatency
     } else {
       const idle = now - target.latencyUpdatedAt

@@ -21,9 +21,15 @@ export class LeastRequestBalancer implements Balancer {
     this.table.build(targets)
   }
 
-  /** the load score; lower is better (exposed for the EWMA balancer) */
+  /**
+   * The load score; lower is better (overridden by the EWMA balancer). In-flight requests
+   * per unit of weight, with no `+ 1`: idle targets tie at 0 and the weighted first draw
+   * decides, so light traffic follows the weights. With `(inflight + 1) / weight`, a
+   * weight-3 target would beat an idle weight-1 one every time (1/3 < 1) and take all of
+   * the traffic whenever requests do not overlap.
+   */
   protected score (target: BalancerTarget, _now: number): number {
-    return (target.inflight + 1) / target.weight
+    return target.inflight / target.weight
   }
 
   protected now (): number {
