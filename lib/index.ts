@@ -9,12 +9,15 @@ import { UpstreamRegistry } from './registry'
 import { mountRoute } from './routes'
 
 export type { ForwardOptions } from './forward'
-export type { PluginOptions as FastifyUpstreamOptions, PoolOptions, RouteOptions, TargetOptions, BalancerOptions, TimeoutOptions, HashKeyOption } from './options'
+export type {
+  PluginOptions as FastifyUpstreamOptions, PoolOptions, RouteOptions, TargetOptions, BalancerOptions, TimeoutOptions, HashKeyOption,
+  ActiveCheckOptions, PassiveCheckOptions, RetryOptions
+} from './options'
 export type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from './balancers/types'
 export type { TargetView, TargetState, TargetStatus } from './target'
 export type { UpstreamPool, PoolStatus, RemoveTargetOptions } from './pool'
 export type { UpstreamRegistry, RegistryStatus } from './registry'
-export type { SelectEvent, ProxyErrorEvent } from './events'
+export type { SelectEvent, ProxyErrorEvent, TargetStateEvent, RetryEvent } from './events'
 export * as errors from './errors'
 export { RoundRobinBalancer, RandomBalancer, LeastRequestBalancer, EwmaBalancer, ConsistentHashBalancer } from './balancers'
 
