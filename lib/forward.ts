@@ -123,6 +123,23 @@ function onClientResponseClosed (this: RawResponse): void {
   }
 }
 
+/** An upstream response body, carrying what its outcome is recorded against. */
+type UpstreamBody = Readable & { [kTarget]?: Target, [kPool]?: UpstreamPool }
+
+// With passive checks on, an exchange counts as a success only once its body has arrived
+// whole, and as a failure when the body breaks off: shared listeners, no closures.
+function onUpstreamBodyEnd (this: UpstreamBody): void {
+  const target = this[kTarget]
+  if (target !== undefined) this[kPool]?.detector?.success(target)
+}
+
+function onUpstreamBodyError (this: UpstreamBody): void {
+  const target = this[kTarget]
+  if (target === undefined) return
+  target.failures++
+  this[kPool]?.detector?.failure(target, performance.now())
+}
+
 /** Glue to `@fastify/reply-from`: selects a target, proxies, retries, and accounts for the outcome. */
 export class Forwarder {
   private readonly registry: UpstreamRegistry
@@ -271,7 +288,11 @@ export class Forwarder {
         target.failures++
         detector.failure(target, now)
       } else {
-        detector.success(target)
+        const body = res.stream as UpstreamBody
+        body[kTarget] = target
+        body[kPool] = pool
+        body.on('end', onUpstreamBodyEnd)
+        body.on('error', onUpstreamBodyError)
       }
     }
     if (pool.config.retry.statusCodes[status] === 1 && this.retry(reply, target, `status ${status}`, false)) {

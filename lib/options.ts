@@ -281,7 +281,7 @@ export const DEFAULTS = {
     methods: ['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'],
     statusCodes: [],
     backoff: { base: 25, max: 250 },
-    budget: { percent: 20, minRetries: 3 }
+    budget: { percent: 20, minRetries: 10 }
   },
   slowStart: { window: 0, minWeightPercent: 10 },
   panicThreshold: 0,
