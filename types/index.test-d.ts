@@ -25,7 +25,19 @@ app.register(fastifyUpstream, {
         { url: 'http://127.0.0.1:3009', backup: true }
       ],
       balancer: 'least-request',
-      timeout: { connect: 2000, response: 30000 }
+      healthCheck: {
+        active: { path: '/healthz', interval: 5000, timeout: 1000, healthyThreshold: 2, unhealthyThreshold: 3, expectedStatus: [200, '300-399'] },
+        passive: { consecutiveFailures: 5, ejectionTime: 30000, maxEjectionPercent: 50 }
+      },
+      retry: { attempts: 2, statusCodes: [502, 503, 504], backoff: { base: 25, max: 250 }, budget: { percent: 20, minRetries: 3 } },
+      timeout: { connect: 2000, response: 30000 },
+      slowStart: { window: 30000 },
+      panicThreshold: 50,
+      maxConnections: 100
+    },
+    custom: {
+      targets: [],
+      healthCheck: { active: { check: async (target) => target.url.startsWith('http') } }
     },
     sessions: {
       targets: ['http://127.0.0.1:4001'],
@@ -37,8 +49,11 @@ app.register(fastifyUpstream, {
     }
   },
   routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users', methods: ['GET', 'POST'] }],
-  onSelect: (event) => { expectType<TargetView>(event.target) }
+  onSelect: (event) => { expectType<TargetView>(event.target) },
+  onTargetStateChange: (event) => { expectType<TargetState>(event.to) },
+  onRetry: (event) => { expectType<number>(event.attempt) }
 })
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], healthCheck: { active: { type: 'udp' } } } } }))
 
 // a custom balancer implements the same interface as the built-ins
 class First implements Balancer {
