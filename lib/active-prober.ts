@@ -20,6 +20,12 @@ export class ActiveProber {
   private readonly detector: OutlierDetector | undefined
   private readonly agent: Agent | undefined
   private readonly timers = new Map<Target, NodeJS.Timeout>()
+  /**
+   * Ends each custom or TCP probe in flight (as failed). close() calls them: a hanging
+   * custom check would otherwise hold its timeout timer, and a TCP probe its socket,
+   * past the app's close. (HTTP probes end when the agent is destroyed.)
+   */
+  private readonly cancels = new Set<() => void>()
   private started = false
   private closed = false
 
@@ -55,6 +61,7 @@ export class ActiveProber {
     this.closed = true
     for (const timer of this.timers.values()) clearTimeout(timer)
     this.timers.clear()
+    for (const cancel of this.cancels) cancel()
     await this.agent?.destroy()
   }
 
@@ -101,8 +108,8 @@ export class ActiveProber {
 
   private probe (target: Target): Promise<boolean> {
     const { check, timeout } = this.config
-    if (check !== undefined) return withTimeout(Promise.resolve(check(this.host.viewOf(target))).then((ok) => ok === true), timeout)
-    if (this.config.type === 'tcp') return tcpProbe(target, timeout)
+    if (check !== undefined) return withTimeout(Promise.resolve(check(this.host.viewOf(target))).then((ok) => ok === true), timeout, this.cancels)
+    if (this.config.type === 'tcp') return tcpProbe(target, timeout, this.cancels)
     return this.httpProbe(target)
   }
 
@@ -121,25 +128,37 @@ export class ActiveProber {
   }
 }
 
-function tcpProbe (target: Target, timeout: number): Promise<boolean> {
+function tcpProbe (target: Target, timeout: number, cancels: Set<() => void>): Promise<boolean> {
   const url = new URL(target.origin)
   const port = url.port !== '' ? Number(url.port) : (url.protocol === 'https:' ? 443 : 80)
   return new Promise((resolve) => {
     const socket = net.connect({ host: url.hostname.replace(/^\[|\]$/g, ''), port })
     const done = (ok: boolean): void => {
+      cancels.delete(cancel)
       socket.destroy()
       resolve(ok)
     }
+    const cancel = (): void => done(false)
+    cancels.add(cancel)
     socket.setTimeout(timeout, () => done(false))
     socket.once('connect', () => done(true))
     socket.once('error', () => done(false))
   })
 }
 
-function withTimeout (promise: Promise<boolean>, ms: number): Promise<boolean> {
+/** `promise`, or false after `ms` or when cancelled (at close), whichever comes first */
+function withTimeout (promise: Promise<boolean>, ms: number, cancels: Set<() => void>): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined
-  const expired = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), ms) })
-  return Promise.race([promise, expired]).finally(() => clearTimeout(timer))
+  let cancel: () => void = ignore
+  const expired = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms)
+    cancel = () => resolve(false)
+    cancels.add(cancel)
+  })
+  return Promise.race([promise, expired]).finally(() => {
+    clearTimeout(timer)
+    cancels.delete(cancel)
+  })
 }
 
 /** run() records every failure itself and never rejects */

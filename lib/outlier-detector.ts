@@ -54,7 +54,11 @@ export class OutlierDetector {
     if (timer !== undefined) clearTimeout(timer)
     this.timers.delete(target)
     if (!target.ejected) return
-    this.host.transition(target, (t) => { t.ejected = false }, reason)
+    // failures of requests still in flight at ejection do not count against its return
+    this.host.transition(target, (t) => {
+      t.ejected = false
+      t.consecutiveFailures = 0
+    }, reason)
   }
 
   /** The target left the pool. */

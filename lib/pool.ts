@@ -135,8 +135,12 @@ export class UpstreamPool implements HealthHost {
     const config = normalizeTarget(input, `upstreams.${this.name}.targets`)
     if (this.byUrl.has(config.url)) throw new DuplicateError(`Target ${config.url} of pool "${this.name}"`)
     const target = new Target(config)
-    // a target that joins a running pool ramps up, and is probed before it counts as healthy
-    if (this.started) this.slowStart.begin(target)
+    if (this.started) {
+      // a target that joins a running pool ramps up; with active checks, it takes no
+      // traffic until its first probe passes (as Envoy does with new hosts)
+      this.slowStart.begin(target)
+      if (this.prober !== undefined) target.unhealthy = true
+    }
     this.insert(target)
     this.refresh()
     this.prober?.add(target)
