@@ -66,9 +66,16 @@ export class ConsistentHashBalancer implements Balancer {
   private readonly size: number
   private readonly hashKey: KeyHasher
   private cursor = 0
+  /**
+   * How far the cursor moves for each request without a key: a large prime, taken modulo
+   * the (prime) table size. With a table of exactly 7919 entries that would be 0 and pin
+   * every such request to one entry, so it is then 1.
+   */
+  private readonly stride: number
 
   constructor (options: { key?: HashKey, tableSize?: number } = {}) {
     this.size = options.tableSize ?? 65537
+    this.stride = 7919 % this.size || 1
     this.hashKey = keyHasher(options.key ?? 'ip')
   }
 
@@ -117,7 +124,9 @@ export class ConsistentHashBalancer implements Balancer {
     if (table.length === 0) return undefined
     const hash = this.hashKey(request)
     if (hash >= 0) return table[hash % table.length]
-    this.cursor = this.cursor + 7919 >= table.length ? (this.cursor + 7919) % table.length : this.cursor + 7919
+    // the table is full whenever it is not empty, so its length is `size` and stride < length
+    this.cursor += this.stride
+    if (this.cursor >= table.length) this.cursor -= table.length
     return table[this.cursor]
   }
 }

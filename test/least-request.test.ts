@@ -1,0 +1,108 @@
+import type http from 'node:http'
+import { test } from 'tap'
+import { Agent, request } from 'undici'
+import type { BalancerOptions } from '../lib/index'
+import { load, startGateway, startUpstream, startUpstreams, type Upstream } from './helpers'
+
+const SLOW_MS = 80
+const TOTAL = 1500
+const CONCURRENCY = 16
+/** requests sent before measuring: JIT, keep-alive connections and counters settle */
+const WARMUP = 300
+
+/**
+ * Sends `total` GET requests from `concurrency` clients, each a keep-alive connection of
+ * its own; returns how many each upstream answered (by `x-upstream`). Uses undici's
+ * `request`, which costs about half the CPU of `fetch`: client, gateway and upstreams
+ * share one event loop here, and the less time the client takes, the less queueing
+ * delay the gateway mistakes for upstream latency on a busy machine.
+ */
+async function drive (url: string, total: number, concurrency: number): Promise<Record<string, number>> {
+  const agent = new Agent({ connections: concurrency })
+  const counts: Record<string, number> = {}
+  let sent = 0
+  async function client (): Promise<void> {
+    while (sent < total) {
+      sent++
+      const res = await request(url, { dispatcher: agent })
+      const name = String(res.headers['x-upstream'] ?? `status-${res.statusCode}`)
+      counts[name] = (counts[name] ?? 0) + 1
+      await res.body.dump()
+    }
+  }
+  try {
+    await Promise.all(Array.from({ length: concurrency }, client))
+  } finally {
+    await agent.close()
+  }
+  return counts
+}
+
+/** Answers like the helpers' default upstream, after `delay` ms. */
+function delayed (delay: number) {
+  return (_req: http.IncomingMessage, res: http.ServerResponse, _body: string, upstream: Upstream): void => {
+    setTimeout(() => {
+      res.setHeader('x-upstream', upstream.name)
+      res.end(upstream.name)
+    }, delay)
+  }
+}
+
+/** The part of a tap test these helpers need. */
+interface Teardown { teardown: (fn: () => Promise<void>) => void }
+
+/** Two fast upstreams (u0, u1) and one 80 ms slower (slow), behind a mount. */
+async function slowSetup (t: Teardown, balancer: BalancerOptions): Promise<{ url: string, ups: Upstream[] }> {
+  const ups = await startUpstreams(2)
+  ups.push(await startUpstream('slow', delayed(SLOW_MS)))
+  const { app, url } = await startGateway({
+    upstreams: { pool: { targets: ups.map((u) => u.url), balancer } },
+    routes: [{ prefix: '/api', upstream: 'pool' }]
+  })
+  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
+  return { url, ups }
+}
+
+// Least-request sees in-flight counts, not latency: the slow target keeps about as many
+// requests in flight as a fast one, so its share is roughly (fast in-flight time) / (2 ×
+// 80 ms). Client, gateway and upstreams share this process's event loop, so the fast
+// in-flight time is mostly queueing behind the other clients: hence the light client and
+// the warm-up, which keep it low on a busy machine.
+test('least-request sends at most 5% of requests to an upstream 80 ms slower than the others', async (t) => {
+  const { url } = await slowSetup(t, 'least-request')
+  await drive(`${url}/api/x`, WARMUP, CONCURRENCY)
+  const counts = await drive(`${url}/api/x`, TOTAL, CONCURRENCY)
+  const slow = counts.slow ?? 0
+  t.comment(`counts ${JSON.stringify(counts)}`)
+  t.equal((counts.u0 ?? 0) + (counts.u1 ?? 0) + slow, TOTAL, 'every request was answered by an upstream')
+  t.ok(slow / TOTAL <= 0.05, `slow target got ${slow} of ${TOTAL} (${(100 * slow / TOTAL).toFixed(1)}%), at most 5% expected`)
+})
+
+test('round-robin sends about a third of requests to the slow upstream in the same setup', async (t) => {
+  const { url } = await slowSetup(t, 'round-robin')
+  await drive(`${url}/api/x`, WARMUP, CONCURRENCY)
+  const counts = await drive(`${url}/api/x`, TOTAL, CONCURRENCY)
+  const slow = counts.slow ?? 0
+  t.comment(`counts ${JSON.stringify(counts)}`)
+  t.equal((counts.u0 ?? 0) + (counts.u1 ?? 0) + slow, TOTAL, 'every request was answered by an upstream')
+  t.ok(slow / TOTAL >= 0.30 && slow / TOTAL <= 0.37, `slow target got ${slow} of ${TOTAL}, between 30% and 37% expected`)
+})
+
+// One client: requests never overlap, every pick sees both targets idle, and only the
+// weights can decide. 16 clients: in-flight counts decide, per unit of weight.
+for (const concurrency of [1, CONCURRENCY]) {
+  test(`weighted least-request respects weights 3:1 between equally fast upstreams (${concurrency} client${concurrency > 1 ? 's' : ''})`, async (t) => {
+    const ups = await startUpstreams(2)
+    const { app, url } = await startGateway({
+      upstreams: { pool: { targets: [{ url: ups[0].url, weight: 3 }, ups[1].url], balancer: { type: 'least-request' } } },
+      routes: [{ prefix: '/api', upstream: 'pool' }]
+    })
+    t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
+    const total = 1200
+    const counts = await load(`${url}/api/x`, total, concurrency)
+    const heavy = (counts.u0 ?? 0) / total
+    t.comment(`counts ${JSON.stringify(counts)}`)
+    t.equal((counts.u0 ?? 0) + (counts.u1 ?? 0), total, 'every request was answered by an upstream')
+    t.ok(heavy >= 0.65 && heavy <= 0.85, `weight-3 target got ${(100 * heavy).toFixed(1)}%, between 65% and 85% expected`)
+  })
+}
