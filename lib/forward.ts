@@ -212,7 +212,7 @@ export class Forwarder {
   }
 
   private unavailable (reply: FastifyReply, pool: UpstreamPool): FastifyReply {
-    if (pool.status().available > 0) {
+    if (pool.saturated) {
       reply.header('retry-after', 1)
       return reply.send(new OverloadedError(pool.name))
     }

@@ -61,10 +61,16 @@ export class UpstreamPool implements HealthHost {
     this.config = config
     this.dispatcher = dispatcher
     this.onStateChange = onStateChange
-    this.balancer = createBalancer(config.balancer)
-    if (typeof this.balancer?.pick !== 'function' || typeof this.balancer?.update !== 'function') {
+    let balancer: Balancer | undefined
+    try {
+      balancer = createBalancer(config.balancer)
+    } catch (error) {
+      throw new InvalidOptionError(`upstreams.${name}.balancer: the factory threw: ${(error as Error).message}`)
+    }
+    if (typeof balancer?.pick !== 'function' || typeof balancer?.update !== 'function') {
       throw new InvalidOptionError(`upstreams.${name}.balancer: the factory must return an object with pick() and update()`)
     }
+    this.balancer = balancer
     this.detector = config.passive === undefined ? undefined : new OutlierDetector(config.passive, this)
     this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, connectOptions(config))
     this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
@@ -118,6 +124,13 @@ export class UpstreamPool implements HealthHost {
     }
     for (const candidate of candidates) if (this.usable(candidate, exclude)) return candidate
     return undefined
+  }
+
+  /** true when some target that could take requests is at its connection limit */
+  get saturated (): boolean {
+    if (this.config.maxConnections === undefined) return false
+    for (const candidate of this.candidates) if (this.isFull(candidate)) return true
+    return false
   }
 
   /** true when the target is at its connection limit */
