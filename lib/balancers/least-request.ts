@@ -50,7 +50,9 @@ export class LeastRequestBalancer implements Balancer {
       if (next === best) next = this.table.sample()
       if (next === best) next = best + 1 === n ? 0 : best + 1
       const score = this.score(targets[next], now)
-      if (score < bestScore) {
+      // a tie between busy targets goes to the faster one: in a tie with a slow target,
+      // both have as many requests waiting, and the slow one holds them far longer
+      if (score < bestScore || (score === bestScore && score > 0 && targets[next].latency < targets[best].latency)) {
         best = next
         bestScore = score
       }
