@@ -29,7 +29,7 @@ export class ActiveProber {
   private started = false
   private closed = false
 
-  constructor (config: ActiveCheckConfig, host: HealthHost, detector: OutlierDetector | undefined, connect: { timeout: number }) {
+  constructor (config: ActiveCheckConfig, host: HealthHost, detector: OutlierDetector | undefined, connect: Record<string, unknown>) {
     this.config = config
     this.host = host
     this.detector = detector

@@ -1,30 +1,46 @@
 import { Dispatcher, Pool } from 'undici'
 import type { PoolConfig } from './options'
 
-interface Entry { pool: Pool, refs: number }
+/**
+ * Marks the headers of a request sent through `@fastify/reply-from` with the connection
+ * pools of the upstream pool it belongs to. A symbol key survives reply-from's copies of
+ * the headers and is never sent: undici writes string keys only.
+ */
+export const kConnections = Symbol('fastify-upstream.connections')
 
-/** How connections to a pool's targets are opened: shared by traffic and active checks. */
-export function connectOptions (config: PoolConfig): { timeout: number } {
-  return { timeout: config.timeout.connect }
+/**
+ * How connections to a pool's targets are opened, shared by traffic and active checks.
+ * TLS certificates are verified unless the pool opts out (`tls.rejectUnauthorized: false`).
+ */
+export function connectOptions (config: PoolConfig): Record<string, unknown> & { timeout: number } {
+  return { minVersion: 'TLSv1.2', ...config.tls, rejectUnauthorized: config.tls.rejectUnauthorized !== false, timeout: config.timeout.connect }
 }
 
 /**
- * The undici dispatcher handed to `@fastify/reply-from`: it routes each request, by its
- * origin, to that target's own keep-alive `Pool`, built with the settings of the
- * upstream pool that owns the target (timeouts, connection limits, TLS).
- * A target URL shared by two upstream pools shares one connection pool, built with the
- * settings of the first.
+ * One upstream pool's keep-alive connection pools, one per target origin, built with that
+ * pool's settings (timeouts, connection limit, TLS). Two upstream pools that list the same
+ * URL have separate connections, so that each keeps its own TLS settings.
  */
-export class UpstreamDispatcher extends Dispatcher {
-  private readonly pools = new Map<string, Entry>()
+export class TargetConnections {
+  private readonly pools = new Map<string, { pool: Pool, refs: number }>()
+  private readonly config: PoolConfig
 
-  /** Opens (or shares) the connection pool of `origin`. */
-  acquire (origin: string, config: PoolConfig): void {
+  constructor (config: PoolConfig) {
+    this.config = config
+  }
+
+  get (origin: string): Pool | undefined {
+    return this.pools.get(origin)?.pool
+  }
+
+  /** Opens (or shares, for a second target on the same origin) the pool of `origin`. */
+  acquire (origin: string): void {
     const entry = this.pools.get(origin)
     if (entry !== undefined) {
       entry.refs++
       return
     }
+    const config = this.config
     const pool = new Pool(origin, {
       connections: config.maxConnections ?? null,
       keepAliveTimeout: config.keepAliveTimeout,
@@ -45,25 +61,33 @@ export class UpstreamDispatcher extends Dispatcher {
     return entry.pool.close()
   }
 
+  /** Closes every connection pool: gracefully (in-flight requests finish) or at once. */
+  async close (graceful: boolean): Promise<void> {
+    const pools = [...this.pools.values()]
+    this.pools.clear()
+    await Promise.all(pools.map((entry) => graceful ? entry.pool.close() : entry.pool.destroy()))
+  }
+}
+
+type MarkedHeaders = Record<PropertyKey, unknown> & { [kConnections]?: TargetConnections }
+
+/**
+ * The undici dispatcher handed to `@fastify/reply-from` (registered once, with no `base`):
+ * it routes each request to the connection pool of its upstream pool and origin.
+ */
+export class UpstreamDispatcher extends Dispatcher {
   override dispatch (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    const entry = this.pools.get(options.origin as string)
-    if (entry === undefined) {
+    const connections = (options.headers as MarkedHeaders | undefined)?.[kConnections]
+    const pool = connections?.get(options.origin as string)
+    if (pool === undefined) {
       // the target was removed between selection and dispatch: undici reports a throw
       // from dispatch() to the request's callback, like a refused connection
       throw Object.assign(new Error(`no connection pool for ${String(options.origin)}`), { code: 'ECONNREFUSED' })
     }
-    return entry.pool.dispatch(options, handler)
+    return pool.dispatch(options, handler)
   }
 
-  override async close (): Promise<void> {
-    const closing = [...this.pools.values()].map((entry) => entry.pool.close())
-    this.pools.clear()
-    await Promise.all(closing)
-  }
-
-  override async destroy (): Promise<void> {
-    const destroying = [...this.pools.values()].map((entry) => entry.pool.destroy())
-    this.pools.clear()
-    await Promise.all(destroying)
-  }
+  // the connection pools belong to the upstream pools, which close them
+  override async close (): Promise<void> {}
+  override async destroy (): Promise<void> {}
 }

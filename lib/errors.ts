@@ -22,3 +22,5 @@ export const BadGatewayError = createError('FST_UPSTREAM_BAD_GATEWAY', 'The upst
 export const BadPathError = createError('FST_UPSTREAM_BAD_PATH', 'The request path is not allowed', 400)
 /** Every target that could take the request is at its connection limit (`maxConnections` + `maxPending`). */
 export const OverloadedError = createError('FST_UPSTREAM_OVERLOADED', 'Every target of upstream pool "%s" is at its connection limit', 503)
+/** A proxied request body grew past the route's `bodyLimit`. */
+export const BodyTooLargeError = createError('FST_UPSTREAM_BODY_TOO_LARGE', 'The request body is larger than %s bytes', 413)

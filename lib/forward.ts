@@ -2,13 +2,15 @@ import { performance } from 'node:perf_hooks'
 import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { FastifyReplyFromHooks } from '@fastify/reply-from'
-import { BadGatewayError, ConnectError, NoTargetError, OverloadedError, TimeoutError, UnknownPoolError } from './errors'
+import { BadGatewayError, BadPathError, ConnectError, NoTargetError, OverloadedError, TimeoutError, UnknownPoolError } from './errors'
 import { channels, type ProxyErrorEvent, type RetryEvent } from './events'
 import type { PluginOptions } from './options'
 import type { UpstreamPool } from './pool'
 import type { UpstreamRegistry } from './registry'
 import { backoff, mayRetry } from './retry'
 import { LazyBody } from './replayable-body'
+import { isSafePath } from './security'
+import { kConnections, type TargetConnections } from './dispatcher'
 import type { Target } from './target'
 
 /** Per-call options of `reply.forward`: `url` plus the per-call options of `reply.from`. */
@@ -24,6 +26,9 @@ type ReplyFromOptions = Record<string, unknown>
 interface UpstreamResponse { statusCode: number, headers: Record<string, unknown>, stream: Readable }
 type OnResponse = (request: FastifyRequest, reply: FastifyReply, res: UpstreamResponse) => void
 type OnError = (reply: FastifyReply, error: { error: Error }) => void
+type HeaderRecord = Record<string, string | string[] | number | undefined>
+type RewriteRequestHeaders = (request: FastifyRequest, headers: HeaderRecord) => HeaderRecord
+type RewriteHeaders = (headers: HeaderRecord, request: FastifyRequest) => HeaderRecord
 
 /**
  * Options prepared once (per route, or per `reply.forward` call with options): the object
@@ -34,6 +39,8 @@ export interface PreparedOptions {
   readonly from: ReplyFromOptions
   readonly onResponse: OnResponse | undefined
   readonly onError: OnError | undefined
+  readonly rewriteRequestHeaders: RewriteRequestHeaders | undefined
+  readonly rewriteHeaders: RewriteHeaders | undefined
 }
 
 // Per-request state lives in request decorations declared at register (stable shapes,
@@ -80,6 +87,8 @@ type MappedError = Error & { code: string, statusCode: number }
 export function upstreamError (error: Error & { cause?: unknown }): MappedError {
   const cause = (error.cause ?? error) as Error & { code?: string }
   const code = cause.code ?? ''
+  // the client's own fault, found while streaming its body: not the target's
+  if (code === 'FST_UPSTREAM_BODY_TOO_LARGE') return cause as MappedError
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return new TimeoutError('no connection within the connect timeout', { cause })
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return new TimeoutError('no response within the response timeout', { cause })
   if (code === 'UND_ERR_BODY_TIMEOUT') return new TimeoutError('the response body stalled past the idle timeout', { cause })
@@ -157,6 +166,9 @@ export class Forwarder {
       ...options,
       onResponse: this.onResponse,
       onError: this.onError,
+      // the pool's header policy first, then the caller's own rewrites
+      rewriteRequestHeaders: this.rewriteRequestHeaders,
+      rewriteHeaders: this.rewriteHeaders,
       // retries and failover are the plugin's own: reply-from would retry the same target
       retryDelay: noRetry
     }
@@ -164,7 +176,9 @@ export class Forwarder {
     return Object.freeze({
       from: Object.freeze(from),
       onResponse: options?.onResponse as OnResponse | undefined,
-      onError: options?.onError as OnError | undefined
+      onError: options?.onError as OnError | undefined,
+      rewriteRequestHeaders: options?.rewriteRequestHeaders as RewriteRequestHeaders | undefined,
+      rewriteHeaders: options?.rewriteHeaders as RewriteHeaders | undefined
     })
   }
 
@@ -188,6 +202,9 @@ export class Forwarder {
       const query = url.indexOf('?')
       path = query === -1 ? url : url.slice(0, query)
     }
+    // whatever the path came from, it may not climb out of where it points
+    const query = path.indexOf('?')
+    if (!isSafePath(query === -1 ? path : path.slice(0, query))) return reply.send(new BadPathError())
     request[kPool] = pool
     request[kPrepared] = prepared
     request[kPath] = path
@@ -273,6 +290,25 @@ export class Forwarder {
       }, delay)
     }
     return true
+  }
+
+  private readonly rewriteRequestHeaders = (request: FastifyRequest, headers: HeaderRecord): HeaderRecord => {
+    const state = request as StatefulRequest
+    const pool = state[kPool] as UpstreamPool
+    const policed = pool.headers.request(request, headers)
+    const user = (state[kPrepared] as PreparedOptions).rewriteRequestHeaders
+    const out = (user === undefined ? policed : user(request, policed)) as HeaderRecord & { [kConnections]?: TargetConnections }
+    // tells the dispatcher whose connections carry the request (after the user's rewrite,
+    // which may have built a new object)
+    out[kConnections] = pool.connections
+    return out
+  }
+
+  private readonly rewriteHeaders = (headers: HeaderRecord, request: FastifyRequest): HeaderRecord => {
+    const state = request as StatefulRequest
+    const policed = (state[kPool] as UpstreamPool).headers.response(request, headers)
+    const user = (state[kPrepared] as PreparedOptions).rewriteHeaders
+    return user === undefined ? policed : user(policed, request)
   }
 
   private readonly onResponse = (request: FastifyRequest, reply: FastifyReply, res: UpstreamResponse): void => {

@@ -50,7 +50,7 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   }
 
   const dispatcher = new UpstreamDispatcher()
-  const registry = new UpstreamRegistry(dispatcher, fastify.log, config.onTargetStateChange)
+  const registry = new UpstreamRegistry(fastify.log, config.onTargetStateChange)
   for (const [name, pool] of config.pools) registry.add(name, pool)
   const forwarder = new Forwarder(registry, config)
 

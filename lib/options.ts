@@ -125,6 +125,28 @@ export const RetrySchema = Type.Object({
   }, { additionalProperties: false }))
 }, { additionalProperties: false })
 
+const PemValue = Type.Union([Type.String(), Type.Uint8Array()])
+const PemList = Type.Union([PemValue, Type.Array(PemValue)], { errorMessage: 'must be a PEM string or Buffer, or an array of them' })
+
+export const TlsSchema = Type.Object({
+  ca: Type.Optional(PemList),
+  cert: Type.Optional(PemList),
+  key: Type.Optional(PemList),
+  passphrase: Type.Optional(Type.String({ errorMessage: 'must be a string' })),
+  servername: Type.Optional(Type.String({ minLength: 1, errorMessage: 'must be a host name' })),
+  rejectUnauthorized: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' })),
+  minVersion: Type.Optional(Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')], { errorMessage: "must be 'TLSv1.2' or 'TLSv1.3'" }))
+}, { additionalProperties: false })
+
+const HeaderName = '^[!#$%&\'*+.^_`|~0-9A-Za-z-]+$'
+const HeaderPolicySchema = Type.Object({
+  set: Type.Optional(Type.Record(Type.String({ pattern: HeaderName }), Type.Union([
+    Type.String({ pattern: '^[^\\r\\n\\u0000]*$' }),
+    Type.Function([Type.Any()], Type.Union([Type.String(), Type.Undefined()]))
+  ]), { errorMessage: 'must be an object of header names to strings without CR/LF, or functions (request) => string' })),
+  remove: Type.Optional(Type.Array(Type.String({ pattern: HeaderName }), { errorMessage: 'must be an array of header names' }))
+}, { additionalProperties: false })
+
 export const PoolSchema = Type.Object({
   targets: Type.Array(TargetSchema, { errorMessage: 'must be an array of targets' }),
   balancer: Type.Optional(BalancerSchema),
@@ -142,7 +164,14 @@ export const PoolSchema = Type.Object({
   maxConnections: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, errorMessage: 'must be an integer from 1 to 65535' })),
   maxPending: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, errorMessage: 'must be an integer from 0 to 1000000' })),
   keepAliveTimeout: Type.Optional(Ms),
-  drainTimeout: Type.Optional(Ms)
+  drainTimeout: Type.Optional(Ms),
+  tls: Type.Optional(TlsSchema),
+  host: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9.:\\[\\]-]+$', errorMessage: "must be 'target', 'pass' or a host name" })),
+  forwardedHeaders: Type.Optional(Type.Union([
+    Type.Literal('x-forwarded'), Type.Literal('forwarded'), Type.Literal('both'), Type.Literal('none')
+  ], { errorMessage: "must be 'x-forwarded', 'forwarded', 'both' or 'none'" })),
+  headers: Type.Optional(HeaderPolicySchema),
+  responseHeaders: Type.Optional(HeaderPolicySchema)
 }, { additionalProperties: false })
 
 const METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'] as const
@@ -201,8 +230,12 @@ export type BalancerOptions =
   | { type: 'consistent-hash', key?: HashKeyOption, tableSize?: number }
   | Balancer
   | BalancerFactory
-export type PoolOptions = Omit<Static<typeof PoolSchema>, 'balancer' | 'healthCheck'> & {
+export type PoolOptions = Omit<Static<typeof PoolSchema>, 'balancer' | 'healthCheck' | 'headers' | 'responseHeaders'> & {
   balancer?: BalancerOptions
+  /** headers set on (or removed from) every request sent upstream */
+  headers?: HeaderPolicyOptions
+  /** headers set on (or removed from) every response sent back */
+  responseHeaders?: HeaderPolicyOptions
   healthCheck?: { active?: ActiveCheckOptions, passive?: PassiveCheckOptions }
 }
 export type RouteOptions = Static<typeof RouteSchema>
@@ -212,6 +245,9 @@ export type ActiveCheckOptions = Omit<Static<typeof ActiveCheckSchema>, 'check'>
 }
 export type PassiveCheckOptions = Static<typeof PassiveCheckSchema>
 export type RetryOptions = Static<typeof RetrySchema>
+export type TlsOptions = Static<typeof TlsSchema>
+type HeaderSetValue = string | ((request: import('fastify').FastifyRequest) => string | undefined)
+export interface HeaderPolicyOptions { set?: Record<string, HeaderSetValue>, remove?: string[] }
 
 /** The normalised form of a target after defaults. */
 export interface TargetConfig { url: string, weight: number, backup: boolean }
@@ -266,6 +302,8 @@ export interface PoolConfig {
   maxPending: number
   keepAliveTimeout: number
   drainTimeout: number
+  tls: TlsOptions
+  headerPolicy: import('./security').HeaderPolicyConfig
 }
 
 export const DEFAULTS = {
@@ -288,6 +326,8 @@ export const DEFAULTS = {
   maxPending: 0,
   keepAliveTimeout: 4000,
   drainTimeout: 30000,
+  host: 'target',
+  forwardedHeaders: 'x-forwarded',
   methods: METHODS
 } as const
 
@@ -461,7 +501,16 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     maxConnections: input.maxConnections,
     maxPending: input.maxPending ?? DEFAULTS.maxPending,
     keepAliveTimeout: input.keepAliveTimeout ?? DEFAULTS.keepAliveTimeout,
-    drainTimeout: input.drainTimeout ?? DEFAULTS.drainTimeout
+    drainTimeout: input.drainTimeout ?? DEFAULTS.drainTimeout,
+    tls: input.tls ?? {},
+    headerPolicy: {
+      host: input.host ?? DEFAULTS.host,
+      forwardedHeaders: input.forwardedHeaders ?? DEFAULTS.forwardedHeaders,
+      requestSet: (input.headers?.set ?? {}) as import('./security').HeaderPolicyConfig['requestSet'],
+      requestRemove: input.headers?.remove ?? [],
+      responseSet: (input.responseHeaders?.set ?? {}) as import('./security').HeaderPolicyConfig['responseSet'],
+      responseRemove: input.responseHeaders?.remove ?? []
+    }
   }
 }
 

@@ -2,12 +2,13 @@ import { performance } from 'node:perf_hooks'
 import { ActiveProber } from './active-prober'
 import { createBalancer, balancerName } from './balancers'
 import type { Balancer, SelectRequest } from './balancers/types'
-import { connectOptions, type UpstreamDispatcher } from './dispatcher'
+import { connectOptions, TargetConnections } from './dispatcher'
 import { DuplicateError, InvalidOptionError, UnknownPoolError, UnknownTargetError } from './errors'
 import type { TargetStateEvent } from './events'
 import type { HealthHost } from './health-host'
 import { normalizeTarget, type PoolConfig, type TargetOptions } from './options'
 import { OutlierDetector } from './outlier-detector'
+import { HeaderPolicy } from './security'
 import { SlowStart } from './slow-start'
 import { Target, statusOf, viewOf, type TargetStatus, type TargetView } from './target'
 
@@ -39,9 +40,11 @@ export class UpstreamPool implements HealthHost {
   readonly name: string
   readonly config: PoolConfig
   private readonly balancer: Balancer
-  private readonly dispatcher: UpstreamDispatcher
+  /** the keep-alive connection pools of the targets */
+  readonly connections: TargetConnections
   private readonly onStateChange: StateChangeListener
   readonly detector: OutlierDetector | undefined
+  readonly headers: HeaderPolicy
   private readonly prober: ActiveProber | undefined
   private readonly slowStart: SlowStart
   private readonly byUrl = new Map<string, Target>()
@@ -56,10 +59,10 @@ export class UpstreamPool implements HealthHost {
   /** retries in flight (for the retry budget) */
   retriesInFlight = 0
 
-  constructor (name: string, config: PoolConfig, dispatcher: UpstreamDispatcher, onStateChange: StateChangeListener = () => {}) {
+  constructor (name: string, config: PoolConfig, onStateChange: StateChangeListener = () => {}) {
     this.name = name
     this.config = config
-    this.dispatcher = dispatcher
+    this.connections = new TargetConnections(config)
     this.onStateChange = onStateChange
     let balancer: Balancer | undefined
     try {
@@ -73,6 +76,7 @@ export class UpstreamPool implements HealthHost {
     this.balancer = balancer
     this.detector = config.passive === undefined ? undefined : new OutlierDetector(config.passive, this)
     this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, connectOptions(config))
+    this.headers = new HeaderPolicy(config.headerPolicy)
     this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
     for (const target of config.targets) this.insert(new Target(target))
     this.refresh()
@@ -177,7 +181,7 @@ export class UpstreamPool implements HealthHost {
     this.prober?.remove(target)
     this.detector?.forget(target)
     this.slowStart.forget(target)
-    await this.dispatcher.release(target.origin)
+    await this.connections.release(target.origin)
   }
 
   setWeight (url: string, weight: number): void {
@@ -243,13 +247,17 @@ export class UpstreamPool implements HealthHost {
     await this.prober?.start()
   }
 
-  /** Stops checks, ramps and pending drains; the dispatcher closes the connections. */
-  async close (): Promise<void> {
+  /**
+   * Stops checks, ramps and pending drains, and closes the connections: gracefully
+   * (in-flight requests finish) or at once.
+   */
+  async close (graceful = false): Promise<void> {
     this.closed = true
     for (const drain of this.drains) drain.done()
     this.detector?.close()
     this.slowStart.close()
     await this.prober?.close()
+    await this.connections.close(graceful)
   }
 
   /**
@@ -287,7 +295,7 @@ export class UpstreamPool implements HealthHost {
     this.views.set(target, viewOf(target))
     this.list.push(target)
     this.viewList = Object.freeze(this.list.map((t) => this.views.get(t) as TargetView))
-    this.dispatcher.acquire(target.origin, this.config)
+    this.connections.acquire(target.origin)
   }
 
   private waitIdle (target: Target): Promise<void> {

@@ -1,4 +1,3 @@
-import type { UpstreamDispatcher } from './dispatcher'
 import { DuplicateError, UnknownPoolError } from './errors'
 import { channels, type Logger, type TargetStateEvent } from './events'
 import { checkPoolName, normalizePool, type PluginOptions, type PoolOptions } from './options'
@@ -11,13 +10,11 @@ export interface RegistryStatus {
 /** `fastify.upstreams`: the named pools of one plugin instance. */
 export class UpstreamRegistry implements Iterable<UpstreamPool> {
   private readonly pools = new Map<string, UpstreamPool>()
-  private readonly dispatcher: UpstreamDispatcher
   private readonly log: Logger
   private readonly hook: PluginOptions['onTargetStateChange']
   private started = false
 
-  constructor (dispatcher: UpstreamDispatcher, log: Logger, hook?: PluginOptions['onTargetStateChange']) {
-    this.dispatcher = dispatcher
+  constructor (log: Logger, hook?: PluginOptions['onTargetStateChange']) {
     this.log = log
     this.hook = hook
   }
@@ -41,7 +38,11 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
   add (name: string, options: PoolOptions): UpstreamPool {
     checkPoolName(name)
     if (this.pools.has(name)) throw new DuplicateError(`Upstream pool "${name}"`)
-    const pool = new UpstreamPool(name, normalizePool(options, `upstreams.${name}`), this.dispatcher, this.stateChanged)
+    const config = normalizePool(options, `upstreams.${name}`)
+    const pool = new UpstreamPool(name, config, this.stateChanged)
+    if (config.tls.rejectUnauthorized === false) {
+      this.log.warn({ pool: name }, 'TLS certificates of this pool\'s targets are NOT verified (tls.rejectUnauthorized: false)')
+    }
     this.pools.set(name, pool)
     if (this.started) pool.start().catch(() => {})
     return pool
@@ -53,7 +54,7 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
     if (pool === undefined) throw new UnknownPoolError(name)
     this.pools.delete(name)
     await Promise.all(pool.targets.map((t) => pool.removeTarget(t.url)))
-    await pool.close()
+    await pool.close(true)
   }
 
   status (): RegistryStatus {
@@ -81,7 +82,6 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
     const pools = [...this.pools.values()]
     this.pools.clear()
     await Promise.all(pools.map((pool) => pool.close()))
-    await this.dispatcher.destroy()
   }
 
   /** Every state change: one log line, the hook, the diagnostics channel. */

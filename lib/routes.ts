@@ -1,8 +1,9 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions as FastifyRouteOptions } from 'fastify'
-import { BadPathError, InvalidOptionError } from './errors'
+import { BadPathError, BodyTooLargeError, InvalidOptionError } from './errors'
 import type { ForwardOptions, Forwarder } from './forward'
 import { kTarget } from './forward'
 import { DEFAULTS, type RouteOptions } from './options'
+import { BodyLimit, isSafePath } from './security'
 import type { Target } from './target'
 
 /**
@@ -60,27 +61,6 @@ function restStart (path: string, depth: number): number {
   return at
 }
 
-const ENCODED_SEPARATOR = /%2f|%5c/i
-const DOT_SEGMENT = /(^|\/)(\.|%2e){1,2}(\/|$)/i
-
-/**
- * True when a raw path is safe to append below the upstream prefix: no dot segments
- * (plain or percent-encoded), no encoded slash or backslash, no raw backslash, and
- * valid percent-encoding throughout.
- */
-export function isSafeSubPath (path: string): boolean {
-  if (path.includes('\\')) return false
-  if (path.includes('%')) {
-    if (ENCODED_SEPARATOR.test(path)) return false
-    try {
-      decodeURIComponent(path)
-    } catch {
-      return false
-    }
-  }
-  return !DOT_SEGMENT.test(path)
-}
-
 function rewriteLocation (location: string, request: FastifyRequest, mount: Mount, segments: string[] | undefined): string {
   let path = location
   if (!location.startsWith('/')) {
@@ -132,7 +112,7 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     const query = raw.indexOf('?')
     const path = query === -1 ? raw : raw.slice(0, query)
     const rest = path.slice(restStart(path, mount.depth))
-    if (!isSafeSubPath(rest)) return reply.send(new BadPathError())
+    if (!isSafePath(rest)) return reply.send(new BadPathError())
     const base = render(mount.upstream, hasParams ? path.split('/') : undefined)
     const upstreamPath = (base + rest) || '/'
     return forwarder.forward(reply, pool, query === -1 ? upstreamPath : upstreamPath + raw.slice(query), prepared)
@@ -143,9 +123,14 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     const schema = routeOptions.schema as { body?: unknown } | undefined
     if (schema?.body === undefined) {
       child.removeAllContentTypeParsers()
-      child.addContentTypeParser('*', function passThrough (_request, payload, done) {
-        done(null, payload)
-      })
+      const limit = routeOptions.bodyLimit
+      child.addContentTypeParser('*', limit === undefined
+        ? function passThrough (_request, payload, done) { done(null, payload) }
+        : function passThroughLimited (request, payload, done) {
+          // refuse at once what announces itself too large; count what streams in chunks
+          if (Number(request.headers['content-length'] ?? 0) > limit) done(new BodyTooLargeError(limit), undefined)
+          else done(null, payload.pipe(new BodyLimit(limit)))
+        })
     }
     const base = {
       ...(routeOptions as Partial<FastifyRouteOptions>),

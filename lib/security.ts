@@ -1,0 +1,162 @@
+import { Transform, type TransformCallback } from 'node:stream'
+import type { FastifyRequest } from 'fastify'
+import { BodyTooLargeError } from './errors'
+
+/**
+ * Security policies for the hop upstream: which headers go up and come back, and which
+ * paths may be sent. Each pool compiles its options into one `HeaderPolicy` at creation;
+ * the forwarder applies it to every request and response with no per-request closures.
+ */
+
+type HeaderValue = string | ((request: FastifyRequest) => string | undefined)
+
+export interface HeaderPolicyConfig {
+  host: string
+  forwardedHeaders: 'x-forwarded' | 'forwarded' | 'both' | 'none'
+  requestSet: Record<string, HeaderValue>
+  requestRemove: string[]
+  responseSet: Record<string, HeaderValue>
+  responseRemove: string[]
+}
+
+type Headers = Record<string, string | string[] | number | undefined>
+
+// RFC 9110 7.6.1, plus the proxy-era names every proxy strips
+const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade']
+
+/** Removes hop-by-hop headers and every header the `Connection` header names. */
+export function stripHopByHop (headers: Headers): void {
+  const connection = headers.connection
+  if (connection !== undefined) {
+    for (const name of String(connection).split(',')) {
+      const trimmed = name.trim().toLowerCase()
+      if (trimmed !== '') delete headers[trimmed]
+    }
+  }
+  for (const name of HOP_BY_HOP) if (headers[name] !== undefined) delete headers[name]
+}
+
+function applySet (headers: Headers, set: Array<[string, HeaderValue]>, request: FastifyRequest): void {
+  for (const [name, value] of set) {
+    const resolved = typeof value === 'function' ? value(request) : value
+    if (resolved === undefined) delete headers[name]
+    else headers[name] = resolved
+  }
+}
+
+/** A quoted-string for Forwarded when the value needs it (IPv6, ports). */
+function forwardedNode (address: string): string {
+  return address.includes(':') ? `"[${address}]"` : address
+}
+
+export class HeaderPolicy {
+  private readonly host: string
+  private readonly xForwarded: boolean
+  private readonly forwarded: boolean
+  private readonly requestSet: Array<[string, HeaderValue]>
+  private readonly requestRemove: string[]
+  private readonly responseSet: Array<[string, HeaderValue]>
+  private readonly responseRemove: string[]
+
+  constructor (config: HeaderPolicyConfig) {
+    this.host = config.host
+    this.xForwarded = config.forwardedHeaders === 'x-forwarded' || config.forwardedHeaders === 'both'
+    this.forwarded = config.forwardedHeaders === 'forwarded' || config.forwardedHeaders === 'both'
+    this.requestSet = Object.entries(config.requestSet).map(([k, v]) => [k.toLowerCase(), v])
+    this.requestRemove = config.requestRemove.map((k) => k.toLowerCase())
+    this.responseSet = Object.entries(config.responseSet).map(([k, v]) => [k.toLowerCase(), v])
+    this.responseRemove = config.responseRemove.map((k) => k.toLowerCase())
+  }
+
+  /**
+   * The headers sent upstream. Client-sent forwarding headers are kept only as far as
+   * Fastify's `trustProxy` trusts the hops that sent them; otherwise they are replaced.
+   */
+  request (request: FastifyRequest, headers: Headers): Headers {
+    stripHopByHop(headers)
+    if (this.host === 'pass') headers.host = request.headers.host
+    else if (this.host !== 'target') headers.host = this.host
+    const peer = request.raw.socket?.remoteAddress ?? ''
+    if (this.xForwarded || this.forwarded) {
+      // Fastify's `ips` (with trustProxy): the peer, then each trusted hop, ending with the
+      // first address it does not trust: the client as far as can be told
+      const ips = (request as FastifyRequest & { ips?: string[] }).ips
+      const chain = ips === undefined || ips.length === 0 ? [peer] : [...ips].reverse()
+      const proto = request.protocol
+      const host = request.host
+      if (this.xForwarded) {
+        headers['x-forwarded-for'] = chain.join(', ')
+        headers['x-forwarded-proto'] = proto
+        headers['x-forwarded-host'] = host
+      } else {
+        delete headers['x-forwarded-for']
+        delete headers['x-forwarded-proto']
+        delete headers['x-forwarded-host']
+      }
+      if (this.forwarded) {
+        const hops = chain.map((address) => `for=${forwardedNode(address)}`)
+        hops[hops.length - 1] += `;proto=${proto};host="${host.replace(/["\\]/g, '')}"`
+        headers.forwarded = hops.join(', ')
+      } else {
+        delete headers.forwarded
+      }
+    }
+    for (const name of this.requestRemove) delete headers[name]
+    applySet(headers, this.requestSet, request)
+    return headers
+  }
+
+  /** The headers sent back to the client. */
+  response (request: FastifyRequest, headers: Headers): Headers {
+    stripHopByHop(headers)
+    for (const name of this.responseRemove) delete headers[name]
+    applySet(headers, this.responseSet, request)
+    return headers
+  }
+}
+
+// ---- paths ----------------------------------------------------------------------------
+
+const ENCODED_SEPARATOR = /%2f|%5c|%00/i
+const DOUBLE_ENCODED = /%25(2e|2f|5c|25|00)/i
+const DOT_SEGMENT = /(^|\/)(\.|%2e){1,2}(\/|$)/i
+
+/**
+ * True when a raw path is safe to send below an upstream prefix: no dot segments (plain
+ * or percent-encoded), no encoded slash, backslash or NUL (nor those encoded twice), no
+ * raw backslash or control character, and valid percent-encoding throughout.
+ */
+export function isSafePath (path: string): boolean {
+  for (let i = 0; i < path.length; i++) {
+    const code = path.charCodeAt(i)
+    if (code < 0x21 || code === 0x5c || code === 0x7f) return false
+  }
+  if (path.includes('%')) {
+    if (ENCODED_SEPARATOR.test(path) || DOUBLE_ENCODED.test(path)) return false
+    try {
+      decodeURIComponent(path)
+    } catch {
+      return false
+    }
+  }
+  return !DOT_SEGMENT.test(path)
+}
+
+// ---- bodies ---------------------------------------------------------------------------
+
+/** Passes a streamed body through, failing with 413 once it grows past `limit` bytes. */
+export class BodyLimit extends Transform {
+  private readonly limit: number
+  private seen = 0
+
+  constructor (limit: number) {
+    super()
+    this.limit = limit
+  }
+
+  override _transform (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.seen += chunk.length
+    if (this.seen > this.limit) callback(new BodyTooLargeError(this.limit))
+    else callback(null, chunk)
+  }
+}
