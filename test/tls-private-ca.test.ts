@@ -32,7 +32,7 @@ async function startSecure (options: https.ServerOptions = {}): Promise<SecureUp
   const server = https.createServer({ key: pem('server.key'), cert: pem('server.crt'), ...options }, (req, res) => {
     upstream.hits++
     const peer = (req.socket as import('node:tls').TLSSocket).getPeerCertificate()
-    upstream.peers.push(peer?.subject?.CN ?? '')
+    upstream.peers.push(String(peer?.subject?.CN ?? ''))
     res.setHeader('content-type', 'application/json')
     res.end(JSON.stringify({ url: req.url, sni: (req.socket as import('node:tls').TLSSocket).servername ?? null }))
   })
