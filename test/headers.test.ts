@@ -110,7 +110,6 @@ test('header policy: set (values or functions of the request) and remove, both w
 })
 
 test('hop-by-hop headers and those named in Connection are stripped both ways', async (t) => {
-  let upstream: Upstream | undefined
   const server = net.createServer((socket) => {
     socket.once('data', () => {
       socket.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-internal-route\r\nX-Internal-Route: db-7\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nX-Upstream: raw\r\n\r\nok')
@@ -118,14 +117,14 @@ test('hop-by-hop headers and those named in Connection are stripped both ways', 
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const rawUrl = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
-  upstream = await startUpstream('u0')
+  const upstream: Upstream = await startUpstream('u0')
   const { app, url } = await startGateway({
     upstreams: { raw: { targets: [rawUrl] }, echo: { targets: [upstream.url] } }
   }, (app) => {
     app.get('/raw', (_request, reply) => reply.forward('raw'))
     app.get('/echo', (_request, reply) => reply.forward('echo'))
   })
-  t.teardown(async () => { await app.close(); await upstream?.close(); server.close() })
+  t.teardown(async () => { await app.close(); await upstream.close(); server.close() })
   const res = await fetch(`${url}/raw`)
   t.equal(await res.text(), 'ok')
   t.equal(res.headers.get('x-internal-route'), null, 'a header named in the upstream Connection header is not passed back')
