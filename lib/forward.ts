@@ -268,6 +268,7 @@ export class Forwarder {
     const next = pool.pick(request, tried)
     if (next === undefined) return false
     this.settle(reply, failed)
+    failed.retries++
     const retries = ++request[kRetries]
     const raw = reply.raw as RawResponse
     if (raw[kPool] === undefined) {

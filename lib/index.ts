@@ -7,6 +7,7 @@ import { Forwarder, requestDecorations, type ForwardOptions } from './forward'
 import { normalizeOptions, type PluginOptions } from './options'
 import { UpstreamRegistry } from './registry'
 import { mountRoute } from './routes'
+import { mountStatus } from './status-route'
 
 export type { ForwardOptions } from './forward'
 export type {
@@ -17,6 +18,9 @@ export type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from '.
 export type { TargetView, TargetState, TargetStatus } from './target'
 export type { UpstreamPool, PoolStatus, RemoveTargetOptions } from './pool'
 export type { UpstreamRegistry, RegistryStatus } from './registry'
+export type { MetricsOptions } from './metrics'
+export type { StatusRouteOptions } from './status-route'
+export { StatusSchema, PoolStatusSchema, TargetStatusSchema } from './status'
 export type { SelectEvent, ProxyErrorEvent, TargetStateEvent, RetryEvent } from './events'
 export * as errors from './errors'
 export { RoundRobinBalancer, RandomBalancer, LeastRequestBalancer, EwmaBalancer, ConsistentHashBalancer } from './balancers'
@@ -61,6 +65,7 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
     return forwarder.forward(this, name, options?.url, options === undefined ? forwarder.defaults : forwarder.prepare(options))
   })
   config.routes.forEach((route, i) => mountRoute(fastify, route, forwarder, i))
+  if (config.statusRoute !== undefined) mountStatus(fastify, registry, config.statusRoute, config.metrics)
   // active checks run their first round before the server starts serving
   fastify.addHook('onReady', () => registry.start())
   fastify.addHook('onClose', () => registry.close())

@@ -213,7 +213,18 @@ export const OptionsSchema = Type.Object({
   onSelect: Type.Optional(Fn),
   onProxyError: Type.Optional(Fn),
   onTargetStateChange: Type.Optional(Fn),
-  onRetry: Type.Optional(Fn)
+  onRetry: Type.Optional(Fn),
+  statusRoute: Type.Optional(Type.Union([
+    Prefix,
+    Type.Object({ url: Prefix }, { additionalProperties: true })
+  ], { errorMessage: "must be a path starting with '/' or an object { url, ...route hooks }" })),
+  metrics: Type.Optional(Type.Union([
+    Type.Boolean(),
+    Type.Object({
+      registry: Type.Optional(Type.Object({ registerMetric: Fn, metrics: Fn }, { additionalProperties: true, errorMessage: 'must be a prom-client Registry' })),
+      prefix: Type.Optional(Type.String({ pattern: '^[a-zA-Z_:][a-zA-Z0-9_:]*$', errorMessage: 'must be a valid metric name prefix' }))
+    }, { additionalProperties: false })
+  ], { errorMessage: 'must be a boolean or { registry, prefix }' }))
 }, { additionalProperties: false })
 
 // --- derived types -----------------------------------------------------------------
@@ -527,6 +538,10 @@ export interface PluginOptions {
   onTargetStateChange?: (event: import('./events').TargetStateEvent) => void
   /** called before a failed request is tried again (also on diagnostics channel `fastify-upstream:retry`) */
   onRetry?: (event: import('./events').RetryEvent) => void
+  /** serves the status (JSON, or HTML to a browser) here, and Prometheus metrics at `/metrics` below it */
+  statusRoute?: string | import('./status-route').StatusRouteOptions
+  /** metrics at `${statusRoute}/metrics` (default true): `false`, or `{ registry, prefix }` */
+  metrics?: boolean | import('./metrics').MetricsOptions
 }
 
 export interface NormalizedOptions {
@@ -536,6 +551,8 @@ export interface NormalizedOptions {
   onProxyError: PluginOptions['onProxyError']
   onTargetStateChange: PluginOptions['onTargetStateChange']
   onRetry: PluginOptions['onRetry']
+  statusRoute: import('./status-route').StatusRouteOptions | undefined
+  metrics: import('./metrics').MetricsOptions | false
 }
 
 export function normalizeOptions (input: PluginOptions | undefined): NormalizedOptions {
@@ -559,6 +576,8 @@ export function normalizeOptions (input: PluginOptions | undefined): NormalizedO
     onSelect: options.onSelect,
     onProxyError: options.onProxyError,
     onTargetStateChange: options.onTargetStateChange,
-    onRetry: options.onRetry
+    onRetry: options.onRetry,
+    statusRoute: typeof options.statusRoute === 'string' ? { url: options.statusRoute } : options.statusRoute,
+    metrics: options.metrics === false ? false : (options.metrics === true || options.metrics === undefined ? {} : options.metrics)
   }
 }

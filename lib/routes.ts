@@ -3,7 +3,7 @@ import { BadPathError, BodyTooLargeError, InvalidOptionError } from './errors'
 import type { ForwardOptions, Forwarder } from './forward'
 import { kTarget } from './forward'
 import { DEFAULTS, type RouteOptions } from './options'
-import { BodyLimit, isSafePath } from './security'
+import { BodyLimit, isSafePath, isValidQuery, originForm } from './security'
 import type { Target } from './target'
 
 /**
@@ -99,7 +99,7 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
   const rewriteHeaders = (headers: Record<string, unknown>, request: FastifyRequest): Record<string, unknown> => {
     const location = headers.location
     if (typeof location === 'string') {
-      const raw = request.raw.url as string
+      const raw = originForm(request.raw.url as string) ?? '/'
       const split = hasParams ? raw.split('?')[0].split('/') : undefined
       headers.location = rewriteLocation(location, request, mount, split)
     }
@@ -108,11 +108,13 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
   const prepared = forwarder.prepare({ ...userOptions, rewriteHeaders } as ForwardOptions)
 
   function handler (request: FastifyRequest, reply: FastifyReply): FastifyReply {
-    const raw = request.raw.url as string
+    // the path Fastify routed by: an absolute-form target keeps its authority in the raw URL
+    const raw = originForm(request.raw.url as string)
+    if (raw === undefined) return reply.send(new BadPathError())
     const query = raw.indexOf('?')
     const path = query === -1 ? raw : raw.slice(0, query)
     const rest = path.slice(restStart(path, mount.depth))
-    if (!isSafePath(rest)) return reply.send(new BadPathError())
+    if (!isSafePath(rest) || (query !== -1 && !isValidQuery(raw.slice(query + 1)))) return reply.send(new BadPathError())
     const base = render(mount.upstream, hasParams ? path.split('/') : undefined)
     const upstreamPath = (base + rest) || '/'
     return forwarder.forward(reply, pool, query === -1 ? upstreamPath : upstreamPath + raw.slice(query), prepared)

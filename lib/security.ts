@@ -74,6 +74,10 @@ export class HeaderPolicy {
    */
   request (request: FastifyRequest, headers: Headers): Headers {
     stripHopByHop(headers)
+    // Node has already answered `Expect: 100-continue` to the client, and undici refuses
+    // to send the header: left in, any client could turn a request into a 502 counted
+    // against a healthy target (and eject it with passive checks on)
+    if (headers.expect !== undefined) delete headers.expect
     if (this.host === 'pass') headers.host = request.headers.host
     else if (this.host !== 'target') headers.host = this.host
     const peer = request.raw.socket?.remoteAddress ?? ''
@@ -122,11 +126,15 @@ const DOUBLE_ENCODED = /%25(2e|2f|5c|25|00)/i
 const DOT_SEGMENT = /(^|\/)(\.|%2e){1,2}(\/|$)/i
 
 /**
- * True when a raw path is safe to send below an upstream prefix: no dot segments (plain
- * or percent-encoded), no encoded slash, backslash or NUL (nor those encoded twice), no
- * raw backslash or control character, and valid percent-encoding throughout.
+ * True when a raw path is safe to send below an upstream prefix: empty or starting with
+ * `/`, no dot segments (plain or percent-encoded), no encoded slash, backslash or NUL
+ * (nor those encoded twice), no raw backslash or control character, and valid
+ * percent-encoding throughout.
  */
 export function isSafePath (path: string): boolean {
+  // appended to a prefix or an origin, a path must start a new segment: `x` after
+  // `/v1/users` is `/v1/usersx`, and `http://evil/x` after an origin is no URL at all
+  if (path !== '' && path.charCodeAt(0) !== 47) return false
   for (let i = 0; i < path.length; i++) {
     const code = path.charCodeAt(i)
     if (code < 0x21 || code === 0x5c || code === 0x7f) return false
@@ -140,6 +148,42 @@ export function isSafePath (path: string): boolean {
     }
   }
   return !DOT_SEGMENT.test(path)
+}
+
+/**
+ * True when a query string (without its `?`) has valid percent-encoding: reply-from
+ * decodes the whole URL it is given, and a malformed escape there would be a 500.
+ */
+export function isValidQuery (query: string): boolean {
+  if (!query.includes('%')) return true
+  try {
+    decodeURIComponent(query)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
+ * The origin-form (`/path?query`) of a request target, the path Fastify routed it by.
+ * Node hands an absolute-form target (`GET http://evil/users/1 HTTP/1.1`) through as the
+ * URL and find-my-way routes it by its path; what is sent upstream must derive from that
+ * same path, never from one with the authority in it (`/v1/users//evil/users/1`, or a
+ * `:param` of the prefix read from the host name). undefined when there is no such form.
+ */
+export function originForm (url: string): string | undefined {
+  if (url.charCodeAt(0) === 47) return url
+  // as find-my-way's getPathFromAbsoluteUrl: the path starts at the first `/` (or `?`)
+  // after the authority
+  const schemeEnd = url.indexOf('://')
+  if (schemeEnd === -1) return undefined
+  const scheme = url.slice(0, schemeEnd).toLowerCase()
+  if (scheme !== 'http' && scheme !== 'https') return undefined
+  const start = schemeEnd + 3
+  const slash = url.indexOf('/', start)
+  const query = url.indexOf('?', start)
+  if (query !== -1 && (slash === -1 || query < slash)) return '/' + url.slice(query)
+  return slash === -1 ? '/' : url.slice(slash)
 }
 
 // ---- bodies ---------------------------------------------------------------------------

@@ -6,6 +6,9 @@ export type TargetState = 'healthy' | 'unhealthy' | 'ejected' | 'draining' | 'di
 /** Peak-EWMA time constant for the latency every target keeps (ms). */
 const LATENCY_DECAY = 10_000
 
+/** Upper bounds (ms) of the latency histogram buckets exported as metrics. */
+export const LATENCY_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
+
 /**
  * One target of one pool: its configuration, its state and its counters. The state is
  * derived from independent flags, so that each part (operator, drain, active and passive
@@ -31,8 +34,13 @@ export class Target implements BalancerTarget {
   inflight = 0
   requests = 0
   failures = 0
+  /** requests retried away from this target */
+  retries = 0
   latency = 0
   latencyUpdatedAt = 0
+  /** latency histogram: counts per bucket of LATENCY_BUCKETS (the last is +Inf), sum in ms */
+  readonly latencyCounts = new Float64Array(LATENCY_BUCKETS.length + 1)
+  latencySum = 0
 
   // active checks: consecutive results, reset by the opposite result
   probeSuccesses = 0
@@ -85,6 +93,10 @@ export class Target implements BalancerTarget {
 
   /** Peak-EWMA: a slower sample is taken at once, a faster one blends in with time. */
   observeLatency (ms: number, now: number): void {
+    let bucket = 0
+    while (bucket < LATENCY_BUCKETS.length && ms > LATENCY_BUCKETS[bucket]) bucket++
+    this.latencyCounts[bucket]++
+    this.latencySum += ms
     if (this.latency === 0 || ms > this.latency) {
       this.latency = ms
     } else {
@@ -105,6 +117,8 @@ export interface TargetView {
   readonly inflight: number
   readonly requests: number
   readonly failures: number
+  /** requests retried away from this target */
+  readonly retries: number
   /** times the target was ejected by passive checks */
   readonly ejections: number
   /** peak-EWMA latency to response headers, ms */
@@ -124,6 +138,7 @@ export function viewOf (target: Target): TargetView {
     get inflight () { return target.inflight },
     get requests () { return target.requests },
     get failures () { return target.failures },
+    get retries () { return target.retries },
     get ejections () { return target.ejections },
     get latency () { return target.latency },
     toJSON () { return statusOf(target) }
@@ -140,6 +155,7 @@ export function statusOf (target: Target): TargetStatus {
     inflight: target.inflight,
     requests: target.requests,
     failures: target.failures,
+    retries: target.retries,
     ejections: target.ejections,
     latency: Math.round(target.latency * 1000) / 1000
   }
