@@ -12,13 +12,15 @@ import { mountStatus } from './status-route'
 export type { ForwardOptions } from './forward'
 export type {
   PluginOptions as FastifyUpstreamOptions, PoolOptions, RouteOptions, TargetOptions, BalancerOptions, TimeoutOptions, HashKeyOption,
-  ActiveCheckOptions, PassiveCheckOptions, RetryOptions
+  ActiveCheckOptions, PassiveCheckOptions, RetryOptions, TlsOptions, DiscoveryOptions, HeaderPolicyOptions
 } from './options'
 export type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from './balancers/types'
 export type { TargetView, TargetState, TargetStatus } from './target'
 export type { UpstreamPool, PoolStatus, RemoveTargetOptions } from './pool'
 export type { UpstreamRegistry, RegistryStatus } from './registry'
 export type { MetricsOptions } from './metrics'
+export type { DiscoverySource, DiscoveredTargets } from './discovery'
+export { DnsSource, DnsSrvSource } from './discovery'
 export type { StatusRouteOptions } from './status-route'
 export { StatusSchema, PoolStatusSchema, TargetStatusSchema } from './status'
 export type { SelectEvent, ProxyErrorEvent, TargetStateEvent, RetryEvent } from './events'

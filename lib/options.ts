@@ -147,6 +147,31 @@ const HeaderPolicySchema = Type.Object({
   remove: Type.Optional(Type.Array(Type.String({ pattern: HeaderName }), { errorMessage: 'must be an array of header names' }))
 }, { additionalProperties: false })
 
+const DnsServers = Type.Array(Type.String({ minLength: 1 }), { minItems: 1, errorMessage: "must be a non-empty array of resolver addresses ('127.0.0.1:53', '[::1]:5353')" })
+const Protocol = Type.Union([Type.Literal('http'), Type.Literal('https')], { errorMessage: "must be 'http' or 'https'" })
+
+export const DiscoverySchema = Type.Union([
+  Type.Object({
+    type: Type.Literal('dns'),
+    hostname: Type.String({ minLength: 1, errorMessage: 'must be a host name' }),
+    port: Type.Integer({ minimum: 1, maximum: 65535, errorMessage: 'must be a port number' }),
+    protocol: Type.Optional(Protocol),
+    family: Type.Optional(Type.Union([Type.Literal(0), Type.Literal(4), Type.Literal(6)], { errorMessage: 'must be 0, 4 or 6' })),
+    interval: Type.Optional(Ms),
+    timeout: Type.Optional(Ms),
+    servers: Type.Optional(DnsServers)
+  }, { additionalProperties: false }),
+  Type.Object({
+    type: Type.Literal('dns-srv'),
+    name: Type.String({ minLength: 1, errorMessage: 'must be an SRV record name' }),
+    protocol: Type.Optional(Protocol),
+    interval: Type.Optional(Ms),
+    timeout: Type.Optional(Ms),
+    servers: Type.Optional(DnsServers)
+  }, { additionalProperties: false }),
+  Type.Object({ resolve: Fn, interval: Type.Optional(Ms) }, { additionalProperties: true })
+], { errorMessage: "must be { type: 'dns', hostname, port }, { type: 'dns-srv', name } or an object with resolve()" })
+
 export const PoolSchema = Type.Object({
   targets: Type.Array(TargetSchema, { errorMessage: 'must be an array of targets' }),
   balancer: Type.Optional(BalancerSchema),
@@ -171,7 +196,8 @@ export const PoolSchema = Type.Object({
     Type.Literal('x-forwarded'), Type.Literal('forwarded'), Type.Literal('both'), Type.Literal('none')
   ], { errorMessage: "must be 'x-forwarded', 'forwarded', 'both' or 'none'" })),
   headers: Type.Optional(HeaderPolicySchema),
-  responseHeaders: Type.Optional(HeaderPolicySchema)
+  responseHeaders: Type.Optional(HeaderPolicySchema),
+  discovery: Type.Optional(DiscoverySchema)
 }, { additionalProperties: false })
 
 const METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'] as const
@@ -241,7 +267,9 @@ export type BalancerOptions =
   | { type: 'consistent-hash', key?: HashKeyOption, tableSize?: number }
   | Balancer
   | BalancerFactory
-export type PoolOptions = Omit<Static<typeof PoolSchema>, 'balancer' | 'healthCheck' | 'headers' | 'responseHeaders'> & {
+export type PoolOptions = Omit<Static<typeof PoolSchema>, 'balancer' | 'healthCheck' | 'headers' | 'responseHeaders' | 'discovery'> & {
+  /** where targets come from at run time: DNS A/AAAA, DNS SRV, or a source of your own */
+  discovery?: DiscoveryOptions
   balancer?: BalancerOptions
   /** headers set on (or removed from) every request sent upstream */
   headers?: HeaderPolicyOptions
@@ -257,6 +285,9 @@ export type ActiveCheckOptions = Omit<Static<typeof ActiveCheckSchema>, 'check'>
 export type PassiveCheckOptions = Static<typeof PassiveCheckSchema>
 export type RetryOptions = Static<typeof RetrySchema>
 export type TlsOptions = Static<typeof TlsSchema>
+export type DiscoveryOptions =
+  | Extract<Static<typeof DiscoverySchema>, { type: 'dns' | 'dns-srv' }>
+  | (import('./discovery').DiscoverySource & { interval?: number })
 type HeaderSetValue = string | ((request: import('fastify').FastifyRequest) => string | undefined)
 export interface HeaderPolicyOptions { set?: Record<string, HeaderSetValue>, remove?: string[] }
 
@@ -315,6 +346,8 @@ export interface PoolConfig {
   drainTimeout: number
   tls: TlsOptions
   headerPolicy: import('./security').HeaderPolicyConfig
+  discovery: DiscoveryOptions | undefined
+  discoveryInterval: number
 }
 
 export const DEFAULTS = {
@@ -339,6 +372,7 @@ export const DEFAULTS = {
   drainTimeout: 30000,
   host: 'target',
   forwardedHeaders: 'x-forwarded',
+  discoveryInterval: 30000,
   methods: METHODS
 } as const
 
@@ -514,6 +548,8 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     keepAliveTimeout: input.keepAliveTimeout ?? DEFAULTS.keepAliveTimeout,
     drainTimeout: input.drainTimeout ?? DEFAULTS.drainTimeout,
     tls: input.tls ?? {},
+    discovery: input.discovery,
+    discoveryInterval: input.discovery?.interval ?? DEFAULTS.discoveryInterval,
     headerPolicy: {
       host: input.host ?? DEFAULTS.host,
       forwardedHeaders: input.forwardedHeaders ?? DEFAULTS.forwardedHeaders,

@@ -8,6 +8,8 @@ import type { TargetStateEvent } from './events'
 import type { HealthHost } from './health-host'
 import { normalizeTarget, type PoolConfig, type TargetOptions } from './options'
 import { OutlierDetector } from './outlier-detector'
+import { createSource, Discoverer } from './discovery'
+import type { Logger } from './events'
 import { HeaderPolicy } from './security'
 import { SlowStart } from './slow-start'
 import { Target, statusOf, viewOf, type TargetStatus, type TargetView } from './target'
@@ -26,6 +28,8 @@ export interface RemoveTargetOptions {
   /** stop new requests and wait for in-flight ones (up to the pool's `drainTimeout`) */
   drain?: boolean
 }
+
+const silent: Logger = { info () {}, warn () {} }
 
 /** Where a pool reports state changes (the registry turns them into hooks, events and logs). */
 export type StateChangeListener = (event: TargetStateEvent) => void
@@ -46,6 +50,7 @@ export class UpstreamPool implements HealthHost {
   readonly detector: OutlierDetector | undefined
   readonly headers: HeaderPolicy
   private readonly prober: ActiveProber | undefined
+  private readonly discoverer: Discoverer | undefined
   private readonly slowStart: SlowStart
   private readonly byUrl = new Map<string, Target>()
   private readonly views = new Map<Target, TargetView>()
@@ -59,7 +64,7 @@ export class UpstreamPool implements HealthHost {
   /** retries in flight (for the retry budget) */
   retriesInFlight = 0
 
-  constructor (name: string, config: PoolConfig, onStateChange: StateChangeListener = () => {}) {
+  constructor (name: string, config: PoolConfig, onStateChange: StateChangeListener = () => {}, log: Logger = silent) {
     this.name = name
     this.config = config
     this.connections = new TargetConnections(config)
@@ -78,6 +83,9 @@ export class UpstreamPool implements HealthHost {
     this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, connectOptions(config))
     this.headers = new HeaderPolicy(config.headerPolicy)
     this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
+    this.discoverer = config.discovery === undefined
+      ? undefined
+      : new Discoverer(createSource(config.discovery), this, config.discoveryInterval, log)
     for (const target of config.targets) this.insert(new Target(target))
     this.refresh()
   }
@@ -243,6 +251,8 @@ export class UpstreamPool implements HealthHost {
 
   /** Starts active checks; resolves when their first round is done. */
   async start (): Promise<void> {
+    // discovered targets first, so that the first round of probes covers them too
+    await this.discoverer?.start()
     this.started = true
     await this.prober?.start()
   }
@@ -253,6 +263,7 @@ export class UpstreamPool implements HealthHost {
    */
   async close (graceful = false): Promise<void> {
     this.closed = true
+    this.discoverer?.close()
     for (const drain of this.drains) drain.done()
     this.detector?.close()
     this.slowStart.close()

@@ -39,7 +39,7 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
     checkPoolName(name)
     if (this.pools.has(name)) throw new DuplicateError(`Upstream pool "${name}"`)
     const config = normalizePool(options, `upstreams.${name}`)
-    const pool = new UpstreamPool(name, config, this.stateChanged)
+    const pool = new UpstreamPool(name, config, this.stateChanged, this.log)
     if (config.tls.rejectUnauthorized === false) {
       this.log.warn({ pool: name }, 'TLS certificates of this pool\'s targets are NOT verified (tls.rejectUnauthorized: false)')
     }

@@ -1,0 +1,190 @@
+import { Resolver } from 'node:dns/promises'
+import type { Logger } from './events'
+import type { DiscoveryOptions, TargetOptions } from './options'
+
+/**
+ * Discovery: where a pool's targets come from when they change at run time. A discovery
+ * source is a small interface, `resolve()` returning the current targets (and, when it
+ * knows, how long they stay valid), so that DNS, Consul, Kubernetes or etcd all plug in
+ * the same way. The `Discoverer` polls it and reconciles the pool: a target that appears
+ * is added (with slow start and health checks), one that disappears is drained, and when
+ * a lookup fails the last known targets stay.
+ */
+export interface DiscoveredTargets {
+  targets: TargetOptions[]
+  /** seconds the answer stays valid (a DNS TTL); the next lookup comes no later */
+  ttl?: number
+}
+
+export interface DiscoverySource {
+  resolve (): Promise<DiscoveredTargets | TargetOptions[]>
+  /** called on close: cancel lookups in flight */
+  close? (): void
+}
+
+/** What the discoverer needs of a pool. */
+export interface DiscoveryHost {
+  readonly name: string
+  addTarget (target: TargetOptions): unknown
+  removeTarget (url: string, options: { drain: boolean }): Promise<void>
+  setWeight (url: string, weight: number): void
+  target (url: string): { weight: number } | undefined
+}
+
+function hostPort (address: string, port: number, protocol: string): string {
+  return `${protocol}://${address.includes(':') ? `[${address}]` : address}:${port}`
+}
+
+/** A and AAAA records of `hostname`: each address a target on `port`. */
+export class DnsSource implements DiscoverySource {
+  private readonly resolver: Resolver
+  private readonly options: { hostname: string, port: number, protocol: string, family: 0 | 4 | 6 }
+
+  constructor (options: { hostname: string, port: number, protocol?: 'http' | 'https', family?: 0 | 4 | 6, servers?: string[], timeout?: number }) {
+    this.resolver = new Resolver({ timeout: options.timeout ?? 2000, tries: 2 })
+    if (options.servers !== undefined) this.resolver.setServers(options.servers)
+    this.options = { hostname: options.hostname, port: options.port, protocol: options.protocol ?? 'http', family: options.family ?? 0 }
+  }
+
+  async resolve (): Promise<DiscoveredTargets> {
+    const { hostname, port, protocol, family } = this.options
+    const lookups = await Promise.allSettled([
+      family === 6 ? Promise.resolve([]) : this.resolver.resolve4(hostname, { ttl: true }),
+      family === 4 ? Promise.resolve([]) : this.resolver.resolve6(hostname, { ttl: true })
+    ])
+    const records = lookups.flatMap((lookup) => lookup.status === 'fulfilled' ? lookup.value : [])
+    if (records.length === 0) {
+      // no record at all: a failed lookup, unless the name is known to have no address
+      const failure = lookups.find((lookup) => lookup.status === 'rejected' && !isNoData(lookup.reason))
+      if (failure !== undefined) throw (failure as PromiseRejectedResult).reason
+    }
+    return {
+      targets: records.map((record) => hostPort(record.address, port, protocol)),
+      ttl: records.length === 0 ? undefined : Math.min(...records.map((record) => record.ttl))
+    }
+  }
+
+  close (): void {
+    this.resolver.cancel()
+  }
+}
+
+/** SRV records of `name`: each a target `host:port`, weighted; higher priorities are backups. */
+export class DnsSrvSource implements DiscoverySource {
+  private readonly resolver: Resolver
+  private readonly options: { name: string, protocol: string }
+
+  constructor (options: { name: string, protocol?: 'http' | 'https', servers?: string[], timeout?: number }) {
+    this.resolver = new Resolver({ timeout: options.timeout ?? 2000, tries: 2 })
+    if (options.servers !== undefined) this.resolver.setServers(options.servers)
+    this.options = { name: options.name, protocol: options.protocol ?? 'http' }
+  }
+
+  async resolve (): Promise<DiscoveredTargets> {
+    let records: Array<{ name: string, port: number, priority: number, weight: number }>
+    try {
+      records = await this.resolver.resolveSrv(this.options.name)
+    } catch (error) {
+      if (isNoData(error)) return { targets: [] }
+      throw error
+    }
+    const best = Math.min(...records.map((record) => record.priority))
+    return {
+      targets: records.map((record) => ({
+        url: hostPort(record.name, record.port, this.options.protocol),
+        weight: Math.min(1000, Math.max(1, record.weight)),
+        backup: record.priority !== best
+      }))
+    }
+  }
+
+  close (): void {
+    this.resolver.cancel()
+  }
+}
+
+function isNoData (error: unknown): boolean {
+  const code = (error as { code?: string }).code
+  return code === 'ENODATA' || code === 'ENOTFOUND'
+}
+
+export function createSource (options: DiscoveryOptions): DiscoverySource {
+  if ('resolve' in options) return options
+  if (options.type === 'dns-srv') return new DnsSrvSource(options)
+  return new DnsSource(options)
+}
+
+/** Polls a source on `interval` (sooner when a TTL says so) and reconciles the pool. */
+export class Discoverer {
+  private readonly source: DiscoverySource
+  private readonly host: DiscoveryHost
+  private readonly interval: number
+  private readonly log: Logger
+  /** the URLs this discoverer added, and so may remove */
+  private readonly managed = new Set<string>()
+  private timer: NodeJS.Timeout | undefined
+  private closed = false
+  failures = 0
+
+  constructor (source: DiscoverySource, host: DiscoveryHost, interval: number, log: Logger) {
+    this.source = source
+    this.host = host
+    this.interval = interval
+    this.log = log
+  }
+
+  /** The first lookup: resolves when its targets are in the pool (or it failed). */
+  async start (): Promise<void> {
+    await this.run()
+  }
+
+  close (): void {
+    this.closed = true
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
+    this.source.close?.()
+  }
+
+  private async run (): Promise<void> {
+    let next = this.interval
+    try {
+      const answer = await this.source.resolve()
+      if (this.closed) return
+      const { targets, ttl } = Array.isArray(answer) ? { targets: answer, ttl: undefined } : answer
+      this.failures = 0
+      this.reconcile(targets)
+      if (ttl !== undefined) next = Math.min(next, Math.max(1000, ttl * 1000))
+    } catch (error) {
+      if (this.closed) return
+      this.failures++
+      // keep serving the last known targets
+      this.log.warn({ pool: this.host.name, err: error }, 'upstream discovery failed: keeping the last known targets')
+    }
+    if (this.closed) return
+    this.timer = setTimeout(() => { this.run().catch(() => {}) }, next)
+    this.timer.unref()
+  }
+
+  private reconcile (targets: TargetOptions[]): void {
+    const seen = new Set<string>()
+    for (const option of targets) {
+      const target = typeof option === 'string' ? { url: option } : option
+      const url = new URL(target.url)
+      const key = url.origin + (url.pathname === '/' ? '' : url.pathname.replace(/\/+$/, ''))
+      seen.add(key)
+      const existing = this.host.target(key)
+      if (existing === undefined) {
+        this.host.addTarget(option)
+        this.managed.add(key)
+      } else if (this.managed.has(key) && target.weight !== undefined && existing.weight !== target.weight) {
+        this.host.setWeight(key, target.weight)
+      }
+    }
+    // a target that disappears is drained in the background: the next lookup need not wait
+    for (const key of [...this.managed]) {
+      if (seen.has(key)) continue
+      this.managed.delete(key)
+      this.host.removeTarget(key, { drain: true }).catch(() => {})
+    }
+  }
+}
