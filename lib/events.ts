@@ -17,8 +17,12 @@ export interface ProxyErrorEvent {
   error: Error & { code: string, statusCode: number }
 }
 
-/** Published when a target's state changes. */
+/**
+ * Published on every change of a target: its state (`kind: 'state'`), and also when it is
+ * added, removed or re-weighted (then `from` and `to` are its state, unchanged).
+ */
 export interface TargetStateEvent {
+  kind: 'state' | 'added' | 'removed' | 'weight'
   pool: string
   target: TargetView
   from: TargetState

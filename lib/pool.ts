@@ -169,7 +169,9 @@ export class UpstreamPool implements HealthHost {
     this.insert(target)
     this.refresh()
     this.prober?.add(target)
-    return this.views.get(target) as TargetView
+    const view = this.views.get(target) as TargetView
+    this.changed('added', target, view, `added with weight ${target.configuredWeight}${target.backup ? ' as a backup' : ''}`)
+    return view
   }
 
   /**
@@ -182,6 +184,7 @@ export class UpstreamPool implements HealthHost {
     if (target.draining) throw new UnknownTargetError(this.name, `${url} (already being removed)`)
     this.transition(target, (t) => { t.draining = true }, options.drain === true ? 'removed with drain' : 'removed')
     if (options.drain === true && target.inflight > 0) await this.waitIdle(target)
+    const view = this.views.get(target) as TargetView
     this.byUrl.delete(target.url)
     this.views.delete(target)
     this.list = this.list.filter((t) => t !== target)
@@ -189,6 +192,7 @@ export class UpstreamPool implements HealthHost {
     this.prober?.remove(target)
     this.detector?.forget(target)
     this.slowStart.forget(target)
+    this.changed('removed', target, view, target.inflight > 0 ? `removed with ${target.inflight} request(s) still in flight` : 'removed')
     await this.connections.release(target.origin)
   }
 
@@ -197,9 +201,11 @@ export class UpstreamPool implements HealthHost {
     if (!Number.isInteger(weight) || weight < 1 || weight > 1000) {
       throw new InvalidOptionError(`upstreams.${this.name}: weight of ${url} must be an integer from 1 to 1000`)
     }
+    const before = target.configuredWeight
     target.configuredWeight = weight
     this.slowStart.apply(target, performance.now())
     this.refresh()
+    if (before !== weight) this.changed('weight', target, this.viewOf(target), `weight ${before} -> ${weight}`)
   }
 
   setState (url: string, state: 'disabled' | 'enabled'): void {
@@ -222,7 +228,12 @@ export class UpstreamPool implements HealthHost {
     if (from === to) return
     if (!wasAvailable && target.available && this.started) this.slowStart.begin(target)
     this.refresh()
-    this.onStateChange({ pool: this.name, target: this.viewOf(target), from, to, reason })
+    this.onStateChange({ kind: 'state', pool: this.name, target: this.viewOf(target), from, to, reason })
+  }
+
+  /** Reports a change that is not a change of state. */
+  private changed (kind: 'added' | 'removed' | 'weight', target: Target, view: TargetView, reason: string): void {
+    this.onStateChange({ kind, pool: this.name, target: view, from: target.state, to: target.state, reason })
   }
 
   /** Seconds until a target may be available again, when known. */

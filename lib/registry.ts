@@ -88,7 +88,8 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
   private readonly stateChanged = (event: TargetStateEvent): void => {
     const line = { pool: event.pool, target: event.target.url, from: event.from, to: event.to, reason: event.reason }
     // what the operator did is news; what health checks found is a warning
-    if (event.to === 'unhealthy' || event.to === 'ejected') this.log.warn(line, `upstream target is ${event.to}`)
+    if (event.kind !== 'state') this.log.info(line, `upstream target ${event.kind === 'weight' ? 're-weighted' : event.kind}`)
+    else if (event.to === 'unhealthy' || event.to === 'ejected') this.log.warn(line, `upstream target is ${event.to}`)
     else this.log.info(line, `upstream target is ${event.to}`)
     this.hook?.(event)
     channels.targetState.publish(event)

@@ -471,5 +471,8 @@ test('a target added to a running pool takes no traffic until its first probe pa
   const counts = await send(url, 6)
   t.equal(counts.sick, undefined)
   t.ok((counts.fresh ?? 0) > 0, 'the fresh one serves once its probe passed')
-  t.match(events.find((e) => e.url === fresh.url), { from: 'unhealthy', to: 'healthy', reason: /active check passed/ })
+  t.match(events.filter((e) => e.url === fresh.url), [
+    { from: 'unhealthy', to: 'unhealthy', reason: 'added with weight 1' },
+    { from: 'unhealthy', to: 'healthy', reason: /active check passed/ }
+  ])
 })
