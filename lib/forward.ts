@@ -9,7 +9,7 @@ import type { UpstreamPool } from './pool'
 import type { UpstreamRegistry } from './registry'
 import { backoff, mayRetry } from './retry'
 import { LazyBody } from './replayable-body'
-import { isSafePath } from './security'
+import { isSafePath, originForm } from './security'
 import { kConnections, type TargetConnections } from './dispatcher'
 import type { Target } from './target'
 
@@ -198,7 +198,8 @@ export class Forwarder {
       channels.select.publish(event)
     }
     if (path === undefined) {
-      const url = request.raw.url as string
+      // an absolute-form request target (`GET http://host/path`) sends only its path
+      const url = originForm(request.raw.url as string) ?? ''
       const query = url.indexOf('?')
       path = query === -1 ? url : url.slice(0, query)
     }
