@@ -133,7 +133,21 @@ function onClientResponseClosed (this: RawResponse): void {
 }
 
 /** An upstream response body, carrying what its outcome is recorded against. */
-type UpstreamBody = Readable & { [kTarget]?: Target, [kPool]?: UpstreamPool }
+const kRaw = Symbol('fastify-upstream.raw')
+type UpstreamBody = Readable & { [kTarget]?: Target, [kPool]?: UpstreamPool, [kRaw]?: RawResponse }
+
+// The exchange with the target is over once its body has been read or dropped: the
+// request leaves the target's in-flight count then (as Envoy counts active requests),
+// not when a slow client has finished reading the answer. The client response's close
+// remains the backstop for answers that never got this far.
+function onUpstreamBodyClosed (this: UpstreamBody): void {
+  const raw = this[kRaw]
+  const target = raw?.[kTarget]
+  if (raw !== undefined && target !== undefined && target === this[kTarget]) {
+    raw[kTarget] = undefined
+    target.finish()
+  }
+}
 
 // With passive checks on, an exchange counts as a success only once its body has arrived
 // whole, and as a failure when the body breaks off: shared listeners, no closures.
@@ -320,14 +334,16 @@ export class Forwarder {
     const now = performance.now()
     target.observeLatency(now - state[kStart], now)
     const status = res.statusCode
+    const body = res.stream as UpstreamBody
+    body[kTarget] = target
+    body[kRaw] = reply.raw as RawResponse
+    body.on('close', onUpstreamBodyClosed)
     const detector = pool.detector
     if (detector !== undefined) {
       if (detector.isFailureStatus(status)) {
         target.failures++
         detector.failure(target, now)
       } else {
-        const body = res.stream as UpstreamBody
-        body[kTarget] = target
         body[kPool] = pool
         body.on('end', onUpstreamBodyEnd)
         body.on('error', onUpstreamBodyError)

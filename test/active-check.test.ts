@@ -2,23 +2,12 @@ import net from 'node:net'
 import { performance } from 'node:perf_hooks'
 import Fastify from 'fastify'
 import { test } from 'tap'
-import fastifyUpstream, { type FastifyUpstreamOptions } from '../lib/index'
+import fastifyUpstream from '../lib/index'
 import type { TargetState } from '../lib/index'
-import { startGateway, startUpstream, type Upstream } from './helpers'
+import { closedPort, recorder, sleep, startGateway, startUpstream, until, type Upstream, type StateEvent } from './helpers'
 
 // Active health checks, end to end: real upstream servers on loopback answer the probes,
 // and a real gateway proxies traffic by what the probes found.
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Polls `check` every 10 ms until it holds; fails the test with `what` after `timeout` ms. */
-async function until (what: string, check: () => boolean, timeout = 5000): Promise<void> {
-  const deadline = Date.now() + timeout
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`)
-    await sleep(10)
-  }
-}
 
 interface Probe { method: string, url: string, headers: Record<string, string | string[] | undefined> }
 
@@ -72,23 +61,6 @@ async function startProbed (name: string, options: { status?: number, delay?: nu
   }) as Probed
   Object.assign(up, { status: options.status ?? 200, script: undefined, delay: options.delay ?? 0, probes: [], answers: [], open: 0, maxOpen: 0, arrived: [], ended: [], traffic: 0, hangTraffic: options.hangTraffic ?? false })
   return up
-}
-
-/** A port nothing listens on (a server was there and is closed). */
-async function closedPort (): Promise<string> {
-  const gone = await startUpstream('gone')
-  await gone.close()
-  return gone.url
-}
-
-interface StateEvent { url: string, from: TargetState, to: TargetState, reason: string, at: number }
-
-function recorder (): { events: StateEvent[], hook: FastifyUpstreamOptions['onTargetStateChange'] } {
-  const events: StateEvent[] = []
-  return {
-    events,
-    hook: (event) => { events.push({ url: event.target.url, from: event.from, to: event.to, reason: event.reason, at: performance.now() }) }
-  }
 }
 
 /** Sends `n` requests one after the other; returns who answered (x-upstream, or the status). */

@@ -2,16 +2,7 @@ import http from 'node:http'
 import { test } from 'tap'
 import type { TargetStateEvent } from '../lib/index'
 import { startDnsServer } from './dns-server'
-import { load, startGateway, startUpstream, startUpstreams } from './helpers'
-
-async function until (check: () => boolean, ms = 5000): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > deadline) return false
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-  return true
-}
+import { load, startGateway, startUpstream, startUpstreams, within } from './helpers'
 
 test('dns discovery: A records become targets; added, changed and removed records follow; a dead resolver keeps the last targets', async (t) => {
   const dns = await startDnsServer()
@@ -37,17 +28,17 @@ test('dns discovery: A records become targets; added, changed and removed record
 
   // a new record appears, then the old one goes
   dns.records.set('api.test', { A: ['127.0.0.1', '127.0.0.2'] })
-  t.ok(await until(() => pool.targets.length === 2), 'a new address became a target')
+  t.ok(await within(() => pool.targets.length === 2), 'a new address became a target')
   t.equal(pool.target(`http://127.0.0.2:${up.port}`)?.state, 'healthy')
   dns.records.set('api.test', { A: ['127.0.0.2'] })
-  t.ok(await until(() => pool.targets.length === 1), 'a vanished address was drained away')
+  t.ok(await within(() => pool.targets.length === 1), 'a vanished address was drained away')
   t.same(pool.targets.map((v) => v.url), [`http://127.0.0.2:${up.port}`])
   t.ok(events.some((e) => e.target.url === `http://127.0.0.1:${up.port}` && e.to === 'draining'))
 
   // the resolver dies: the last known target keeps serving
   dns.down = true
   const before = dns.queries
-  t.ok(await until(() => dns.queries > before + 1, 5000), 'lookups go on')
+  t.ok(await within(() => dns.queries > before + 1, 5000), 'lookups go on')
   await new Promise((resolve) => setTimeout(resolve, 700))
   t.same(pool.targets.map((v) => v.url), [`http://127.0.0.2:${up.port}`], 'the last known target stays')
   const res = await fetch(`${url}/x`)
@@ -55,7 +46,7 @@ test('dns discovery: A records become targets; added, changed and removed record
   t.equal(await res.text(), 'twin')
   dns.down = false
   dns.records.set('api.test', { A: ['127.0.0.1'] })
-  t.ok(await until(() => pool.target(`http://127.0.0.1:${up.port}`) !== undefined && pool.targets.length === 1), 'it recovers when the resolver does')
+  t.ok(await within(() => pool.target(`http://127.0.0.1:${up.port}`) !== undefined && pool.targets.length === 1), 'it recovers when the resolver does')
 })
 
 test('dns-srv discovery: host and port from each record, weights, and higher priorities as backups', async (t) => {
@@ -89,7 +80,7 @@ test('dns-srv discovery: host and port from each record, weights, and higher pri
       { priority: 20, weight: 1, port: ups[2].port, target: 'localhost' }
     ]
   })
-  t.ok(await until(() => pool.target(`http://localhost:${ups[0].port}`)?.weight === 1))
+  t.ok(await within(() => pool.target(`http://localhost:${ups[0].port}`)?.weight === 1))
 })
 
 test('a custom discovery source plugs in with resolve()', async (t) => {
@@ -115,7 +106,7 @@ test('a custom discovery source plugs in with resolve()', async (t) => {
   if (pool === undefined) throw new Error('no pool')
   t.same(pool.targets.map((v) => v.url), [ups[0].url])
   current = [ups[1].url]
-  t.ok(await until(() => pool.targets.length === 1 && pool.targets[0].url === ups[1].url))
+  t.ok(await within(() => pool.targets.length === 1 && pool.targets[0].url === ups[1].url))
   t.ok(calls >= 2)
   await app.close()
   const after = calls

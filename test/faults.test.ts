@@ -2,13 +2,11 @@ import http from 'node:http'
 import net from 'node:net'
 import { performance } from 'node:perf_hooks'
 import { test } from 'tap'
-import { startGateway, startUpstream, startUpstreams, type Upstream } from './helpers'
+import { sleep, startGateway, startUpstream, startUpstreams, within, type Upstream } from './helpers'
 import type { TargetStateEvent } from '../lib/index'
 
 // Fault injection against real loopback servers: targets die, come back, hang, flap,
 // reset mid-body and answer 5xx in bursts, while clients keep sending.
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** `clients` concurrent clients send GETs until `stop()`; returns status counts. */
 function clients (url: string, count: number): { stop: () => Promise<Record<string, number>> } {
@@ -36,15 +34,6 @@ function clients (url: string, count: number): { stop: () => Promise<Record<stri
   }
 }
 
-async function until (condition: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (!condition()) {
-    if (Date.now() > deadline) return false
-    await sleep(10)
-  }
-  return true
-}
-
 test('a target killed under load: no failed idempotent request, out of rotation within 1 s, back when restarted', async (t) => {
   const ups = await startUpstreams(3)
   const events: Array<TargetStateEvent & { at: number }> = []
@@ -68,13 +57,13 @@ test('a target killed under load: no failed idempotent request, out of rotation 
   await sleep(300)
   const killedAt = performance.now()
   await ups[1].close()
-  t.ok(await until(() => events.some((e) => e.to === 'ejected'), 2000), 'the dead target was ejected')
+  t.ok(await within(() => events.some((e) => e.to === 'ejected'), 2000), 'the dead target was ejected')
   const ejection = events.find((e) => e.to === 'ejected') as TargetStateEvent & { at: number }
   t.equal(ejection.target.url, ups[1].url)
   t.ok(ejection.at - killedAt < 1000, `out of rotation ${Math.round(ejection.at - killedAt)} ms after the kill`)
   await sleep(200)
   const restarted = again.server = await startUpstream('u1-again', undefined, ups[1].port)
-  t.ok(await until(() => restarted.hits > 0, 3000), 'the restarted target serves again')
+  t.ok(await within(() => restarted.hits > 0, 3000), 'the restarted target serves again')
   const counts = await load.stop()
   t.same(Object.keys(counts), ['200'], `every request succeeded: ${JSON.stringify(counts)}`)
   t.equal(app.upstreams.get('pool')?.target(ups[1].url)?.state, 'healthy')
@@ -134,7 +123,7 @@ test('a target that resets mid-body: the client sees a broken response, the targ
     t.equal(outcome, 'broken', 'the truncated body is not passed off as complete')
   }
   const target = app.upstreams.get('broken')?.targets[0]
-  t.ok(await until(() => target?.state === 'ejected', 2000), 'two broken bodies in a row ejected the target')
+  t.ok(await within(() => target?.state === 'ejected', 2000), 'two broken bodies in a row ejected the target')
   t.equal(target?.inflight, 0)
   const res = await fetch(`${url}/good`)
   t.equal(res.status, 200)
@@ -234,6 +223,6 @@ test('close() during probes and in-flight retries leaves nothing running', async
       return false
     })
   }
-  await until(() => leftover().length === 0, 2000)
+  await within(() => leftover().length === 0, 2000)
   t.same(leftover(), [], 'no timer, socket or server left behind')
 })

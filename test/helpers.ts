@@ -1,7 +1,9 @@
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
-import fastifyUpstream, { type FastifyUpstreamOptions } from '../lib/index'
+import { performance } from 'node:perf_hooks'
+import { Agent, request } from 'undici'
+import fastifyUpstream, { type FastifyUpstreamOptions, type TargetState } from '../lib/index'
 
 /** A real HTTP server on loopback that answers with its own name. */
 export interface Upstream {
@@ -84,4 +86,81 @@ export interface Echo { upstream: string, method: string, url: string, body: str
 
 export async function echo (res: Response | Promise<Response>): Promise<Echo> {
   return await (await res).json() as Echo
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Polls `check` every few ms until it holds; fails the test with `what` after `timeout` ms. */
+export async function until (what: string, check: () => boolean, timeout = 5000): Promise<void> {
+  const deadline = Date.now() + timeout
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`)
+    await sleep(5)
+  }
+}
+
+/** Like `until`, but answers whether `check` came to hold in time instead of failing. */
+export async function within (check: () => boolean, timeout = 5000): Promise<boolean> {
+  const deadline = Date.now() + timeout
+  while (!check()) {
+    if (Date.now() > deadline) return false
+    await sleep(5)
+  }
+  return true
+}
+
+/** A URL where nothing listens (a server was there and is closed): connections are refused. */
+export async function closedPort (name = 'gone'): Promise<string> {
+  const gone = await startUpstream(name)
+  await gone.close()
+  return gone.url
+}
+
+/**
+ * Sends `total` GET requests from `concurrency` clients, each a keep-alive connection of
+ * its own; returns how many each upstream answered (by `x-upstream`). Uses undici's
+ * `request`, which costs about half the CPU of `fetch`: client, gateway and upstreams
+ * share one event loop here, and the less time the client takes, the less queueing
+ * delay the gateway mistakes for upstream latency on a busy machine.
+ */
+export async function drive (url: string, total: number, concurrency: number): Promise<Record<string, number>> {
+  const agent = new Agent({ connections: concurrency })
+  const counts: Record<string, number> = {}
+  let sent = 0
+  async function client (): Promise<void> {
+    while (sent < total) {
+      sent++
+      const res = await request(url, { dispatcher: agent })
+      const name = String(res.headers['x-upstream'] ?? `status-${res.statusCode}`)
+      counts[name] = (counts[name] ?? 0) + 1
+      await res.body.dump()
+    }
+  }
+  try {
+    await Promise.all(Array.from({ length: concurrency }, client))
+  } finally {
+    await agent.close()
+  }
+  return counts
+}
+
+/** Answers like the helpers' default upstream, after `delay` ms. */
+export function delayed (delay: number): UpstreamHandler {
+  return (_req: http.IncomingMessage, res: http.ServerResponse, _body: string, upstream: Upstream): void => {
+    setTimeout(() => {
+      res.setHeader('x-upstream', upstream.name)
+      res.end(upstream.name)
+    }, delay)
+  }
+}
+
+/** A state event as the health tests record it. */
+export interface StateEvent { url: string, from: TargetState, to: TargetState, reason: string, at: number }
+
+export function recorder (): { events: StateEvent[], hook: FastifyUpstreamOptions['onTargetStateChange'] } {
+  const events: StateEvent[] = []
+  return {
+    events,
+    hook: (event) => { events.push({ url: event.target.url, from: event.from, to: event.to, reason: event.reason, at: performance.now() }) }
+  }
 }

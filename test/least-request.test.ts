@@ -1,52 +1,12 @@
-import type http from 'node:http'
 import { test } from 'tap'
-import { Agent, request } from 'undici'
 import type { BalancerOptions } from '../lib/index'
-import { load, startGateway, startUpstream, startUpstreams, type Upstream } from './helpers'
+import { delayed, drive, load, startGateway, startUpstream, startUpstreams, type Upstream } from './helpers'
 
 const SLOW_MS = 80
 const TOTAL = 1500
 const CONCURRENCY = 16
 /** requests sent before measuring: JIT, keep-alive connections and counters settle */
 const WARMUP = 300
-
-/**
- * Sends `total` GET requests from `concurrency` clients, each a keep-alive connection of
- * its own; returns how many each upstream answered (by `x-upstream`). Uses undici's
- * `request`, which costs about half the CPU of `fetch`: client, gateway and upstreams
- * share one event loop here, and the less time the client takes, the less queueing
- * delay the gateway mistakes for upstream latency on a busy machine.
- */
-async function drive (url: string, total: number, concurrency: number): Promise<Record<string, number>> {
-  const agent = new Agent({ connections: concurrency })
-  const counts: Record<string, number> = {}
-  let sent = 0
-  async function client (): Promise<void> {
-    while (sent < total) {
-      sent++
-      const res = await request(url, { dispatcher: agent })
-      const name = String(res.headers['x-upstream'] ?? `status-${res.statusCode}`)
-      counts[name] = (counts[name] ?? 0) + 1
-      await res.body.dump()
-    }
-  }
-  try {
-    await Promise.all(Array.from({ length: concurrency }, client))
-  } finally {
-    await agent.close()
-  }
-  return counts
-}
-
-/** Answers like the helpers' default upstream, after `delay` ms. */
-function delayed (delay: number) {
-  return (_req: http.IncomingMessage, res: http.ServerResponse, _body: string, upstream: Upstream): void => {
-    setTimeout(() => {
-      res.setHeader('x-upstream', upstream.name)
-      res.end(upstream.name)
-    }, delay)
-  }
-}
 
 /** The part of a tap test these helpers need. */
 interface Teardown { teardown: (fn: () => Promise<void>) => void }

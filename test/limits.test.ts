@@ -1,21 +1,10 @@
 import { performance } from 'node:perf_hooks'
 import type http from 'node:http'
 import { test } from 'tap'
-import { startGateway, startUpstream, type Upstream } from './helpers'
+import { sleep, startGateway, startUpstream, until, type Upstream } from './helpers'
 
 // Connection limits, end to end: real upstream servers on loopback that hold each request
 // until the test lets it go, and a real gateway in front of them.
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Polls `check` every 5 ms until it holds; fails the test with `what` after `timeout` ms. */
-async function until (what: string, check: () => boolean, timeout = 5000): Promise<void> {
-  const deadline = Date.now() + timeout
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`)
-    await sleep(5)
-  }
-}
 
 /** An upstream that holds every request until `release()`; `open` counts the held ones. */
 interface Held extends Upstream {

@@ -1,19 +1,8 @@
 import { test } from 'tap'
-import { startGateway, startUpstream, type Upstream } from './helpers'
+import { startGateway, startUpstream, until, type Upstream } from './helpers'
 
 // Panic mode, end to end: real upstream servers on loopback whose health endpoint fails
 // (so that active checks find them unhealthy) while they still answer real traffic.
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Polls `check` every 10 ms until it holds; fails the test with `what` after `timeout` ms. */
-async function until (what: string, check: () => boolean, timeout = 5000): Promise<void> {
-  const deadline = Date.now() + timeout
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`)
-    await sleep(10)
-  }
-}
 
 interface Checked extends Upstream { health: number }
 

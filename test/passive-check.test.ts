@@ -1,28 +1,10 @@
 import { performance } from 'node:perf_hooks'
 import { test } from 'tap'
-import type { FastifyUpstreamOptions, TargetState } from '../lib/index'
-import { startGateway, startUpstream, type Upstream } from './helpers'
+import type { TargetState } from '../lib/index'
+import { closedPort, recorder, sleep, startGateway, startUpstream, until, type StateEvent, type Upstream } from './helpers'
 
 // Passive health checks (outlier ejection), end to end: real traffic through a real
 // gateway to real upstream servers on loopback, some of them refusing or failing.
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Polls `check` every 10 ms until it holds; fails the test with `what` after `timeout` ms. */
-async function until (what: string, check: () => boolean, timeout = 5000): Promise<void> {
-  const deadline = Date.now() + timeout
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`)
-    await sleep(10)
-  }
-}
-
-/** A URL where nothing listens (a server was there and is closed): connections are refused. */
-async function closedPort (name = 'gone'): Promise<string> {
-  const gone = await startUpstream(name)
-  await gone.close()
-  return gone.url
-}
 
 /** An upstream that answers every request with `status()` and its name in x-upstream. */
 function startStatus (name: string, status: () => number): Promise<Upstream> {
@@ -31,16 +13,6 @@ function startStatus (name: string, status: () => number): Promise<Upstream> {
     res.setHeader('x-upstream', upstream.name)
     res.end(upstream.name)
   })
-}
-
-interface StateEvent { url: string, from: TargetState, to: TargetState, reason: string, at: number }
-
-function recorder (): { events: StateEvent[], hook: FastifyUpstreamOptions['onTargetStateChange'] } {
-  const events: StateEvent[] = []
-  return {
-    events,
-    hook: (event) => { events.push({ url: event.target.url, from: event.from, to: event.to, reason: event.reason, at: performance.now() }) }
-  }
 }
 
 interface Answer { status: number, upstream: string | null, code: string | undefined, retryAfter: string | null }

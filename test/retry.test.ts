@@ -1,14 +1,7 @@
 import net from 'node:net'
 import { test } from 'tap'
-import { echo, startGateway, startUpstream, type Upstream } from './helpers'
+import { closedPort, echo, startGateway, startUpstream, type Upstream } from './helpers'
 import type { RetryEvent } from '../lib/index'
-
-/** A port with nothing listening on it. */
-async function deadUrl (): Promise<string> {
-  const closed = await startUpstream('dead')
-  await closed.close()
-  return closed.url
-}
 
 /** A server that accepts, reads the request, then resets the connection. */
 async function resetting (): Promise<{ url: string, hits: () => number, close: () => Promise<void> }> {
@@ -26,7 +19,7 @@ async function resetting (): Promise<{ url: string, hits: () => number, close: (
 
 test('a refused connection is retried on another target, for any method, and reported', async (t) => {
   const good = await startUpstream('good')
-  const dead = await deadUrl()
+  const dead = await closedPort()
   const retries: RetryEvent[] = []
   const { app, url } = await startGateway({
     upstreams: { pool: { targets: [dead, good.url], retry: { attempts: 1, backoff: { base: 0 } } } },
@@ -123,7 +116,7 @@ test('without a retry status list, a 503 from the target is passed through', asy
 })
 
 test('attempts bound the retries, each on a target not tried yet', async (t) => {
-  const deads = [await deadUrl(), await deadUrl(), await deadUrl()]
+  const deads = [await closedPort(), await closedPort(), await closedPort()]
   const good = await startUpstream('good')
   const retries: RetryEvent[] = []
   const { app, url } = await startGateway({
@@ -151,7 +144,7 @@ test('attempts bound the retries, each on a target not tried yet', async (t) => 
 })
 
 test('the retry budget caps concurrent retries', async (t) => {
-  const dead = await deadUrl()
+  const dead = await closedPort()
   const slowGood: Upstream = await startUpstream('good', (_req, res) => { setTimeout(() => res.end('ok'), 150) })
   const { app, url } = await startGateway({
     upstreams: {

@@ -1,21 +1,10 @@
 import { performance } from 'node:perf_hooks'
 import { test } from 'tap'
 import type { TargetView } from '../lib/index'
-import { startGateway, startUpstream, startUpstreams, type Upstream } from './helpers'
+import { sleep, startGateway, startUpstream, startUpstreams, until, type Upstream } from './helpers'
 
 // Slow start, end to end: a real gateway and real upstream servers on loopback; the
 // weights are sampled over the window while real requests are balanced by them.
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Polls `check` every 10 ms until it holds; fails the test with `what` after `timeout` ms. */
-async function until (what: string, check: () => boolean, timeout = 5000): Promise<void> {
-  const deadline = Date.now() + timeout
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`)
-    await sleep(10)
-  }
-}
 
 interface Sample { at: number, weight: number }
 
