@@ -1,5 +1,6 @@
 /// <reference lib="dom" />
-import { existsSync } from 'node:fs'
+import { existsSync, statSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { chromium, type Browser } from 'playwright-core'
 import { test } from 'tap'
@@ -53,5 +54,8 @@ test('the status page shows pools, targets and states as they change', { skip: !
   t.equal(cells[0], ups[0].url)
   t.ok(Number(cells[6]) > 0, `requests are shown (${cells[6]})`)
   t.match(await page.textContent('#meta'), /updated .* refreshes every 2 s/)
-  await page.screenshot({ path: join(__dirname, '..', 'docs', 'status-page.png'), fullPage: true })
+  // the README's picture: STATUS_PAGE_SCREENSHOT=docs/status-page.png npx tap test/status-page.test.ts
+  const shot = process.env.STATUS_PAGE_SCREENSHOT ?? join(tmpdir(), 'fastify-upstream-status-page.png')
+  await page.screenshot({ path: shot, fullPage: true })
+  t.ok(statSync(shot).size > 10_000, 'a screenshot of what a person sees')
 })
