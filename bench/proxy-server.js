@@ -1,0 +1,77 @@
+'use strict'
+
+// Child process: one proxy of the proxy benchmark, on 127.0.0.1 (ephemeral port).
+//   node bench/proxy-server.js plugin <url1,url2,url3>   fastify-upstream, least-request over every url
+//   node bench/proxy-server.js bare <url1>               @fastify/reply-from with `base`, catch-all route
+// IPC: sends { type: 'ready', url }; answers { type: 'stats' } with this process's CPU time
+// and event-loop utilisation; exits on { type: 'close' } or when the parent goes away.
+
+const { performance } = require('node:perf_hooks')
+const Fastify = require('fastify')
+
+const [kind, list] = process.argv.slice(2)
+const urls = (list ?? '').split(',').filter(Boolean)
+
+async function build () {
+  const app = Fastify({ logger: false })
+  if (kind === 'plugin') {
+    const fastifyUpstream = require('../dist/index.js')
+    await app.register(fastifyUpstream, {
+      upstreams: { pool: { targets: urls, balancer: 'least-request' } },
+      routes: [{ prefix: '/', upstream: 'pool' }]
+    })
+  } else if (kind === 'bare') {
+    await app.register(require('@fastify/reply-from'), { base: urls[0] })
+    app.route({
+      method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'],
+      url: '/*',
+      handler (request, reply) {
+        return reply.from()
+      }
+    })
+  } else {
+    throw new Error(`unknown proxy kind ${kind}: expected plugin or bare`)
+  }
+  return app
+}
+
+async function main () {
+  if (urls.length === 0) throw new Error('no upstream urls given')
+  const app = await build()
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { port } = app.server.address()
+
+  let closing = false
+  const close = async () => {
+    if (closing) return
+    closing = true
+    const timer = setTimeout(() => process.exit(0), 2000)
+    timer.unref()
+    try {
+      app.server.closeAllConnections()
+      await app.close()
+    } finally {
+      // process.exit() (not a kill) lets --cpu-prof write its profile
+      process.exit(0)
+    }
+  }
+  process.on('message', (message) => {
+    if (message?.type === 'stats') {
+      process.send({
+        type: 'stats',
+        id: message.id,
+        cpu: process.cpuUsage(),
+        elu: performance.eventLoopUtilization()
+      })
+    } else if (message?.type === 'close') {
+      close()
+    }
+  })
+  process.on('disconnect', close)
+  process.send({ type: 'ready', url: `http://127.0.0.1:${port}` })
+}
+
+main().catch((error) => {
+  console.error(error)
+  process.exit(1)
+})
