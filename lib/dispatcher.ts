@@ -2,13 +2,6 @@ import { Dispatcher, Pool } from 'undici'
 import type { PoolConfig } from './options'
 
 /**
- * Marks the headers of a request sent through `@fastify/reply-from` with the connection
- * pools of the upstream pool it belongs to. A symbol key survives reply-from's copies of
- * the headers and is never sent: undici writes string keys only.
- */
-export const kConnections = Symbol('fastify-upstream.connections')
-
-/**
  * How connections to a pool's targets are opened, shared by traffic and active checks.
  * TLS certificates are verified unless the pool opts out (`tls.rejectUnauthorized: false`).
  */
@@ -69,19 +62,22 @@ export class TargetConnections {
   }
 }
 
-type MarkedHeaders = Record<PropertyKey, unknown> & { [kConnections]?: TargetConnections }
-
 /**
  * The undici dispatcher handed to `@fastify/reply-from` (registered once, with no `base`):
  * it routes each request to the connection pool of its upstream pool and origin.
+ * reply-from dispatches synchronously inside `reply.from()`, so the forwarder names the
+ * upstream pool in `current` for the length of that call: no lookup, nothing added to the
+ * request.
  */
 export class UpstreamDispatcher extends Dispatcher {
+  current: TargetConnections | undefined = undefined
+
   override dispatch (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    const connections = (options.headers as MarkedHeaders | undefined)?.[kConnections]
-    const pool = connections?.get(options.origin as string)
+    const pool = this.current?.get(options.origin as string)
     if (pool === undefined) {
-      // the target was removed between selection and dispatch: undici reports a throw
-      // from dispatch() to the request's callback, like a refused connection
+      // the target was removed between selection and dispatch (or a request came from
+      // outside the forwarder): undici reports a throw from dispatch() to the request's
+      // callback, like a refused connection
       throw Object.assign(new Error(`no connection pool for ${String(options.origin)}`), { code: 'ECONNREFUSED' })
     }
     return pool.dispatch(options, handler)

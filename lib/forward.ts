@@ -10,7 +10,7 @@ import type { UpstreamRegistry } from './registry'
 import { backoff, mayRetry } from './retry'
 import { LazyBody } from './replayable-body'
 import { isSafePath, originForm } from './security'
-import { kConnections, type TargetConnections } from './dispatcher'
+import type { UpstreamDispatcher } from './dispatcher'
 import type { Target } from './target'
 
 /** Per-call options of `reply.forward`: `url` plus the per-call options of `reply.from`. */
@@ -169,8 +169,11 @@ export class Forwarder {
   private readonly hooks: Hooks
   readonly defaults: PreparedOptions
 
-  constructor (registry: UpstreamRegistry, hooks: Hooks) {
+  private readonly dispatcher: UpstreamDispatcher
+
+  constructor (registry: UpstreamRegistry, dispatcher: UpstreamDispatcher, hooks: Hooks) {
     this.registry = registry
+    this.dispatcher = dispatcher
     this.hooks = hooks
     this.defaults = this.prepare(undefined)
   }
@@ -200,7 +203,7 @@ export class Forwarder {
    * Proxies the request of `reply` to a target of pool `name`; `path` is the path (and
    * optional query) to send, by default the request's own path.
    */
-  forward (reply: FastifyReply, name: string, path: string | undefined, prepared: PreparedOptions): FastifyReply {
+  forward (reply: FastifyReply, name: string, path: string | undefined, prepared: PreparedOptions, checked = false): FastifyReply {
     const request = reply.request as StatefulRequest
     const pool = this.registry.get(name)
     if (pool === undefined) return reply.send(new UnknownPoolError(name))
@@ -217,9 +220,12 @@ export class Forwarder {
       const query = url.indexOf('?')
       path = query === -1 ? url : url.slice(0, query)
     }
-    // whatever the path came from, it may not climb out of where it points
-    const query = path.indexOf('?')
-    if (!isSafePath(query === -1 ? path : path.slice(0, query))) return reply.send(new BadPathError())
+    // whatever the path came from, it may not climb out of where it points (a mount has
+    // checked its own already)
+    if (!checked) {
+      const query = path.indexOf('?')
+      if (!isSafePath(query === -1 ? path : path.slice(0, query))) return reply.send(new BadPathError())
+    }
     request[kPool] = pool
     request[kPrepared] = prepared
     request[kPath] = path
@@ -240,7 +246,12 @@ export class Forwarder {
     target.start()
     const body = request[kBody]
     if (body !== null) request.body = new LazyBody(body)
-    return reply.from(target.origin + target.basePath + request[kPath], (request[kPrepared] as PreparedOptions).from as never)
+    this.dispatcher.current = (request[kPool] as UpstreamPool).connections
+    try {
+      return reply.from(target.origin + target.basePath + request[kPath], (request[kPrepared] as PreparedOptions).from as never)
+    } finally {
+      this.dispatcher.current = undefined
+    }
   }
 
   private unavailable (reply: FastifyReply, pool: UpstreamPool): FastifyReply {
@@ -310,14 +321,9 @@ export class Forwarder {
 
   private readonly rewriteRequestHeaders = (request: FastifyRequest, headers: HeaderRecord): HeaderRecord => {
     const state = request as StatefulRequest
-    const pool = state[kPool] as UpstreamPool
-    const policed = pool.headers.request(request, headers)
+    const policed = (state[kPool] as UpstreamPool).headers.request(request, headers)
     const user = (state[kPrepared] as PreparedOptions).rewriteRequestHeaders
-    const out = (user === undefined ? policed : user(request, policed)) as HeaderRecord & { [kConnections]?: TargetConnections }
-    // tells the dispatcher whose connections carry the request (after the user's rewrite,
-    // which may have built a new object)
-    out[kConnections] = pool.connections
-    return out
+    return user === undefined ? policed : user(request, policed)
   }
 
   private readonly rewriteHeaders = (headers: HeaderRecord, request: FastifyRequest): HeaderRecord => {

@@ -58,7 +58,7 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   const dispatcher = new UpstreamDispatcher()
   const registry = new UpstreamRegistry(fastify.log, config.onTargetStateChange)
   for (const [name, pool] of config.pools) registry.add(name, pool)
-  const forwarder = new Forwarder(registry, config)
+  const forwarder = new Forwarder(registry, dispatcher, config)
 
   fastify.register(replyFrom, { undici: dispatcher as never, disableRequestLogging: true })
   fastify.decorate('upstreams', registry)

@@ -117,7 +117,9 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     if (!isSafePath(rest) || (query !== -1 && !isValidQuery(raw.slice(query + 1)))) return reply.send(new BadPathError())
     const base = render(mount.upstream, hasParams ? path.split('/') : undefined)
     const upstreamPath = (base + rest) || '/'
-    return forwarder.forward(reply, pool, query === -1 ? upstreamPath : upstreamPath + raw.slice(query), prepared)
+    // without params the base is configuration and the rest was checked above; a param is
+    // a segment of the request, so forward() checks the whole path then
+    return forwarder.forward(reply, pool, query === -1 ? upstreamPath : upstreamPath + raw.slice(query), prepared, !hasParams)
   }
 
   fastify.register(async function upstreamMount (child) {

@@ -22,18 +22,47 @@ export interface HeaderPolicyConfig {
 type Headers = Record<string, string | string[] | number | undefined>
 
 // RFC 9110 7.6.1, plus the proxy-era names every proxy strips
-const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade']
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'])
 
-/** Removes hop-by-hop headers and every header the `Connection` header names. */
+/** The header names a `Connection` header lists (lower case), or undefined when it lists none. */
+function listedIn (connection: unknown): Set<string> | undefined {
+  if (typeof connection !== 'string' || connection === 'keep-alive' || connection === 'close') return undefined
+  const names = new Set<string>()
+  for (const name of connection.split(',')) {
+    const trimmed = name.trim().toLowerCase()
+    if (trimmed !== '') names.add(trimmed)
+  }
+  return names
+}
+
+/**
+ * Request side: blanks hop-by-hop headers and every header the `Connection` header names.
+ * Set to undefined rather than deleted (undici skips undefined values), which keeps the
+ * object's fast shape for the copies reply-from and undici make of it.
+ */
 export function stripHopByHop (headers: Headers): void {
-  const connection = headers.connection
-  if (connection !== undefined) {
-    for (const name of String(connection).split(',')) {
-      const trimmed = name.trim().toLowerCase()
-      if (trimmed !== '') delete headers[trimmed]
+  const listed = listedIn(headers.connection)
+  for (const name in headers) {
+    if (HOP_BY_HOP.has(name) || listed?.has(name) === true) headers[name] = undefined
+  }
+}
+
+/** Response side: the headers without hop-by-hop ones (a new object only when one is there). */
+export function withoutHopByHop (headers: Headers): Headers {
+  const listed = listedIn(headers.connection)
+  let found = false
+  for (const name in headers) {
+    if (HOP_BY_HOP.has(name) || listed?.has(name) === true) {
+      found = true
+      break
     }
   }
-  for (const name of HOP_BY_HOP) if (headers[name] !== undefined) delete headers[name]
+  if (!found) return headers
+  const kept: Headers = {}
+  for (const name in headers) {
+    if (!HOP_BY_HOP.has(name) && listed?.has(name) !== true) kept[name] = headers[name]
+  }
+  return kept
 }
 
 function applySet (headers: Headers, set: Array<[string, HeaderValue]>, request: FastifyRequest): void {
@@ -77,45 +106,45 @@ export class HeaderPolicy {
     // Node has already answered `Expect: 100-continue` to the client, and undici refuses
     // to send the header: left in, any client could turn a request into a 502 counted
     // against a healthy target (and eject it with passive checks on)
-    if (headers.expect !== undefined) delete headers.expect
+    if (headers.expect !== undefined) headers.expect = undefined
     if (this.host === 'pass') headers.host = request.headers.host
     else if (this.host !== 'target') headers.host = this.host
-    const peer = request.raw.socket?.remoteAddress ?? ''
     if (this.xForwarded || this.forwarded) {
+      const peer = request.raw.socket?.remoteAddress ?? ''
       // Fastify's `ips` (with trustProxy): the peer, then each trusted hop, ending with the
       // first address it does not trust: the client as far as can be told
       const ips = (request as FastifyRequest & { ips?: string[] }).ips
-      const chain = ips === undefined || ips.length === 0 ? [peer] : [...ips].reverse()
       const proto = request.protocol
       const host = request.host
       if (this.xForwarded) {
-        headers['x-forwarded-for'] = chain.join(', ')
+        headers['x-forwarded-for'] = ips === undefined || ips.length < 2 ? peer : [...ips].reverse().join(', ')
         headers['x-forwarded-proto'] = proto
         headers['x-forwarded-host'] = host
       } else {
-        delete headers['x-forwarded-for']
-        delete headers['x-forwarded-proto']
-        delete headers['x-forwarded-host']
+        headers['x-forwarded-for'] = undefined
+        headers['x-forwarded-proto'] = undefined
+        headers['x-forwarded-host'] = undefined
       }
       if (this.forwarded) {
+        const chain = ips === undefined || ips.length === 0 ? [peer] : [...ips].reverse()
         const hops = chain.map((address) => `for=${forwardedNode(address)}`)
         hops[hops.length - 1] += `;proto=${proto};host="${host.replace(/["\\]/g, '')}"`
         headers.forwarded = hops.join(', ')
       } else {
-        delete headers.forwarded
+        headers.forwarded = undefined
       }
     }
-    for (const name of this.requestRemove) delete headers[name]
+    for (const name of this.requestRemove) headers[name] = undefined
     applySet(headers, this.requestSet, request)
     return headers
   }
 
   /** The headers sent back to the client. */
   response (request: FastifyRequest, headers: Headers): Headers {
-    stripHopByHop(headers)
-    for (const name of this.responseRemove) delete headers[name]
-    applySet(headers, this.responseSet, request)
-    return headers
+    const kept = withoutHopByHop(headers)
+    for (const name of this.responseRemove) delete kept[name]
+    applySet(kept, this.responseSet, request)
+    return kept
   }
 }
 

@@ -108,6 +108,16 @@ test('paths that climb out of the prefix are refused with 400 before any upstrea
     t.match(status, /^HTTP\/1\.1 4\d\d/, `${path} -> ${status}`)
   }
   t.equal(up.hits, 0, 'no hostile request reached the upstream')
+  // a prefix param is a segment of the request too
+  const params = await startGateway({
+    upstreams: { users: { targets: [up.url] } },
+    routes: [{ prefix: '/orgs/:org', upstream: 'users', rewritePrefix: '/v2/orgs/:org' }]
+  })
+  t.teardown(() => params.app.close())
+  for (const path of ['/orgs/%2e%2e/x', '/orgs/%2E./x', '/orgs/..', '/orgs/.%2e']) {
+    t.match(await rawRequest(params.url, path), /^HTTP\/1\.1 4\d\d/, `${path} is refused`)
+  }
+  t.equal(up.hits, 0, 'no climbing through a param either')
   t.equal((await fetch(`${url}/users/fine...name`)).status, 200, 'dots inside a segment are fine')
   t.equal(up.hits, 1)
 })
