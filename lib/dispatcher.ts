@@ -22,16 +22,12 @@ export class TargetConnections {
     this.config = config
   }
 
-  get (origin: string): Pool | undefined {
-    return this.pools.get(origin)?.pool
-  }
-
   /** Opens (or shares, for a second target on the same origin) the pool of `origin`. */
-  acquire (origin: string): void {
+  acquire (origin: string): Pool {
     const entry = this.pools.get(origin)
     if (entry !== undefined) {
       entry.refs++
-      return
+      return entry.pool
     }
     const config = this.config
     const pool = new Pool(origin, {
@@ -42,6 +38,7 @@ export class TargetConnections {
       connect: connectOptions(config)
     })
     this.pools.set(origin, { pool, refs: 1 })
+    return pool
   }
 
   /** Lets go of `origin`; the last user closes its pool once its requests have finished. */
@@ -64,20 +61,19 @@ export class TargetConnections {
 
 /**
  * The undici dispatcher handed to `@fastify/reply-from` (registered once, with no `base`):
- * it routes each request to the connection pool of its upstream pool and origin.
- * reply-from dispatches synchronously inside `reply.from()`, so the forwarder names the
- * upstream pool in `current` for the length of that call: no lookup, nothing added to the
- * request.
+ * it passes each request to the connection pool of the target it was sent to.
+ * reply-from dispatches synchronously inside `reply.from()`, so the forwarder names that
+ * pool in `current` for the length of the call: no lookup, nothing added to the request.
  */
 export class UpstreamDispatcher extends Dispatcher {
-  current: TargetConnections | undefined = undefined
+  /** the connection pool of the target being sent to, set by the forwarder around `reply.from()` */
+  current: Dispatcher | undefined = undefined
 
   override dispatch (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    const pool = this.current?.get(options.origin as string)
+    const pool = this.current
     if (pool === undefined) {
-      // the target was removed between selection and dispatch (or a request came from
-      // outside the forwarder): undici reports a throw from dispatch() to the request's
-      // callback, like a refused connection
+      // a request from outside the forwarder: undici reports a throw from dispatch() to
+      // the request's callback, like a refused connection
       throw Object.assign(new Error(`no connection pool for ${String(options.origin)}`), { code: 'ECONNREFUSED' })
     }
     return pool.dispatch(options, handler)

@@ -77,7 +77,9 @@ type Hooks = Pick<PluginOptions, 'onSelect' | 'onProxyError' | 'onRetry'>
 
 // Error codes of the connection phase: nothing was sent to the target.
 const CONNECT_CODES = new Set([
-  'ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'UND_ERR_CONNECT'
+  'ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'UND_ERR_CONNECT',
+  // the target's connection pool closed (it was removed) before the request went out
+  'UND_ERR_CLOSED', 'UND_ERR_DESTROYED'
 ])
 const TLS_CODE = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|HOSTNAME_MISMATCH)/
 
@@ -246,7 +248,7 @@ export class Forwarder {
     target.start()
     const body = request[kBody]
     if (body !== null) request.body = new LazyBody(body)
-    this.dispatcher.current = (request[kPool] as UpstreamPool).connections
+    this.dispatcher.current = target.connection
     try {
       return reply.from(target.origin + target.basePath + request[kPath], (request[kPrepared] as PreparedOptions).from as never)
     } finally {

@@ -317,7 +317,7 @@ export class UpstreamPool implements HealthHost {
     this.views.set(target, viewOf(target))
     this.list.push(target)
     this.viewList = Object.freeze(this.list.map((t) => this.views.get(t) as TargetView))
-    this.connections.acquire(target.origin)
+    target.connection = this.connections.acquire(target.origin)
   }
 
   private waitIdle (target: Target): Promise<void> {

@@ -24,6 +24,8 @@ type Headers = Record<string, string | string[] | number | undefined>
 // RFC 9110 7.6.1, plus the proxy-era names every proxy strips
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'])
 
+const REQUEST_HOP_BY_HOP = ['keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade']
+
 /** The header names a `Connection` header lists (lower case), or undefined when it lists none. */
 function listedIn (connection: unknown): Set<string> | undefined {
   if (typeof connection !== 'string' || connection === 'keep-alive' || connection === 'close') return undefined
@@ -36,15 +38,16 @@ function listedIn (connection: unknown): Set<string> | undefined {
 }
 
 /**
- * Request side: blanks hop-by-hop headers and every header the `Connection` header names.
- * Set to undefined rather than deleted (undici skips undefined values), which keeps the
- * object's fast shape for the copies reply-from and undici make of it.
+ * Request side: blanks the hop-by-hop headers. reply-from has already removed `connection`
+ * and every header it names (before any rewrite runs), so only the fixed names are left
+ * to check. Set to undefined rather than deleted (undici skips undefined values), which
+ * keeps the object's fast shape for the copies reply-from and undici make of it.
  */
 export function stripHopByHop (headers: Headers): void {
+  for (const name of REQUEST_HOP_BY_HOP) if (headers[name] !== undefined) headers[name] = undefined
   const listed = listedIn(headers.connection)
-  for (const name in headers) {
-    if (HOP_BY_HOP.has(name) || listed?.has(name) === true) headers[name] = undefined
-  }
+  if (headers.connection !== undefined) headers.connection = undefined
+  if (listed !== undefined) for (const name of listed) headers[name] = undefined
 }
 
 /** Response side: the headers without hop-by-hop ones (a new object only when one is there). */

@@ -55,6 +55,9 @@ export class Target implements BalancerTarget {
   /** when slow start began (performance.now() ms), 0 when the weight is not ramping */
   slowStartAt = 0
 
+  /** the keep-alive connection pool the target's requests go through */
+  connection: import('undici').Dispatcher | undefined = undefined
+
   /** resolves a pending drain when the last in-flight request ends */
   onIdle: (() => void) | undefined = undefined
 
