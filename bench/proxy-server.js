@@ -17,7 +17,7 @@ async function build () {
   if (kind === 'plugin') {
     const fastifyUpstream = require('../dist/index.js')
     await app.register(fastifyUpstream, {
-      upstreams: { pool: { targets: urls, balancer: 'least-request' } },
+      upstreams: { pool: { targets: urls.slice(0, Number(process.env.TARGETS ?? urls.length)), balancer: 'least-request', forwardedHeaders: process.env.FWD ?? 'x-forwarded' } },
       routes: [{ prefix: '/', upstream: 'pool' }]
     })
   } else if (kind === 'bare') {
