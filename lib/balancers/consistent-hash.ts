@@ -62,7 +62,9 @@ export function keyHasher (key: HashKey): KeyHasher {
  * over the table in turn rather than pinned to one target.
  */
 export class ConsistentHashBalancer implements Balancer {
-  private table: BalancerTarget[] = []
+  private targets: readonly BalancerTarget[] = []
+  /** entry -> index into `targets`; typed, so that a rebuild is a few integer loops */
+  private table = new Int32Array(0)
   private readonly size: number
   private readonly hashKey: KeyHasher
   private cursor = 0
@@ -82,22 +84,22 @@ export class ConsistentHashBalancer implements Balancer {
   update (targets: readonly BalancerTarget[]): void {
     const n = targets.length
     const m = this.size
+    this.targets = targets
     if (n === 0) {
-      this.table = []
+      this.table = new Int32Array(0)
       return
     }
-    const offset = new Uint32Array(n)
-    const skip = new Uint32Array(n)
-    const next = new Uint32Array(n)
+    // each target walks its own permutation of the table: offset, offset + skip, ... (mod m)
+    const position = new Float64Array(n)
+    const skip = new Float64Array(n)
     const credit = new Float64Array(n)
     let maxWeight = 0
     for (let i = 0; i < n; i++) {
-      offset[i] = hashString(targets[i].url, 0x9e3779b9) % m
+      position[i] = hashString(targets[i].url, 0x9e3779b9) % m
       skip[i] = (hashString(targets[i].url, 0x7f4a7c15) % (m - 1)) + 1
       if (targets[i].weight > maxWeight) maxWeight = targets[i].weight
     }
-    const table = new Array<BalancerTarget>(m)
-    const filled = new Uint8Array(m)
+    const table = new Int32Array(m).fill(-1)
     let count = 0
     while (count < m) {
       for (let i = 0; i < n && count < m; i++) {
@@ -105,14 +107,14 @@ export class ConsistentHashBalancer implements Balancer {
         credit[i] += targets[i].weight
         if (credit[i] < maxWeight) continue
         credit[i] -= maxWeight
-        let slot = (offset[i] + skip[i] * next[i]) % m
-        while (filled[slot] === 1) {
-          next[i]++
-          slot = (offset[i] + skip[i] * next[i]) % m
+        let slot = position[i]
+        while (table[slot] !== -1) {
+          slot += skip[i]
+          if (slot >= m) slot -= m
         }
-        filled[slot] = 1
-        table[slot] = targets[i]
-        next[i]++
+        table[slot] = i
+        slot += skip[i]
+        position[i] = slot >= m ? slot - m : slot
         count++
       }
     }
@@ -123,10 +125,10 @@ export class ConsistentHashBalancer implements Balancer {
     const table = this.table
     if (table.length === 0) return undefined
     const hash = this.hashKey(request)
-    if (hash >= 0) return table[hash % table.length]
+    if (hash >= 0) return this.targets[table[hash % table.length]]
     // the table is full whenever it is not empty, so its length is `size` and stride < length
     this.cursor += this.stride
     if (this.cursor >= table.length) this.cursor -= table.length
-    return table[this.cursor]
+    return this.targets[table[this.cursor]]
   }
 }
