@@ -1,4 +1,5 @@
 import http from 'node:http'
+import net from 'node:net'
 import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { performance } from 'node:perf_hooks'
@@ -163,4 +164,19 @@ export function recorder (): { events: StateEvent[], hook: FastifyUpstreamOption
     events,
     hook: (event) => { events.push({ url: event.target.url, from: event.from, to: event.to, reason: event.reason, at: performance.now() }) }
   }
+}
+
+/** Sends a GET as raw bytes (no client-side normalisation of the path); resolves with the status line. */
+export async function rawRequest (url: string, path: string): Promise<string> {
+  const { port } = new URL(url)
+  return await new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), '127.0.0.1', () => {
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+    })
+    let data = ''
+    socket.setTimeout(5000, () => socket.destroy(new Error('timeout')))
+    socket.on('data', (chunk) => { data += chunk.toString() })
+    socket.on('end', () => resolve(data.split('\r\n')[0]))
+    socket.on('error', reject)
+  })
 }

@@ -1,20 +1,5 @@
-import net from 'node:net'
 import { test } from 'tap'
-import { echo, startGateway, startUpstream } from './helpers'
-
-/** Sends raw bytes (no client-side normalisation of the path) and returns the status line. */
-async function rawRequest (url: string, path: string): Promise<string> {
-  const { port } = new URL(url)
-  return await new Promise((resolve, reject) => {
-    const socket = net.connect(Number(port), '127.0.0.1', () => {
-      socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
-    })
-    let data = ''
-    socket.on('data', (chunk) => { data += chunk.toString() })
-    socket.on('end', () => resolve(data.split('\r\n')[0]))
-    socket.on('error', reject)
-  })
-}
+import { echo, rawRequest, startGateway, startUpstream } from './helpers'
 
 test('a mount rewrites its prefix, keeps the query string and passes params', async (t) => {
   const up = await startUpstream('u0')
