@@ -112,10 +112,6 @@ function bodyReplayable (request: StatefulRequest, nothingSent: boolean): boolea
   return !(request.body instanceof Readable)
 }
 
-function noRetry (): null {
-  return null
-}
-
 /** The raw response carries its target (and its pool, once retried) until it closes. */
 type RawResponse = FastifyReply['raw'] & { [kTarget]?: Target, [kPool]?: UpstreamPool }
 
@@ -187,11 +183,14 @@ export class Forwarder {
       onError: this.onError,
       // the pool's header policy first, then the caller's own rewrites
       rewriteRequestHeaders: this.rewriteRequestHeaders,
-      rewriteHeaders: this.rewriteHeaders,
-      // retries and failover are the plugin's own: reply-from would retry the same target
-      retryDelay: noRetry
+      rewriteHeaders: this.rewriteHeaders
     }
+    // retries and failover are the plugin's own: reply-from would retry the same target
+    // (its own retries are off for every method, see the registration in index.ts)
     delete from.url
+    delete from.retryDelay
+    delete from.retriesCount
+    delete from.maxRetriesOn503
     return Object.freeze({
       from: Object.freeze(from),
       onResponse: options?.onResponse as OnResponse | undefined,

@@ -60,7 +60,9 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   for (const [name, pool] of config.pools) registry.add(name, pool)
   const forwarder = new Forwarder(registry, dispatcher, config)
 
-  fastify.register(replyFrom, { undici: dispatcher as never, disableRequestLogging: true })
+  // reply-from's own retries go back to the same target: off (an empty method list turns
+  // them off without a per-request callback); the plugin retries on other targets itself
+  fastify.register(replyFrom, { undici: dispatcher as never, disableRequestLogging: true, retryMethods: [] })
   fastify.decorate('upstreams', registry)
   for (const [key, initial] of requestDecorations) fastify.decorateRequest(key, initial as null)
   fastify.decorateReply('forward', function forward (this, name: string, options?: ForwardOptions) {

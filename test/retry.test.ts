@@ -113,6 +113,7 @@ test('without a retry status list, a 503 from the target is passed through', asy
     await res.arrayBuffer()
   }
   t.same(statuses.sort(), [200, 200, 503, 503])
+  t.equal(busy.hits, 2, 'and not retried on the same target either (reply-from would, ten times)')
 })
 
 test('attempts bound the retries, each on a target not tried yet', async (t) => {
