@@ -115,8 +115,9 @@ function bodyReplayable (request: StatefulRequest, nothingSent: boolean): boolea
 /** The raw response carries its target (and its pool, once retried) until it closes. */
 type RawResponse = FastifyReply['raw'] & { [kTarget]?: Target, [kPool]?: UpstreamPool }
 
-// A shared listener, not a closure per request: a request stays in flight until the
-// response to the client has closed, whether it finished, failed or was aborted.
+// A shared listener, not a closure per request: when the response to the client closes
+// (finished, failed or aborted), the request leaves its target's in-flight count if it
+// has not already (see onUpstreamBodyClosed), and gives back its retry budget.
 function onClientResponseClosed (this: RawResponse): void {
   const target = this[kTarget]
   if (target !== undefined) {
@@ -130,8 +131,8 @@ function onClientResponseClosed (this: RawResponse): void {
   }
 }
 
-/** An upstream response body, carrying what its outcome is recorded against. */
 const kRaw = Symbol('fastify-upstream.raw')
+/** An upstream response body, carrying what its outcome is recorded against. */
 type UpstreamBody = Readable & { [kTarget]?: Target, [kPool]?: UpstreamPool, [kRaw]?: RawResponse }
 
 // The exchange with the target is over once its body has been read or dropped: the
@@ -164,10 +165,9 @@ function onUpstreamBodyError (this: UpstreamBody): void {
 /** Glue to `@fastify/reply-from`: selects a target, proxies, retries, and accounts for the outcome. */
 export class Forwarder {
   private readonly registry: UpstreamRegistry
+  private readonly dispatcher: UpstreamDispatcher
   private readonly hooks: Hooks
   readonly defaults: PreparedOptions
-
-  private readonly dispatcher: UpstreamDispatcher
 
   constructor (registry: UpstreamRegistry, dispatcher: UpstreamDispatcher, hooks: Hooks) {
     this.registry = registry
