@@ -1,6 +1,6 @@
 import { Resolver } from 'node:dns/promises'
 import type { Logger } from './events'
-import type { DiscoveryOptions, TargetOptions } from './options'
+import { normalizeTarget, type DiscoveryOptions, type TargetOptions } from './options'
 
 /**
  * Discovery: where a pool's targets come from when they change at run time. A discovery
@@ -166,20 +166,21 @@ export class Discoverer {
   }
 
   private reconcile (targets: TargetOptions[]): void {
+    // the whole answer is checked (and normalised as `targets` are) before anything changes
+    const wanted = targets.map((option, i) => normalizeTarget(option, `upstreams.${this.host.name}.discovery[${i}]`))
     const seen = new Set<string>()
-    for (const option of targets) {
-      const target = typeof option === 'string' ? { url: option } : option
-      const url = new URL(target.url)
-      const key = url.origin + (url.pathname === '/' ? '' : url.pathname.replace(/\/+$/, ''))
-      seen.add(key)
-      const existing = this.host.target(key)
+    wanted.forEach((target, i) => {
+      seen.add(target.url)
+      const existing = this.host.target(target.url)
+      // a weight the source names is applied; one it leaves out is the operator's to set
+      const named = typeof targets[i] !== 'string' && (targets[i] as { weight?: number }).weight !== undefined
       if (existing === undefined) {
-        this.host.addTarget(option)
-        this.managed.add(key)
-      } else if (this.managed.has(key) && target.weight !== undefined && existing.weight !== target.weight) {
-        this.host.setWeight(key, target.weight)
+        this.host.addTarget(target)
+        this.managed.add(target.url)
+      } else if (named && this.managed.has(target.url) && existing.weight !== target.weight) {
+        this.host.setWeight(target.url, target.weight)
       }
-    }
+    })
     // a target that disappears is drained in the background: the next lookup need not wait
     for (const key of [...this.managed]) {
       if (seen.has(key)) continue

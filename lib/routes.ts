@@ -19,8 +19,6 @@ type Template = Array<string | { param: number }>
 interface Mount {
   /** number of path segments the prefix spans */
   depth: number
-  /** index of each prefix segment that is a `:param`, by name */
-  params: Map<string, number>
   upstream: Template
   client: Template
 }
@@ -88,7 +86,6 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
   segments.forEach((segment, i) => { if (segment.startsWith(':')) params.set(segment.slice(1), i) })
   const mount: Mount = {
     depth: segments.length,
-    params,
     upstream: compile(stripTrailingSlash(rawRewrite ?? ''), params, `routes[${index}].rewritePrefix`),
     client: compile(prefix, params, `routes[${index}].prefix`)
   }

@@ -24,7 +24,7 @@ type Headers = Record<string, string | string[] | number | undefined>
 // RFC 9110 7.6.1, plus the proxy-era names every proxy strips
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'])
 
-const REQUEST_HOP_BY_HOP = ['keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade']
+const REQUEST_HOP_BY_HOP = [...HOP_BY_HOP]
 
 /** The header names a `Connection` header lists (lower case), or undefined when it lists none. */
 function listedIn (connection: unknown): Set<string> | undefined {
@@ -38,16 +38,13 @@ function listedIn (connection: unknown): Set<string> | undefined {
 }
 
 /**
- * Request side: blanks the hop-by-hop headers. reply-from has already removed `connection`
- * and every header it names (before any rewrite runs), so only the fixed names are left
- * to check. Set to undefined rather than deleted (undici skips undefined values), which
- * keeps the object's fast shape for the copies reply-from and undici make of it.
+ * Request side: blanks the hop-by-hop headers. reply-from has already removed every
+ * header the client's `Connection` names (before any rewrite runs), so only the fixed
+ * names are left to check. Set to undefined rather than deleted (undici skips undefined
+ * values), which keeps the object's fast shape for the copies reply-from and undici make.
  */
 export function stripHopByHop (headers: Headers): void {
   for (const name of REQUEST_HOP_BY_HOP) if (headers[name] !== undefined) headers[name] = undefined
-  const listed = listedIn(headers.connection)
-  if (headers.connection !== undefined) headers.connection = undefined
-  if (listed !== undefined) for (const name of listed) headers[name] = undefined
 }
 
 /** Response side: the headers without hop-by-hop ones (a new object only when one is there). */
@@ -171,15 +168,18 @@ export function isSafePath (path: string): boolean {
     const code = path.charCodeAt(i)
     if (code < 0x21 || code === 0x5c || code === 0x7f) return false
   }
-  if (path.includes('%')) {
-    if (ENCODED_SEPARATOR.test(path) || DOUBLE_ENCODED.test(path)) return false
-    try {
-      decodeURIComponent(path)
-    } catch {
-      return false
-    }
-  }
+  if (path.includes('%') && (ENCODED_SEPARATOR.test(path) || DOUBLE_ENCODED.test(path) || !decodes(path))) return false
   return !DOT_SEGMENT.test(path)
+}
+
+/** true when every percent-escape in `text` is valid */
+function decodes (text: string): boolean {
+  try {
+    decodeURIComponent(text)
+    return true
+  } catch {
+    return false
+  }
 }
 
 /**
@@ -187,13 +187,7 @@ export function isSafePath (path: string): boolean {
  * decodes the whole URL it is given, and a malformed escape there would be a 500.
  */
 export function isValidQuery (query: string): boolean {
-  if (!query.includes('%')) return true
-  try {
-    decodeURIComponent(query)
-    return true
-  } catch {
-    return false
-  }
+  return !query.includes('%') || decodes(query)
 }
 
 /**
