@@ -35,6 +35,8 @@ function makeTargets (n) {
       weight: 1 + (i % 3),
       inflight: i % 5,
       latency: 1 + (i % 7) * 0.5,
+      // 1 to 10 ms: some pairs differ by more than least-request's slowRatio, some not
+      meanLatency: 1 + (i % 7) * 1.5,
       latencyUpdatedAt: now
     })
   }

@@ -54,7 +54,8 @@ const BalancerSchema = Type.Union([
   Type.Object({ type: Type.Literal('random') }, { additionalProperties: false }),
   Type.Object({
     type: Type.Literal('least-request'),
-    choices: Type.Optional(Type.Integer({ minimum: 2, maximum: 8, errorMessage: 'must be an integer from 2 to 8' }))
+    choices: Type.Optional(Type.Integer({ minimum: 2, maximum: 8, errorMessage: 'must be an integer from 2 to 8' })),
+    slowRatio: Type.Optional(Type.Union([Type.Literal(0), Type.Number({ minimum: 1 })], { errorMessage: 'must be 0 (off) or a number >= 1' }))
   }, { additionalProperties: false }),
   Type.Object({
     type: Type.Literal('ewma'),
@@ -262,7 +263,7 @@ export type BalancerOptions =
   | 'round-robin' | 'random' | 'least-request' | 'ewma' | 'consistent-hash'
   | { type: 'round-robin' }
   | { type: 'random' }
-  | { type: 'least-request', choices?: number }
+  | { type: 'least-request', choices?: number, slowRatio?: number }
   | { type: 'ewma', decay?: number, initialLatency?: number }
   | { type: 'consistent-hash', key?: HashKeyOption, tableSize?: number }
   | Balancer

@@ -5,6 +5,8 @@ export type TargetState = 'healthy' | 'unhealthy' | 'ejected' | 'draining' | 'di
 
 /** Peak-EWMA time constant for the latency every target keeps (ms). */
 const LATENCY_DECAY = 10_000
+/** Weight of each new sample in the mean latency: about the last ten answers count. */
+const MEAN_LATENCY_WEIGHT = 0.1
 
 /** Upper bounds (ms) of the latency histogram buckets exported as metrics. */
 export const LATENCY_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
@@ -37,6 +39,8 @@ export class Target implements BalancerTarget {
   /** requests retried away from this target */
   retries = 0
   latency = 0
+  /** mean of recent latencies (EWMA by sample): steadier than the peak-EWMA `latency` */
+  meanLatency = 0
   latencyUpdatedAt = 0
   /** latency histogram: counts per bucket of LATENCY_BUCKETS (the last is +Inf), sum in ms */
   readonly latencyCounts = new Float64Array(LATENCY_BUCKETS.length + 1)
@@ -94,12 +98,18 @@ export class Target implements BalancerTarget {
     if (this.inflight === 0 && this.onIdle !== undefined) this.onIdle()
   }
 
-  /** Peak-EWMA: a slower sample is taken at once, a faster one blends in with time. */
+  /**
+   * Two estimates: the peak-EWMA `latency` takes a slower sample at once and blends a
+   * faster one in with time (for the ewma balancer, which must react to a spike);
+   * `meanLatency` blends every sample in by a fixed weight, so that one spike moves it
+   * a little and ten slow answers in a row move it most of the way.
+   */
   observeLatency (ms: number, now: number): void {
     let bucket = 0
     while (bucket < LATENCY_BUCKETS.length && ms > LATENCY_BUCKETS[bucket]) bucket++
     this.latencyCounts[bucket]++
     this.latencySum += ms
+    this.meanLatency = this.meanLatency === 0 ? ms : this.meanLatency + (ms - this.meanLatency) * MEAN_LATENCY_WEIGHT
     if (this.latency === 0 || ms > this.latency) {
       this.latency = ms
     } else {

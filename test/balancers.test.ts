@@ -1,4 +1,5 @@
 import Fastify from 'fastify'
+import { performance } from 'node:perf_hooks'
 import { test } from 'tap'
 import fastifyUpstream, {
   ConsistentHashBalancer,
@@ -13,10 +14,17 @@ import fastifyUpstream, {
 import { load, startGateway, startUpstreams } from './helpers'
 
 /** A plain target as the pool hands it to balancers. */
-interface FakeTarget { url: string, weight: number, inflight: number, latency: number, latencyUpdatedAt: number }
+interface FakeTarget { url: string, weight: number, inflight: number, latency: number, meanLatency: number, latencyUpdatedAt: number }
 
 function targets (...weights: number[]): FakeTarget[] {
-  return weights.map((weight, i) => ({ url: `http://10.0.0.${i + 1}:3000`, weight, inflight: 0, latency: 0, latencyUpdatedAt: 0 }))
+  return weights.map((weight, i) => ({ url: `http://10.0.0.${i + 1}:3000`, weight, inflight: 0, latency: 0, meanLatency: 0, latencyUpdatedAt: 0 }))
+}
+
+/** Gives each target a mean latency (ms), measured `age` ms ago. */
+function measured (list: FakeTarget[], latencies: number[], age = 0): FakeTarget[] {
+  const at = performance.now() - age
+  list.forEach((target, i) => { target.latency = target.meanLatency = latencies[i]; target.latencyUpdatedAt = at })
+  return list
 }
 
 const NO_KEY: SelectRequest = { url: '/', headers: {} }
@@ -169,6 +177,48 @@ test('least-request: idle targets tie, so light traffic follows the weights', as
   t.ok(Math.abs(tied - 0.75) < 0.01, `in flight in proportion to the weights (3 vs 1) is a tie too: ${(100 * tied).toFixed(1)}%`)
   list[0].inflight = 4
   t.same(tally(balancer, 1000), { [list[1].url]: 1000 }, 'more than its share in flight: the heavy target yields')
+})
+
+test('least-request: a target more than slowRatio times slower is charged for its latency', async (t) => {
+  const balancer = new LeastRequestBalancer()
+  const list = measured(targets(1, 1, 1), [1, 1, 100])
+  balancer.update(list)
+  t.equal(tally(balancer, 3000)[list[2].url], undefined, 'all idle: the 100 ms target loses every comparison')
+  list[0].inflight = 8
+  list[1].inflight = 8
+  t.equal(tally(balancer, 3000)[list[2].url], undefined, 'fast targets 8 deep still cost less than one request to the slow one')
+  list[0].inflight = list[1].inflight = 60
+  const counts = tally(balancer, 3000)
+  t.ok(counts[list[2].url] > 1500, `with 60 in flight each, the fast ones yield: ${JSON.stringify(counts)}`)
+
+  const comparable = measured(targets(3, 1), [1, 2.9])
+  balancer.update(comparable)
+  const heavy = (tally(balancer, 40_000)[comparable[0].url] ?? 0) / 40_000
+  t.ok(Math.abs(heavy - 0.75) < 0.01, `1 ms against 2.9 ms is within the ratio (2 with a 1 ms floor): weights decide, ${(100 * heavy).toFixed(1)}%`)
+})
+
+test('least-request: slowRatio 0 compares in-flight counts alone', async (t) => {
+  const balancer = new LeastRequestBalancer({ slowRatio: 0 })
+  const list = measured(targets(1, 1), [1, 100])
+  balancer.update(list)
+  const share = (tally(balancer, 40_000)[list[1].url] ?? 0) / 40_000
+  t.ok(Math.abs(share - 0.5) < 0.02, `idle, the slow target takes half: ${(100 * share).toFixed(1)}%`)
+  list[0].inflight = 2
+  list[1].inflight = 1
+  t.same(tally(balancer, 1000), { [list[1].url]: 1000 }, 'and fewer in flight wins whatever the latency')
+})
+
+test('least-request: a slow latency older than 10 s no longer counts, so an idle slow target is tried again', async (t) => {
+  const balancer = new LeastRequestBalancer()
+  const list = measured(targets(1, 1), [1, 100], 11_000)
+  balancer.update(list)
+  const share = (tally(balancer, 40_000)[list[1].url] ?? 0) / 40_000
+  t.ok(Math.abs(share - 0.5) < 0.02, `both measured 11 s ago: compared on in-flight alone, ${(100 * share).toFixed(1)}%`)
+  list[0].latencyUpdatedAt = performance.now()
+  const again = (tally(balancer, 40_000)[list[1].url] ?? 0) / 40_000
+  t.ok(Math.abs(again - 0.5) < 0.02, `a fresh figure for the fast one changes nothing: ${(100 * again).toFixed(1)}%`)
+  list[1].latencyUpdatedAt = performance.now()
+  t.equal(tally(balancer, 1000)[list[1].url], undefined, 'a fresh figure for the slow one: it is charged again')
 })
 
 test('consistent-hash: the tableSize option sets the size of the lookup table', async (t) => {

@@ -7,7 +7,7 @@ const SLOW_MS = 80
 
 /** A fake target as the pool would hand it to a balancer. */
 function fake (url: string, latency: number, latencyUpdatedAt: number, inflight = 0, weight = 1): BalancerTarget {
-  return { url, latency, latencyUpdatedAt, inflight, weight }
+  return { url, latency, meanLatency: latency, latencyUpdatedAt, inflight, weight }
 }
 
 /** How often each target is picked over `n` picks. */
@@ -78,7 +78,7 @@ test('ewma: in-flight requests multiply the cost, and weights divide it', async 
 test('ewma: an unmeasured target takes one request at a time until its first answer', async (t) => {
   const now = performance.now()
   const balancer = new EwmaBalancer()
-  const fresh = { url: 'http://new', latency: 0, latencyUpdatedAt: 0, inflight: 0, weight: 1 }
+  const fresh = { url: 'http://new', latency: 0, meanLatency: 0, latencyUpdatedAt: 0, inflight: 0, weight: 1 }
   const known = fake('http://known', 20, now, 5)
   balancer.update([fresh, known])
   t.same(tally(balancer, 100), { 'http://new': 100 }, 'idle and unmeasured: it looks cheap, so it gets probed')

@@ -122,19 +122,22 @@ export async function closedPort (name = 'gone'): Promise<string> {
  * its own; returns how many each upstream answered (by `x-upstream`). Uses undici's
  * `request`, which costs about half the CPU of `fetch`: client, gateway and upstreams
  * share one event loop here, and the less time the client takes, the less queueing
- * delay the gateway mistakes for upstream latency on a busy machine.
+ * delay the gateway mistakes for upstream latency on a busy machine. Pushes each
+ * request's time (ms, to the end of its body) onto `latencies` when given.
  */
-export async function drive (url: string, total: number, concurrency: number): Promise<Record<string, number>> {
+export async function drive (url: string, total: number, concurrency: number, latencies?: number[]): Promise<Record<string, number>> {
   const agent = new Agent({ connections: concurrency })
   const counts: Record<string, number> = {}
   let sent = 0
   async function client (): Promise<void> {
     while (sent < total) {
       sent++
+      const start = performance.now()
       const res = await request(url, { dispatcher: agent })
       const name = String(res.headers['x-upstream'] ?? `status-${res.statusCode}`)
       counts[name] = (counts[name] ?? 0) + 1
       await res.body.dump()
+      latencies?.push(performance.now() - start)
     }
   }
   try {

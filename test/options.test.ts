@@ -32,6 +32,7 @@ const cases: Array<[string, unknown, string]> = [
   ['unknown balancer', { upstreams: { users: { targets: [], balancer: 'fastest' } } }, 'upstreams.users.balancer: must be one of'],
   ['unknown balancer type', { upstreams: { users: { targets: [], balancer: { type: 'fastest' } } } }, 'upstreams.users.balancer: must be a balancer name'],
   ['balancer option of wrong type', { upstreams: { users: { targets: [], balancer: { type: 'least-request', choices: 1 } } } }, 'upstreams.users.balancer.choices: must be an integer from 2 to 8'],
+  ['least-request slowRatio below 1', { upstreams: { users: { targets: [], balancer: { type: 'least-request', slowRatio: 0.5 } } } }, 'upstreams.users.balancer.slowRatio: must be 0 (off) or a number >= 1'],
   ['unknown balancer option', { upstreams: { users: { targets: [], balancer: { type: 'random', key: 'ip' } } } }, 'upstreams.users.balancer.key: unknown option'],
   ['bad hash key', { upstreams: { users: { targets: [], balancer: { type: 'consistent-hash', key: 'body' } } } }, "upstreams.users.balancer.key: must be 'ip'"],
   ['table size not prime', { upstreams: { users: { targets: [], balancer: { type: 'consistent-hash', tableSize: 100 } } } }, 'upstreams.users.balancer.tableSize: must be a prime'],

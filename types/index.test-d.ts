@@ -65,6 +65,8 @@ expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balanc
 expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balancer: () => new First() } } })
 
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balancer: 'fastest' } } }))
+expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balancer: { type: 'least-request', choices: 3, slowRatio: 0 } } } })
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balancer: { type: 'least-request', slowRatio: 'high' } } } }))
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [{ weight: 2 }] } } }))
 expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x' }] }))
 

@@ -17,16 +17,17 @@ export class EwmaBalancer extends LeastRequestBalancer {
   private readonly initialLatency: number
 
   constructor (options: { decay?: number, initialLatency?: number } = {}) {
-    super({ choices: 2 })
+    super({ choices: 2, slowRatio: 0 })
     this.decay = options.decay ?? 10_000
     this.initialLatency = options.initialLatency ?? 1
   }
 
-  protected override now (): number {
-    return performance.now()
+  protected override prefers (a: BalancerTarget, b: BalancerTarget): boolean {
+    const now = performance.now()
+    return this.score(a, now) < this.score(b, now)
   }
 
-  protected override score (target: BalancerTarget, now: number): number {
+  private score (target: BalancerTarget, now: number): number {
     let latency = target.latency
     if (latency === 0) {
       // Unmeasured: cheap while idle, so that it gets probed, but dear once a request is

@@ -15,7 +15,9 @@ export interface BalancerTarget {
   readonly inflight: number
   /** peak-EWMA of the time to response headers, in milliseconds (0 until measured) */
   readonly latency: number
-  /** when `latency` was last updated, in `performance.now()` milliseconds */
+  /** mean of the recent times to response headers (EWMA by sample), ms (0 until measured) */
+  readonly meanLatency: number
+  /** when `latency` and `meanLatency` were last updated, in `performance.now()` milliseconds */
   readonly latencyUpdatedAt: number
 }
 
