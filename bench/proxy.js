@@ -3,12 +3,18 @@
 // Proxy benchmark: fastify-upstream (three targets, least-request, a `routes` mount on '/')
 // against bare @fastify/reply-from (`base` = one upstream, `reply.from()` in a catch-all
 // route). Each proxy runs in its own child process, the three upstream servers in a third;
-// autocannon drives the load from this process, in alternating rounds (plugin, bare,
-// plugin, bare, ...) after one warm-up round each. CPU per request is the proxy process's
-// own CPU time (user + system, from process.cpuUsage() in the child, asked over IPC before
-// and after the round) divided by the requests completed in the round.
+// autocannon drives the load from this process, in alternating rounds (plugin then bare,
+// bare then plugin, ...). CPU per request is the proxy process's own CPU time (user +
+// system, from process.cpuUsage() in the child, asked over IPC before and after the
+// round) divided by the requests completed in the round.
 //
-//   node bench/proxy.js [--rounds=5] [--duration=4] [--connections=50] [--path=/hello]
+// Every round starts both proxies afresh and warms each up before measuring it (as JMH
+// runs several forks): the JIT's choices, made once per process, persist for its life,
+// and with the same two processes through every round a whole run's CPU ratio moved
+// between 1.07 and 1.29 from run to run of the same code. Fresh processes make each
+// round an independent sample, and the median sees past an unlucky one.
+//
+//   node bench/proxy.js [--rounds=7] [--duration=4] [--warmup=2] [--connections=50] [--path=/hello]
 //                       [--no-pin]             do not pin the processes to CPUs (taskset)
 //                       [--wait-quiet=SECONDS] first wait (at most that long) for an idle machine
 //                       [--cpu-prof[=DIR]]     profile both proxy children with --cpu-prof
@@ -40,8 +46,9 @@ function options (args) {
     fs.mkdirSync(cpuProf, { recursive: true })
   }
   return {
-    rounds: Math.max(5, Math.round(numberArg(args, 'rounds', 5))),
+    rounds: Math.max(5, Math.round(numberArg(args, 'rounds', 7))),
     duration: numberArg(args, 'duration', 4),
+    warmup: numberArg(args, 'warmup', 2),
     connections: Math.round(numberArg(args, 'connections', 50)),
     path: typeof args.path === 'string' ? args.path : '/hello',
     waitQuiet: args['wait-quiet'] === undefined ? 0 : numberArg(args, 'wait-quiet', 60),
@@ -137,9 +144,22 @@ function mediansOf (results) {
   }
 }
 
+/** Starts a fresh proxy of `kind`, checks it, warms it up, measures one round, stops it. */
+async function freshRound (kind, urls, upstreamStats, opts, profiled) {
+  const proxy = await startProxy(kind, kind === 'plugin' ? urls : urls.slice(0, 1), opts)
+  try {
+    await check(proxy, opts.path)
+    await round(proxy, upstreamStats, { ...opts, duration: opts.warmup })
+    return await round(proxy, upstreamStats, opts)
+  } finally {
+    await stopChild(proxy.child)
+    profiled.push(proxy)
+  }
+}
+
 async function runProxyBench (args = {}) {
   const opts = options(args)
-  const budgetMs = (opts.waitQuiet + (opts.rounds + 1) * 2 * (opts.duration + 3) + 60) * 1000
+  const budgetMs = (opts.waitQuiet + opts.rounds * 2 * (opts.warmup + opts.duration + 8) + 60) * 1000
   const watchdog = setTimeout(() => {
     console.error(`proxy benchmark: still running after ${budgetMs / 1000} s, giving up`)
     killAll()
@@ -147,31 +167,22 @@ async function runProxyBench (args = {}) {
   }, budgetMs)
   watchdog.unref()
 
-  const started = []
-  const proxies = []
+  let upstreams
+  const profiled = []
   try {
     console.log(`\n## Proxy throughput and CPU per request (${opts.rounds} rounds of ${opts.duration} s per proxy, ` +
-      `${opts.connections} connections, keep-alive, GET ${opts.path})\n`)
+      `each in a fresh process after a ${opts.warmup} s warm-up, ${opts.connections} connections, keep-alive, GET ${opts.path})\n`)
     if (opts.waitQuiet > 0) {
       const quiet = await waitQuiet(opts.waitQuiet)
       console.log(quiet ? 'machine idle: starting' : `machine still busy after ${opts.waitQuiet} s: starting anyway`)
     }
-    const upstreams = spawnChild(path.join(__dirname, 'upstreams.js'), ['3'])
-    started.push(upstreams)
+    upstreams = spawnChild(path.join(__dirname, 'upstreams.js'), ['3'])
     const { urls } = await waitMessage(upstreams, 'ready', 10_000)
     if (opts.cpus !== undefined) {
       pin(process.pid, opts.cpus.parent)
       pin(upstreams.pid, opts.cpus.upstreams)
     }
-    const plugin = await startProxy('plugin', urls, opts)
-    started.push(plugin.child)
-    const bare = await startProxy('bare', urls.slice(0, 1), opts)
-    started.push(bare.child)
-    proxies.push(plugin, bare)
-    await check(plugin, opts.path)
-    await check(bare, opts.path)
     console.log(`upstreams: ${urls.join(', ')} (pid ${upstreams.pid})`)
-    console.log(`plugin: ${plugin.url} (pid ${plugin.child.pid}), bare: ${bare.url} (pid ${bare.child.pid})`)
     console.log(opts.cpus === undefined
       ? 'CPU pinning: off'
       : `CPU pinning: load generator on CPU ${opts.cpus.parent}, upstreams on ${opts.cpus.upstreams}, each proxy on ${opts.cpus.proxy}`)
@@ -180,14 +191,13 @@ async function runProxyBench (args = {}) {
     const upstreamStats = statsOf(upstreams)
     const rows = []
     const results = { plugin: [], bare: [] }
-    for (let i = 0; i <= opts.rounds; i++) {
-      for (const proxy of [plugin, bare]) {
-        const r = await round(proxy, upstreamStats, opts)
-        const label = i === 0 ? 'warm-up' : String(i)
-        rows.push(roundRow(label, r))
-        console.log(`  ${label} ${r.kind}: ${fmt(r.rps)} req/s, ${fmt(r.cpuPerRequest, 1)} µs CPU/req, ELU ${fmt(r.elu, 2)}` +
+    for (let i = 1; i <= opts.rounds; i++) {
+      for (const kind of i % 2 === 1 ? ['plugin', 'bare'] : ['bare', 'plugin']) {
+        const r = await freshRound(kind, urls, upstreamStats, opts, profiled)
+        rows.push(roundRow(String(i), r))
+        console.log(`  ${i} ${r.kind}: ${fmt(r.rps)} req/s, ${fmt(r.cpuPerRequest, 1)} µs CPU/req, ELU ${fmt(r.elu, 2)}` +
           `, other load ${Number.isNaN(r.other) ? '?' : fmt(r.other, 2)} cores` + (r.errors > 0 ? `, ${r.errors} errors/non-2xx` : ''))
-        if (i > 0) results[proxy.kind].push(r)
+        results[kind].push(r)
       }
     }
     upstreams.send({ type: 'hits' })
@@ -199,7 +209,7 @@ async function runProxyBench (args = {}) {
 
     const m = { plugin: mediansOf(results.plugin), bare: mediansOf(results.bare) }
     const ratios = { throughput: m.plugin.rps / m.bare.rps, cpu: m.plugin.cpu / m.bare.cpu }
-    // each plugin round against the bare round right after it: slow drift cancels out
+    // each plugin round against the bare round of the same round: slow drift cancels out
     const paired = {
       throughput: median(results.plugin.map((r, i) => r.rps / results.bare[i].rps)),
       cpu: median(results.plugin.map((r, i) => r.cpuPerRequest / results.bare[i].cpuPerRequest))
@@ -210,7 +220,7 @@ async function runProxyBench (args = {}) {
       ['plugin (3 targets, least-request)', fmt(m.plugin.rps), fmt(m.plugin.cpu, 1), fmt(m.plugin.errors)],
       ['bare @fastify/reply-from (1 target)', fmt(m.bare.rps), fmt(m.bare.cpu, 1), fmt(m.bare.errors)]
     ])
-    console.log(`\nrequests per upstream (all rounds): ${hits.map((h, i) => `${urls[i]} ${fmt(h)}`).join(', ')}`)
+    console.log(`\nrequests per upstream (all rounds, warm-ups included): ${hits.map((h, i) => `${urls[i]} ${fmt(h)}`).join(', ')}`)
     const contended = [...results.plugin, ...results.bare].filter((r) => r.other > CONTENDED).length
     if (contended > 0) {
       console.log(`NOTE: in ${contended} of ${2 * opts.rounds} rounds other work took more than ${CONTENDED} cores of the machine; ` +
@@ -224,10 +234,10 @@ async function runProxyBench (args = {}) {
     return { medians: m, ratios, paired, pass, rounds: results, hits, contended }
   } finally {
     clearTimeout(watchdog)
-    await Promise.all(started.reverse().map((child) => stopChild(child)))
+    if (upstreams !== undefined) await stopChild(upstreams)
     if (opts.cpuProf !== undefined) {
       console.log(`\nCPU profiles of the proxy children in ${opts.cpuProf} ` +
-        `(${proxies.map((p) => `${p.kind}: pid ${p.child.pid}, ${fmt(p.served)} requests`).join('; ')}); ` +
+        `(${profiled.map((p) => `${p.kind}: pid ${p.child.pid}, ${fmt(p.served)} requests`).join('; ')}); ` +
         'summarise with node bench/profile-summary.js FILE --requests=N')
     }
   }

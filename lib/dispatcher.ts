@@ -1,5 +1,8 @@
 import { Dispatcher, Pool } from 'undici'
+import { Exchange } from './exchange'
 import type { PoolConfig } from './options'
+import type { OutlierDetector } from './outlier-detector'
+import type { Target } from './target'
 
 /**
  * How connections to a pool's targets are opened, shared by traffic and active checks.
@@ -61,22 +64,27 @@ export class TargetConnections {
 
 /**
  * The undici dispatcher handed to `@fastify/reply-from` (registered once, with no `base`):
- * it passes each request to the connection pool of the target it was sent to.
- * reply-from dispatches synchronously inside `reply.from()`, so the forwarder names that
- * pool in `current` for the length of the call: no lookup, nothing added to the request.
+ * it passes each request to the connection pool of the target it was sent to, wrapped in
+ * an `Exchange` that accounts for it. reply-from dispatches synchronously inside
+ * `reply.from()`, so the forwarder names the target in `target` for the length of the
+ * call: no lookup, nothing added to the request. `dispatch()` takes it, so the forwarder
+ * can tell afterwards whether the request went out at all.
  */
 export class UpstreamDispatcher extends Dispatcher {
-  /** the connection pool of the target being sent to, set by the forwarder around `reply.from()` */
-  current: Dispatcher | undefined = undefined
+  /** the target being sent to, set by the forwarder around `reply.from()` */
+  target: Target | undefined = undefined
+  /** the passive checks of that target's pool, if any */
+  detector: OutlierDetector | undefined = undefined
 
   override dispatch (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    const pool = this.current
-    if (pool === undefined) {
+    const target = this.target
+    if (target === undefined || target.connection === undefined) {
       // a request from outside the forwarder: undici reports a throw from dispatch() to
       // the request's callback, like a refused connection
       throw Object.assign(new Error(`no connection pool for ${String(options.origin)}`), { code: 'ECONNREFUSED' })
     }
-    return pool.dispatch(options, handler)
+    this.target = undefined
+    return target.connection.dispatch(options, new Exchange(handler, target, this.detector))
   }
 
   // the connection pools belong to the upstream pools, which close them

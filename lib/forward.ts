@@ -112,54 +112,17 @@ function bodyReplayable (request: StatefulRequest, nothingSent: boolean): boolea
   return !(request.body instanceof Readable)
 }
 
-/** The raw response carries its target (and its pool, once retried) until it closes. */
-type RawResponse = FastifyReply['raw'] & { [kTarget]?: Target, [kPool]?: UpstreamPool }
+/** The raw response of a retried request carries the pool whose retry budget it holds. */
+type RawResponse = FastifyReply['raw'] & { [kPool]?: UpstreamPool }
 
-// A shared listener, not a closure per request: when the response to the client closes
-// (finished, failed or aborted), the request leaves its target's in-flight count if it
-// has not already (see onUpstreamBodyClosed), and gives back its retry budget.
-function onClientResponseClosed (this: RawResponse): void {
-  const target = this[kTarget]
-  if (target !== undefined) {
-    this[kTarget] = undefined
-    target.finish()
-  }
+// A shared listener, not a closure per request: when the response to a retried request
+// closes (finished, failed or aborted), it gives back its retry budget.
+function onRetriedResponseClosed (this: RawResponse): void {
   const retried = this[kPool]
   if (retried !== undefined) {
     this[kPool] = undefined
     retried.retriesInFlight--
   }
-}
-
-const kRaw = Symbol('fastify-upstream.raw')
-/** An upstream response body, carrying what its outcome is recorded against. */
-type UpstreamBody = Readable & { [kTarget]?: Target, [kPool]?: UpstreamPool, [kRaw]?: RawResponse }
-
-// The exchange with the target is over once its body has been read or dropped: the
-// request leaves the target's in-flight count then (as Envoy counts active requests),
-// not when a slow client has finished reading the answer. The client response's close
-// remains the backstop for answers that never got this far.
-function onUpstreamBodyClosed (this: UpstreamBody): void {
-  const raw = this[kRaw]
-  const target = raw?.[kTarget]
-  if (raw !== undefined && target !== undefined && target === this[kTarget]) {
-    raw[kTarget] = undefined
-    target.finish()
-  }
-}
-
-// With passive checks on, an exchange counts as a success only once its body has arrived
-// whole, and as a failure when the body breaks off: shared listeners, no closures.
-function onUpstreamBodyEnd (this: UpstreamBody): void {
-  const target = this[kTarget]
-  if (target !== undefined) this[kPool]?.detector?.success(target)
-}
-
-function onUpstreamBodyError (this: UpstreamBody): void {
-  const target = this[kTarget]
-  if (target === undefined) return
-  target.failures++
-  this[kPool]?.detector?.failure(target, performance.now())
 }
 
 /** Glue to `@fastify/reply-from`: selects a target, proxies, retries, and accounts for the outcome. */
@@ -234,24 +197,30 @@ export class Forwarder {
     if (request.body instanceof Readable && pool.config.retry.attempts > 0 && pool.targetList.length > 1) {
       request[kBody] = request.body
     }
-    reply.raw.on('close', onClientResponseClosed)
     return this.send(reply, request, target)
   }
 
-  /** One attempt: the target takes the request in flight until the client response closes. */
+  /**
+   * One attempt: the target takes the request in flight until undici reports the
+   * exchange over (see Exchange), or at once if nothing was sent.
+   */
   private send (reply: FastifyReply, request: StatefulRequest, target: Target): FastifyReply {
-    const raw = reply.raw as RawResponse
-    raw[kTarget] = target
     request[kTarget] = target
     request[kStart] = performance.now()
     target.start()
     const body = request[kBody]
     if (body !== null) request.body = new LazyBody(body)
-    this.dispatcher.current = target.connection
+    const dispatcher = this.dispatcher
+    dispatcher.target = target
+    dispatcher.detector = (request[kPool] as UpstreamPool).detector
     try {
       return reply.from(target.origin + target.basePath + request[kPath], (request[kPrepared] as PreparedOptions).from as never)
     } finally {
-      this.dispatcher.current = undefined
+      // still set: reply-from gave up before dispatching (a rewrite threw, say)
+      if (dispatcher.target !== undefined) {
+        dispatcher.target = undefined
+        target.finish()
+      }
     }
   }
 
@@ -263,15 +232,6 @@ export class Forwarder {
     const after = pool.retryAfter()
     if (after !== undefined) reply.header('retry-after', after)
     return reply.send(new NoTargetError(pool.name))
-  }
-
-  /** The attempt on `target` is over and another follows: in-flight accounting moves on. */
-  private settle (reply: FastifyReply, target: Target): void {
-    const raw = reply.raw as RawResponse
-    if (raw[kTarget] === target) {
-      raw[kTarget] = undefined
-      target.finish()
-    }
   }
 
   /**
@@ -294,13 +254,13 @@ export class Forwarder {
     // always another target (as NGINX's next upstream): the same one would likely fail again
     const next = pool.pick(request, tried)
     if (next === undefined) return false
-    this.settle(reply, failed)
     failed.retries++
     const retries = ++request[kRetries]
     const raw = reply.raw as RawResponse
     if (raw[kPool] === undefined) {
       raw[kPool] = pool
       pool.retriesInFlight++
+      raw.once('close', onRetriedResponseClosed)
     }
     if (this.hooks.onRetry !== undefined || channels.retry.hasSubscribers) {
       const event: RetryEvent = { pool: pool.name, request, attempt: retries, from: pool.viewOf(failed), to: pool.viewOf(next), reason }
@@ -311,7 +271,8 @@ export class Forwarder {
     if (delay === 0) {
       this.send(reply, request, next)
     } else {
-      // hold the next target's place while waiting, so that the request stays counted
+      // while it waits, the request is in no target's in-flight count (nor sent anywhere
+      // if the client leaves meanwhile); it still holds its retry budget
       setTimeout(() => {
         if (reply.raw.destroyed) return
         this.send(reply, request, next)
@@ -341,20 +302,12 @@ export class Forwarder {
     const now = performance.now()
     target.observeLatency(now - state[kStart], now)
     const status = res.statusCode
-    const body = res.stream as UpstreamBody
-    body[kTarget] = target
-    body[kRaw] = reply.raw as RawResponse
-    body.on('close', onUpstreamBodyClosed)
+    // a status that counts as a failure counts at once; a success counts once the whole
+    // body has arrived (see Exchange)
     const detector = pool.detector
-    if (detector !== undefined) {
-      if (detector.isFailureStatus(status)) {
-        target.failures++
-        detector.failure(target, now)
-      } else {
-        body[kPool] = pool
-        body.on('end', onUpstreamBodyEnd)
-        body.on('error', onUpstreamBodyError)
-      }
+    if (detector !== undefined && detector.isFailureStatus(status)) {
+      target.failures++
+      detector.failure(target, now)
     }
     if (pool.config.retry.statusCodes[status] === 1 && this.retry(reply, target, `status ${status}`, false)) {
       // drop this answer: its body, and the headers reply-from already copied

@@ -182,6 +182,45 @@ test('in-flight counts rise while requests are open and return to zero', async (
   t.ok((pool?.targets[0].latency ?? 0) > 0, 'latency was measured')
 })
 
+test('a client that leaves mid-body is no failure of the target', async (t) => {
+  // the upstream sends headers and a first chunk, then holds the rest
+  const up = await startUpstream('u0', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' })
+    res.write('first chunk')
+    setTimeout(() => res.end('rest'), 300)
+  })
+  const { app, url } = await startGateway({ upstreams: { users: { targets: [up.url], healthCheck: { passive: { consecutiveFailures: 1 } } } } }, (app) => {
+    app.get('/x', (_request, reply) => reply.forward('users'))
+  })
+  t.teardown(async () => { await app.close(); await up.close() })
+  const controller = new AbortController()
+  const res = await fetch(`${url}/x`, { signal: controller.signal })
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader()
+  await reader.read()
+  controller.abort()
+  const target = app.upstreams.get('users')?.targets[0]
+  for (let i = 0; i < 100 && target?.inflight !== 0; i++) await new Promise((resolve) => setTimeout(resolve, 10))
+  t.equal(target?.inflight, 0, 'the request left the in-flight count')
+  t.equal(target?.failures, 0, 'dropping the answer is not counted against the target')
+  t.equal(target?.state, 'healthy', 'and did not eject it (consecutiveFailures: 1)')
+})
+
+test('a request that never went out leaves the in-flight count at once', async (t) => {
+  const up = await startUpstream('u0')
+  const { app, url } = await startGateway({ upstreams: { users: { targets: [up.url] } } }, (app) => {
+    app.get('/x', (_request, reply) => reply.forward('users', {
+      rewriteRequestHeaders: () => { throw new Error('no headers for you') }
+    }))
+  })
+  t.teardown(async () => { await app.close(); await up.close() })
+  const res = await fetch(`${url}/x`)
+  t.equal(res.status, 500, 'the rewrite threw: a 500 from the route')
+  await res.arrayBuffer()
+  const target = app.upstreams.get('users')?.targets[0]
+  t.equal(target?.inflight, 0, 'nothing is left in flight')
+  t.equal(up.hits, 0, 'and nothing reached the upstream')
+})
+
 test('a client that aborts does not leave the target in flight', async (t) => {
   const up = await startUpstream('u0', (_req, res) => { setTimeout(() => res.end('late'), 150) })
   const { app, url } = await startGateway({ upstreams: { users: { targets: [up.url] } } }, (app) => {
