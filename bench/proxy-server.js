@@ -1,8 +1,11 @@
 'use strict'
 
 // Child process: one proxy of the proxy benchmark, on 127.0.0.1 (ephemeral port).
-//   node bench/proxy-server.js plugin <url1,url2,url3>   fastify-upstream, least-request over every url
-//   node bench/proxy-server.js bare <url1>               @fastify/reply-from with `base`, catch-all route
+//   node bench/proxy-server.js plugin <url1,url2,url3>        fastify-upstream, least-request over every url, default options
+//   node bench/proxy-server.js plugin-no-xff <url1,url2,url3> the same with forwardedHeaders: 'none' (the hop work bare does)
+//   node bench/proxy-server.js xff-floor <url1,url2,url3>     @fastify/reply-from, the urls in turn, adding the three
+//                                                             x-forwarded headers the plugin adds by default: a floor
+//   node bench/proxy-server.js bare <url1>                    @fastify/reply-from with `base`, catch-all route
 // IPC: sends { type: 'ready', url }; answers { type: 'stats' } with this process's CPU time
 // and event-loop utilisation; exits on { type: 'close' } or when the parent goes away.
 
@@ -14,11 +17,32 @@ const urls = (list ?? '').split(',').filter(Boolean)
 
 async function build () {
   const app = Fastify({ logger: false })
-  if (kind === 'plugin') {
+  if (kind === 'plugin' || kind === 'plugin-no-xff') {
     const fastifyUpstream = require('../dist/index.js')
+    const forwardedHeaders = kind === 'plugin-no-xff' ? 'none' : (process.env.FWD ?? 'x-forwarded')
     await app.register(fastifyUpstream, {
-      upstreams: { pool: { targets: urls.slice(0, Number(process.env.TARGETS ?? urls.length)), balancer: 'least-request', forwardedHeaders: process.env.FWD ?? 'x-forwarded' } },
+      upstreams: { pool: { targets: urls.slice(0, Number(process.env.TARGETS ?? urls.length)), balancer: 'least-request', forwardedHeaders } },
       routes: [{ prefix: '/', upstream: 'pool' }]
+    })
+  } else if (kind === 'xff-floor') {
+    // the least any reply-from proxy over these targets can do while adding the headers
+    await app.register(require('@fastify/reply-from'), { disableRequestLogging: true })
+    const options = {
+      rewriteRequestHeaders (request, headers) {
+        headers['x-forwarded-for'] = request.raw.socket.remoteAddress
+        headers['x-forwarded-proto'] = request.protocol
+        headers['x-forwarded-host'] = request.host
+        return headers
+      }
+    }
+    let next = 0
+    app.route({
+      method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'],
+      url: '/*',
+      handler (request, reply) {
+        next = next + 1 === urls.length ? 0 : next + 1
+        return reply.from(urls[next] + request.url, options)
+      }
     })
   } else if (kind === 'bare') {
     await app.register(require('@fastify/reply-from'), { base: urls[0] })
@@ -30,7 +54,7 @@ async function build () {
       }
     })
   } else {
-    throw new Error(`unknown proxy kind ${kind}: expected plugin or bare`)
+    throw new Error(`unknown proxy kind ${kind}: expected plugin, plugin-no-xff, xff-floor or bare`)
   }
   return app
 }

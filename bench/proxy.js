@@ -2,19 +2,24 @@
 
 // Proxy benchmark: fastify-upstream (three targets, least-request, a `routes` mount on '/')
 // against bare @fastify/reply-from (`base` = one upstream, `reply.from()` in a catch-all
-// route). Each proxy runs in its own child process, the three upstream servers in a third;
-// autocannon drives the load from this process, in alternating rounds (plugin then bare,
-// bare then plugin, ...). CPU per request is the proxy process's own CPU time (user +
-// system, from process.cpuUsage() in the child, asked over IPC before and after the
-// round) divided by the requests completed in the round.
+// route). The plugin runs twice: with default options, and with `forwardedHeaders: 'none'`
+// (bare sends no X-Forwarded-* headers: that configuration does the hop work bare does).
+// A third reference, `xff-floor`, is reply-from over the three targets adding the three
+// X-Forwarded-* headers in `rewriteRequestHeaders` and nothing else: what those headers
+// cost any reply-from proxy. Each proxy runs in its own child process, the three upstream
+// servers in another; autocannon drives the load from this process, the proxies taking
+// turns in an order that rotates every round. CPU per request is the proxy process's own
+// CPU time (user + system, from process.cpuUsage() in the child, asked over IPC before and
+// after the round) divided by the requests completed in the round.
 //
-// Every round starts both proxies afresh and warms each up before measuring it (as JMH
+// Every round starts each proxy afresh and warms it up before measuring it (as JMH
 // runs several forks): the JIT's choices, made once per process, persist for its life,
-// and with the same two processes through every round a whole run's CPU ratio moved
+// and with the same processes through every round a whole run's CPU ratio moved
 // between 1.07 and 1.29 from run to run of the same code. Fresh processes make each
 // round an independent sample, and the median sees past an unlucky one.
 //
 //   node bench/proxy.js [--rounds=7] [--duration=4] [--warmup=2] [--connections=50] [--path=/hello]
+//                       [--proxies=plugin,plugin-no-xff,xff-floor,bare]   which to run (bare always)
 //                       [--no-pin]             do not pin the processes to CPUs (taskset)
 //                       [--wait-quiet=SECONDS] first wait (at most that long) for an idle machine
 //                       [--cpu-prof[=DIR]]     profile both proxy children with --cpu-prof
@@ -33,6 +38,13 @@ const {
 } = require('./common')
 
 const TARGETS = { throughput: 0.95, cpu: 1.05 }
+/** every proxy the benchmark knows, as proxy-server.js names them; bare is the baseline */
+const PROXIES = {
+  plugin: 'plugin, 3 targets, least-request, default options',
+  'plugin-no-xff': "plugin, the same with forwardedHeaders: 'none'",
+  'xff-floor': 'reply-from over the 3 targets adding x-forwarded-* (floor)',
+  bare: 'bare @fastify/reply-from, 1 target'
+}
 /** a round is "contended" when other work took more than this many cores of the machine */
 const CONTENDED = 0.25
 const BODY = '{"hello":"world"}'
@@ -51,10 +63,17 @@ function options (args) {
     warmup: numberArg(args, 'warmup', 2),
     connections: Math.round(numberArg(args, 'connections', 50)),
     path: typeof args.path === 'string' ? args.path : '/hello',
+    proxies: proxyList(args.proxies),
     waitQuiet: args['wait-quiet'] === undefined ? 0 : numberArg(args, 'wait-quiet', 60),
     cpus: args['no-pin'] === true ? undefined : cpuPlan(),
     cpuProf
   }
+}
+
+function proxyList (value) {
+  const list = typeof value === 'string' ? value.split(',').filter(Boolean) : Object.keys(PROXIES)
+  for (const kind of list) if (PROXIES[kind] === undefined) throw new Error(`--proxies: unknown proxy ${kind}`)
+  return list.includes('bare') ? list : [...list, 'bare']
 }
 
 /** A function that asks `child` for its { cpu, ... } over IPC. */
@@ -146,7 +165,7 @@ function mediansOf (results) {
 
 /** Starts a fresh proxy of `kind`, checks it, warms it up, measures one round, stops it. */
 async function freshRound (kind, urls, upstreamStats, opts, profiled) {
-  const proxy = await startProxy(kind, kind === 'plugin' ? urls : urls.slice(0, 1), opts)
+  const proxy = await startProxy(kind, kind === 'bare' ? urls.slice(0, 1) : urls, opts)
   try {
     await check(proxy, opts.path)
     await round(proxy, upstreamStats, { ...opts, duration: opts.warmup })
@@ -159,7 +178,7 @@ async function freshRound (kind, urls, upstreamStats, opts, profiled) {
 
 async function runProxyBench (args = {}) {
   const opts = options(args)
-  const budgetMs = (opts.waitQuiet + opts.rounds * 2 * (opts.warmup + opts.duration + 8) + 60) * 1000
+  const budgetMs = (opts.waitQuiet + opts.rounds * opts.proxies.length * (opts.warmup + opts.duration + 8) + 60) * 1000
   const watchdog = setTimeout(() => {
     console.error(`proxy benchmark: still running after ${budgetMs / 1000} s, giving up`)
     killAll()
@@ -170,7 +189,7 @@ async function runProxyBench (args = {}) {
   let upstreams
   const profiled = []
   try {
-    console.log(`\n## Proxy throughput and CPU per request (${opts.rounds} rounds of ${opts.duration} s per proxy, ` +
+    console.log(`\n## Proxy throughput and CPU per request (${opts.proxies.join(', ')}: ${opts.rounds} rounds of ${opts.duration} s per proxy, ` +
       `each in a fresh process after a ${opts.warmup} s warm-up, ${opts.connections} connections, keep-alive, GET ${opts.path})\n`)
     if (opts.waitQuiet > 0) {
       const quiet = await waitQuiet(opts.waitQuiet)
@@ -190,9 +209,11 @@ async function runProxyBench (args = {}) {
 
     const upstreamStats = statsOf(upstreams)
     const rows = []
-    const results = { plugin: [], bare: [] }
+    const results = Object.fromEntries(opts.proxies.map((kind) => [kind, []]))
     for (let i = 1; i <= opts.rounds; i++) {
-      for (const kind of i % 2 === 1 ? ['plugin', 'bare'] : ['bare', 'plugin']) {
+      // rotate the order, so that no proxy always runs first or right after another
+      const shift = (i - 1) % opts.proxies.length
+      for (const kind of [...opts.proxies.slice(shift), ...opts.proxies.slice(0, shift)]) {
         const r = await freshRound(kind, urls, upstreamStats, opts, profiled)
         rows.push(roundRow(String(i), r))
         console.log(`  ${i} ${r.kind}: ${fmt(r.rps)} req/s, ${fmt(r.cpuPerRequest, 1)} µs CPU/req, ELU ${fmt(r.elu, 2)}` +
@@ -207,31 +228,45 @@ async function runProxyBench (args = {}) {
     printTable(['round', 'proxy', 'req/s', 'requests', 'CPU µs/req', 'cores', 'ELU', 'other', 'p50 ms', 'p99 ms', 'errors'], rows)
     console.log('(cores: CPU the proxy used / wall time; ELU: its event-loop utilisation; other: cores the machine spent outside the benchmark)')
 
-    const m = { plugin: mediansOf(results.plugin), bare: mediansOf(results.bare) }
-    const ratios = { throughput: m.plugin.rps / m.bare.rps, cpu: m.plugin.cpu / m.bare.cpu }
-    // each plugin round against the bare round of the same round: slow drift cancels out
-    const paired = {
-      throughput: median(results.plugin.map((r, i) => r.rps / results.bare[i].rps)),
-      cpu: median(results.plugin.map((r, i) => r.cpuPerRequest / results.bare[i].cpuPerRequest))
+    const m = Object.fromEntries(opts.proxies.map((kind) => [kind, mediansOf(results[kind])]))
+    const comparisons = {}
+    for (const kind of opts.proxies) {
+      if (kind === 'bare') continue
+      const ratios = { throughput: m[kind].rps / m.bare.rps, cpu: m[kind].cpu / m.bare.cpu }
+      // each round against the bare proxy of the same round: slow drift cancels out
+      const paired = {
+        throughput: median(results[kind].map((r, i) => r.rps / results.bare[i].rps)),
+        cpu: median(results[kind].map((r, i) => r.cpuPerRequest / results.bare[i].cpuPerRequest))
+      }
+      // the targets are the plugin's; the floor is a reference
+      const pass = kind.startsWith('plugin') ? { throughput: ratios.throughput >= TARGETS.throughput, cpu: ratios.cpu <= TARGETS.cpu } : undefined
+      comparisons[kind] = { ratios, paired, pass }
     }
-    const pass = { throughput: ratios.throughput >= TARGETS.throughput, cpu: ratios.cpu <= TARGETS.cpu }
-    console.log('\nMedians over the measured rounds:\n')
-    printTable(['proxy', 'req/s', 'CPU µs/req', 'errors'], [
-      ['plugin (3 targets, least-request)', fmt(m.plugin.rps), fmt(m.plugin.cpu, 1), fmt(m.plugin.errors)],
-      ['bare @fastify/reply-from (1 target)', fmt(m.bare.rps), fmt(m.bare.cpu, 1), fmt(m.bare.errors)]
-    ])
+    console.log('\nMedians over the measured rounds, and ratios to bare (paired: the median of per-round ratios):\n')
+    printTable(['proxy', 'req/s', 'CPU µs/req', 'errors', 'throughput ratio', 'CPU ratio', 'paired'], opts.proxies.map((kind) => {
+      const c = comparisons[kind]
+      return [PROXIES[kind], fmt(m[kind].rps), fmt(m[kind].cpu, 1), fmt(m[kind].errors),
+        c === undefined ? '' : c.ratios.throughput.toFixed(3), c === undefined ? '' : c.ratios.cpu.toFixed(3),
+        c === undefined ? '' : `${c.paired.throughput.toFixed(3)} / ${c.paired.cpu.toFixed(3)}`]
+    }))
     console.log(`\nrequests per upstream (all rounds, warm-ups included): ${hits.map((h, i) => `${urls[i]} ${fmt(h)}`).join(', ')}`)
-    const contended = [...results.plugin, ...results.bare].filter((r) => r.other > CONTENDED).length
+    const all = Object.values(results).flat()
+    const contended = all.filter((r) => r.other > CONTENDED).length
     if (contended > 0) {
-      console.log(`NOTE: in ${contended} of ${2 * opts.rounds} rounds other work took more than ${CONTENDED} cores of the machine; ` +
+      console.log(`NOTE: in ${contended} of ${all.length} rounds other work took more than ${CONTENDED} cores of the machine; ` +
         'throughput figures of those rounds are not comparable')
     }
-    if (m.plugin.errors + m.bare.errors > 0) console.log('WARNING: some requests failed; the figures are suspect')
-    console.log(`\nthroughput ratio plugin/bare:      ${ratios.throughput.toFixed(3)} (target >= ${TARGETS.throughput}) ` +
-      `${pass.throughput ? 'PASS' : 'FAIL'}   [median of paired rounds: ${paired.throughput.toFixed(3)}]`)
-    console.log(`CPU per request ratio plugin/bare: ${ratios.cpu.toFixed(3)} (target <= ${TARGETS.cpu}) ` +
-      `${pass.cpu ? 'PASS' : 'FAIL'}   [median of paired rounds: ${paired.cpu.toFixed(3)}]`)
-    return { medians: m, ratios, paired, pass, rounds: results, hits, contended }
+    if (all.some((r) => r.errors > 0)) console.log('WARNING: some requests failed; the figures are suspect')
+    console.log('')
+    for (const [kind, c] of Object.entries(comparisons)) {
+      if (c.pass === undefined) {
+        console.log(`${kind}: throughput ratio to bare ${c.ratios.throughput.toFixed(3)}, CPU per request ratio ${c.ratios.cpu.toFixed(3)} (reference)`)
+      } else {
+        console.log(`${kind}: throughput ratio to bare ${c.ratios.throughput.toFixed(3)} (target >= ${TARGETS.throughput}) ${c.pass.throughput ? 'PASS' : 'FAIL'}, ` +
+          `CPU per request ratio ${c.ratios.cpu.toFixed(3)} (target <= ${TARGETS.cpu}) ${c.pass.cpu ? 'PASS' : 'FAIL'}`)
+      }
+    }
+    return { medians: m, comparisons, rounds: results, hits, contended }
   } finally {
     clearTimeout(watchdog)
     if (upstreams !== undefined) await stopChild(upstreams)

@@ -41,8 +41,11 @@ async function main () {
   const summary = []
   if (only === undefined || only === 'proxy') {
     const proxy = await runProxyBench(args)
-    summary.push(`proxy throughput ratio plugin/bare  ${proxy.ratios.throughput.toFixed(3)} (>= 0.95)  ${proxy.pass.throughput ? 'PASS' : 'FAIL'}`)
-    summary.push(`proxy CPU/request ratio plugin/bare ${proxy.ratios.cpu.toFixed(3)} (<= 1.05)  ${proxy.pass.cpu ? 'PASS' : 'FAIL'}`)
+    for (const [kind, c] of Object.entries(proxy.comparisons)) {
+      if (c.pass === undefined) continue
+      summary.push(`proxy ${kind}/bare throughput ratio  ${c.ratios.throughput.toFixed(3)} (>= 0.95)  ${c.pass.throughput ? 'PASS' : 'FAIL'}`)
+      summary.push(`proxy ${kind}/bare CPU/request ratio ${c.ratios.cpu.toFixed(3)} (<= 1.05)  ${c.pass.cpu ? 'PASS' : 'FAIL'}`)
+    }
   }
   if (only === undefined || only === 'balancers') {
     const balancers = await runBalancerBench(args)
