@@ -22,7 +22,7 @@
 //                       [--proxies=plugin,plugin-no-xff,xff-floor,bare]   which to run (bare always)
 //                       [--no-pin]             do not pin the processes to CPUs (taskset)
 //                       [--wait-quiet=SECONDS] first wait (at most that long) for an idle machine
-//                       [--cpu-prof[=DIR]]     profile both proxy children with --cpu-prof
+//                       [--cpu-prof[=DIR]]     profile every proxy process with --cpu-prof
 //
 // Needs the built plugin (npm run build). Loopback only; bounded in time (a watchdog ends
 // the run); the children are killed at the end, on error and on SIGINT/SIGTERM.

@@ -83,8 +83,10 @@ export class UpstreamDispatcher extends Dispatcher {
       // the request's callback, like a refused connection
       throw Object.assign(new Error(`no connection pool for ${String(options.origin)}`), { code: 'ECONNREFUSED' })
     }
+    const exchange = new Exchange(handler, target, this.detector)
     this.target = undefined
-    return target.connection.dispatch(options, new Exchange(handler, target, this.detector))
+    this.detector = undefined
+    return target.connection.dispatch(options, exchange)
   }
 
   // the connection pools belong to the upstream pools, which close them

@@ -14,15 +14,17 @@ type Handler = Dispatcher.DispatchHandler
  *
  * The exchange ends when the target's part is done, as Envoy counts active requests: not
  * when a slow client has finished reading. undici reports the end of every request it was
- * given exactly once, so this is the single place in-flight counts go down; it costs one
- * small object per request instead of stream listeners.
+ * given (once; a second report is ignored), so this is the single place in-flight counts
+ * go down; it costs one small object per request instead of stream listeners.
  */
 export class Exchange implements Handler {
   private readonly handler: Handler
   private readonly target: Target
   private readonly detector: OutlierDetector | undefined
-  /** the response status, 0 until headers arrive */
+  /** the final response status, 0 until its headers arrive */
   private status = 0
+  /** undici reported the end (guards against a second report) */
+  private ended = false
 
   constructor (handler: Handler, target: Target, detector: OutlierDetector | undefined) {
     this.handler = handler
@@ -39,8 +41,8 @@ export class Exchange implements Handler {
   }
 
   onHeaders (statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
-    // a 1xx is not the answer; the final status replaces it
-    this.status = statusCode
+    // a 1xx (103 Early Hints, say) is not the answer: the exchange is still before headers
+    if (statusCode >= 200) this.status = statusCode
     return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true
   }
 
@@ -53,28 +55,37 @@ export class Exchange implements Handler {
   }
 
   onUpgrade (statusCode: number, headers: Buffer[] | string[] | null, socket: Duplex): void {
-    this.target.finish()
+    this.end()
     this.handler.onUpgrade?.(statusCode, headers, socket)
   }
 
   onComplete (trailers: string[] | null): void {
-    this.target.finish()
     // a status that counts as a failure was reported when it arrived (see Forwarder)
     const detector = this.detector
-    if (detector !== undefined && !detector.isFailureStatus(this.status)) detector.success(this.target)
+    if (this.end() && detector !== undefined && !detector.isFailureStatus(this.status)) detector.success(this.target)
     this.handler.onComplete?.(trailers)
   }
 
   onError (error: Error): void {
     const target = this.target
-    target.finish()
+    const detector = this.detector
     // Before headers, the forwarder hears of the error and accounts for it (and may
-    // retry). After them the answer broke off, unless its reader dropped it: undici
-    // reports that as an abort, which is no fault of the target.
-    if (this.status !== 0 && (error as { code?: string }).code !== 'UND_ERR_ABORTED') {
+    // retry). After them the answer broke off, unless its reader dropped it (undici
+    // reports that as an abort, no fault of the target) or its status was counted as a
+    // failure already.
+    if (this.end() && this.status !== 0 && (error as { code?: string }).code !== 'UND_ERR_ABORTED' &&
+      detector?.isFailureStatus(this.status) !== true) {
       target.failures++
-      this.detector?.failure(target, performance.now())
+      detector?.failure(target, performance.now())
     }
     this.handler.onError?.(error)
+  }
+
+  /** Takes the request out of the target's in-flight count; false if that was done already. */
+  private end (): boolean {
+    if (this.ended) return false
+    this.ended = true
+    this.target.finish()
+    return true
   }
 }

@@ -216,6 +216,7 @@ export class Forwarder {
     try {
       return reply.from(target.origin + target.basePath + request[kPath], (request[kPrepared] as PreparedOptions).from as never)
     } finally {
+      dispatcher.detector = undefined
       // still set: reply-from gave up before dispatching (a rewrite threw, say)
       if (dispatcher.target !== undefined) {
         dispatcher.target = undefined
@@ -241,7 +242,8 @@ export class Forwarder {
   private retry (reply: FastifyReply, failed: Target, reason: string, nothingSent: boolean): boolean {
     const request = reply.request as StatefulRequest
     const pool = request[kPool] as UpstreamPool
-    if (reply.sent || this.registry.get(pool.name) !== pool) return false
+    // nobody to answer: a client that has gone gets no retry (nor holds retry budget)
+    if (reply.sent || reply.raw.destroyed || this.registry.get(pool.name) !== pool) return false
     const facts = {
       retries: request[kRetries],
       method: request.raw.method as string,

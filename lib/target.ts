@@ -1,4 +1,4 @@
-import type { BalancerTarget } from './balancers/types'
+import { LATENCY_MEMORY, type BalancerTarget } from './balancers/types'
 import type { TargetConfig } from './options'
 
 export type TargetState = 'healthy' | 'unhealthy' | 'ejected' | 'draining' | 'disabled'
@@ -102,14 +102,19 @@ export class Target implements BalancerTarget {
    * Two estimates: the peak-EWMA `latency` takes a slower sample at once and blends a
    * faster one in with time (for the ewma balancer, which must react to a spike);
    * `meanLatency` blends every sample in by a fixed weight, so that one spike moves it
-   * a little and ten slow answers in a row move it most of the way.
+   * a little and ten slow answers in a row move it most of the way, and starts afresh
+   * after LATENCY_MEMORY without answers.
    */
   observeLatency (ms: number, now: number): void {
     let bucket = 0
     while (bucket < LATENCY_BUCKETS.length && ms > LATENCY_BUCKETS[bucket]) bucket++
     this.latencyCounts[bucket]++
     this.latencySum += ms
-    this.meanLatency = this.meanLatency === 0 ? ms : this.meanLatency + (ms - this.meanLatency) * MEAN_LATENCY_WEIGHT
+    // after a silence the old mean says little: a target that was slow and so got no
+    // requests must not stay "slow" for the dozens of answers blending would take
+    this.meanLatency = this.meanLatency === 0 || now - this.latencyUpdatedAt > LATENCY_MEMORY
+      ? ms
+      : this.meanLatency + (ms - this.meanLatency) * MEAN_LATENCY_WEIGHT
     if (this.latency === 0 || ms > this.latency) {
       this.latency = ms
     } else {

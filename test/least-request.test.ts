@@ -1,4 +1,5 @@
 import { test } from 'tap'
+import { Target } from '../lib/target'
 import type { BalancerOptions } from '../lib/index'
 import { delayed, drive, load, startGateway, startUpstream, startUpstreams, type Upstream } from './helpers'
 
@@ -88,3 +89,12 @@ for (const concurrency of [1, CONCURRENCY]) {
     t.ok(heavy >= 0.65 && heavy <= 0.85, `weight-3 target got ${(100 * heavy).toFixed(1)}%, between 65% and 85% expected`)
   })
 }
+
+test('a target mean latency blends answers in, and starts afresh after 10 s without one', async (t) => {
+  const target = new Target({ url: 'http://127.0.0.1:1', weight: 1, backup: false })
+  target.observeLatency(100, 1000)
+  target.observeLatency(1, 1100)
+  t.ok(Math.abs(target.meanLatency - 90.1) < 1e-9, `one fast answer after a slow one moves the mean a tenth of the way (${target.meanLatency})`)
+  target.observeLatency(1, 1100 + 10_001)
+  t.equal(target.meanLatency, 1, 'after a 10 s silence the next answer is the mean: a once-slow target is not held back')
+})

@@ -261,3 +261,33 @@ test('Retry-After on the 503 is the time left of the soonest ejection when every
   const later = await check()
   t.ok(later <= soon - 2, `less time left later (${soon} s, then ${later} s)`)
 })
+
+test('a failure status whose body then breaks off counts once; so does a 103 followed by a reset', async (t) => {
+  // /503: a 503 (a failure status here) whose body is cut off; /103: early hints, then a reset
+  const up = await startUpstream('u0', (req, res) => {
+    if (req.url === '/103') {
+      res.writeEarlyHints({ link: '</style.css>; rel=preload' })
+      setTimeout(() => res.socket?.resetAndDestroy(), 20)
+      return
+    }
+    res.writeHead(503, { 'content-length': '100' })
+    res.write('partial')
+    setTimeout(() => res.socket?.destroy(), 20)
+  })
+  const { app, url } = await startGateway({
+    upstreams: { pool: { targets: [up.url], retry: { attempts: 0 }, healthCheck: { passive: { consecutiveFailures: 5, statusCodes: [503] } } } }
+  }, (app) => {
+    app.get('/503', (_request, reply) => reply.forward('pool'))
+    app.get('/103', (_request, reply) => reply.forward('pool'))
+  })
+  t.teardown(async () => { await app.close(); await up.close() })
+  const target = app.upstreams.get('pool')?.targets[0]
+  await fetch(`${url}/503`).then(async (res) => { await res.arrayBuffer() }, () => {}).catch(() => {})
+  await until('the broken 503 to end', () => target?.inflight === 0)
+  t.equal(target?.failures, 1, 'the 503 with a broken body is one failure')
+  const res = await fetch(`${url}/103`)
+  t.equal(res.status, 502, 'the reset after early hints is a bad gateway')
+  await res.arrayBuffer()
+  await until('the reset to end', () => target?.inflight === 0)
+  t.equal(target?.failures, 2, 'and the reset after a 103 is one more, not two')
+})

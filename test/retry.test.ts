@@ -1,6 +1,6 @@
 import net from 'node:net'
 import { test } from 'tap'
-import { closedPort, echo, startGateway, startUpstream, type Upstream } from './helpers'
+import { closedPort, echo, sleep, startGateway, startUpstream, until, type Upstream } from './helpers'
 import type { RetryEvent } from '../lib/index'
 
 /** A server that accepts, reads the request, then resets the connection. */
@@ -164,4 +164,33 @@ test('the retry budget caps concurrent retries', async (t) => {
   })))).sort()
   // three requests meet the dead target first; only one of them may retry while it runs
   t.same(statuses, [200, 200, 200, 200, 502, 502])
+})
+
+test('a request whose client has gone is not retried and holds no retry budget', async (t) => {
+  // the first target reads the request, then resets it 150 ms later
+  const slowReset = net.createServer((socket) => {
+    socket.once('data', () => { setTimeout(() => socket.resetAndDestroy(), 150) })
+  })
+  await new Promise<void>((resolve) => slowReset.listen(0, '127.0.0.1', resolve))
+  const resetUrl = `http://127.0.0.1:${(slowReset.address() as net.AddressInfo).port}`
+  const good = await startUpstream('good')
+  const { app, url } = await startGateway({
+    // weights 1000:1: the first requests all go to the resetting target
+    upstreams: { pool: { targets: [{ url: resetUrl, weight: 1000 }, good.url], retry: { attempts: 1, backoff: { base: 0 } } } },
+    routes: [{ prefix: '/', upstream: 'pool' }]
+  })
+  t.teardown(async () => { await app.close(); await good.close(); await new Promise<void>((resolve) => slowReset.close(() => resolve())) })
+  const pool = app.upstreams.get('pool')
+  const first = pool?.targets.find((target) => target.url === resetUrl)
+  for (let i = 1; i <= 3; i++) {
+    const controller = new AbortController()
+    const pending = fetch(`${url}/x`, { signal: controller.signal }).then(() => 'answered', () => 'aborted')
+    await until('the request to reach the resetting target', () => first?.requests === i)
+    controller.abort()
+    t.equal(await pending, 'aborted')
+    await until('the reset to end the exchange', () => first?.inflight === 0)
+  }
+  await sleep(50)
+  t.equal(pool?.retriesInFlight, 0, 'no retry budget is held by a client that left')
+  t.equal(good.hits, 0, 'and no retry went to the other target for nobody')
 })

@@ -17,7 +17,7 @@ export class EwmaBalancer extends LeastRequestBalancer {
   private readonly initialLatency: number
 
   constructor (options: { decay?: number, initialLatency?: number } = {}) {
-    super({ choices: 2, slowRatio: 0 })
+    super({ choices: 2 })
     this.decay = options.decay ?? 10_000
     this.initialLatency = options.initialLatency ?? 1
   }

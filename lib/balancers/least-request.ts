@@ -1,9 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import { AliasTable } from './alias-table'
-import type { Balancer, BalancerTarget } from './types'
-
-/** A latency older than this (ms) is forgotten: the target is compared on in-flight alone. */
-const LATENCY_MEMORY = 10_000
+import { LATENCY_MEMORY, type Balancer, type BalancerTarget } from './types'
 /** Added to both latencies before comparing them (ms), so that sub-millisecond noise
  * between fast targets never makes one of them "slow". */
 const LATENCY_FLOOR = 1

@@ -1,4 +1,11 @@
 /**
+ * How long a latency figure speaks for a target (ms): a target's mean latency starts
+ * afresh after this long without an answer, and least-request stops charging a slow
+ * target for a figure this old.
+ */
+export const LATENCY_MEMORY = 10_000
+
+/**
  * The balancer contract. Balancers are plain TypeScript: they import nothing from Fastify
  * and see targets only through this narrow, read-only shape.
  *
