@@ -15,6 +15,11 @@ const Fastify = require('fastify')
 const [kind, list] = process.argv.slice(2)
 const urls = (list ?? '').split(',').filter(Boolean)
 
+/** The route of the reply-from proxies: every method, every path. */
+function catchAll (app, handler) {
+  app.route({ method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url: '/*', handler })
+}
+
 async function build () {
   const app = Fastify({ logger: false })
   if (kind === 'plugin' || kind === 'plugin-no-xff') {
@@ -36,23 +41,13 @@ async function build () {
       }
     }
     let next = 0
-    app.route({
-      method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'],
-      url: '/*',
-      handler (request, reply) {
-        next = next + 1 === urls.length ? 0 : next + 1
-        return reply.from(urls[next] + request.url, options)
-      }
+    catchAll(app, (request, reply) => {
+      next = next + 1 === urls.length ? 0 : next + 1
+      return reply.from(urls[next] + request.url, options)
     })
   } else if (kind === 'bare') {
     await app.register(require('@fastify/reply-from'), { base: urls[0] })
-    app.route({
-      method: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'],
-      url: '/*',
-      handler (request, reply) {
-        return reply.from()
-      }
-    })
+    catchAll(app, (request, reply) => reply.from())
   } else {
     throw new Error(`unknown proxy kind ${kind}: expected plugin, plugin-no-xff, xff-floor or bare`)
   }

@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks'
 import type { Duplex } from 'node:stream'
 import type { Dispatcher } from 'undici'
-import type { OutlierDetector } from './outlier-detector'
+import { countFailure, type OutlierDetector } from './outlier-detector'
 import type { Target } from './target'
 
 type Handler = Dispatcher.DispatchHandler
@@ -75,8 +75,7 @@ export class Exchange implements Handler {
     // failure already.
     if (this.end() && this.status !== 0 && (error as { code?: string }).code !== 'UND_ERR_ABORTED' &&
       detector?.isFailureStatus(this.status) !== true) {
-      target.failures++
-      detector?.failure(target, performance.now())
+      countFailure(target, detector, performance.now())
     }
     this.handler.onError?.(error)
   }

@@ -5,6 +5,7 @@ import type { FastifyReplyFromHooks } from '@fastify/reply-from'
 import { BadGatewayError, BadPathError, ConnectError, NoTargetError, OverloadedError, TimeoutError, UnknownPoolError } from './errors'
 import { channels, type ProxyErrorEvent, type RetryEvent } from './events'
 import type { PluginOptions } from './options'
+import { countFailure } from './outlier-detector'
 import type { UpstreamPool } from './pool'
 import type { UpstreamRegistry } from './registry'
 import { backoff, mayRetry } from './retry'
@@ -307,10 +308,7 @@ export class Forwarder {
     // a status that counts as a failure counts at once; a success counts once the whole
     // body has arrived (see Exchange)
     const detector = pool.detector
-    if (detector !== undefined && detector.isFailureStatus(status)) {
-      target.failures++
-      detector.failure(target, now)
-    }
+    if (detector !== undefined && detector.isFailureStatus(status)) countFailure(target, detector, now)
     if (pool.config.retry.statusCodes[status] === 1 && this.retry(reply, target, `status ${status}`, false)) {
       // drop this answer: its body, and the headers reply-from already copied
       for (const header of Object.keys(res.headers)) reply.removeHeader(header)
@@ -327,8 +325,7 @@ export class Forwarder {
     const target = request[kTarget] as Target
     const pool = request[kPool] as UpstreamPool
     const mapped = upstreamError(error)
-    target.failures++
-    pool.detector?.failure(target, performance.now())
+    countFailure(target, pool.detector, performance.now())
     if (this.retry(reply, target, mapped.code, neverSent(mapped))) return
     if (this.hooks.onProxyError !== undefined || channels.proxyError.hasSubscribers) {
       const event: ProxyErrorEvent = { pool: pool.name, target: pool.viewOf(target), request, error: mapped }

@@ -2,6 +2,12 @@ import type { HealthHost } from './health-host'
 import type { PassiveCheckConfig } from './options'
 import type { Target } from './target'
 
+/** Counts a failed exchange against `target`, and reports it to passive checks when they are on. */
+export function countFailure (target: Target, detector: OutlierDetector | undefined, now: number): void {
+  target.failures++
+  detector?.failure(target, now)
+}
+
 /**
  * Passive health checks (Envoy's outlier detection, NGINX `max_fails`): counts each
  * target's consecutive failed requests and ejects it after `consecutiveFailures` for

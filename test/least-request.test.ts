@@ -12,10 +12,10 @@ const WARMUP = 300
 /** The part of a tap test these helpers need. */
 interface Teardown { teardown: (fn: () => Promise<void>) => void }
 
-/** Two fast upstreams (u0, u1) and one 80 ms slower (slow), behind a mount. */
-async function slowSetup (t: Teardown, balancer: BalancerOptions): Promise<{ url: string, ups: Upstream[] }> {
+/** Two fast upstreams (u0, u1) and one `delay` ms slower (slow), behind a mount. */
+async function slowSetup (t: Teardown, balancer: BalancerOptions, delay = SLOW_MS): Promise<{ url: string, ups: Upstream[] }> {
   const ups = await startUpstreams(2)
-  ups.push(await startUpstream('slow', delayed(SLOW_MS)))
+  ups.push(await startUpstream('slow', delayed(delay)))
   const { app, url } = await startGateway({
     upstreams: { pool: { targets: ups.map((u) => u.url), balancer } },
     routes: [{ prefix: '/api', upstream: 'pool' }]
@@ -52,13 +52,7 @@ test('round-robin sends about a third of requests to the slow upstream in the sa
 // slow, the slow answers stay out of the top 1%. With in-flight counts alone it would hold
 // as many requests as a fast target, about 1% of them (see bench/README.md, §3).
 test('least-request keeps a 100 ms target out of the p99 (one of three slow, 8 clients)', async (t) => {
-  const ups = await startUpstreams(2)
-  ups.push(await startUpstream('slow', delayed(100)))
-  const { app, url } = await startGateway({
-    upstreams: { pool: { targets: ups.map((u) => u.url), balancer: 'least-request' } },
-    routes: [{ prefix: '/api', upstream: 'pool' }]
-  })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
+  const { url } = await slowSetup(t, 'least-request', 100)
   await drive(`${url}/api/x`, WARMUP, 8)
   const latencies: number[] = []
   const counts = await drive(`${url}/api/x`, 3000, 8, latencies)

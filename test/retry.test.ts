@@ -3,11 +3,15 @@ import { test } from 'tap'
 import { closedPort, echo, sleep, startGateway, startUpstream, until, type Upstream } from './helpers'
 import type { RetryEvent } from '../lib/index'
 
-/** A server that accepts, reads the request, then resets the connection. */
-async function resetting (): Promise<{ url: string, hits: () => number, close: () => Promise<void> }> {
+/** A server that accepts, reads the request, then resets the connection (`delay` ms later). */
+async function resetting (delay = 0): Promise<{ url: string, hits: () => number, close: () => Promise<void> }> {
   let hits = 0
   const server = net.createServer((socket) => {
-    socket.once('data', () => { hits++; socket.resetAndDestroy() })
+    socket.once('data', () => {
+      hits++
+      if (delay === 0) socket.resetAndDestroy()
+      else setTimeout(() => socket.resetAndDestroy(), delay)
+    })
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   return {
@@ -168,18 +172,15 @@ test('the retry budget caps concurrent retries', async (t) => {
 
 test('a request whose client has gone is not retried and holds no retry budget', async (t) => {
   // the first target reads the request, then resets it 150 ms later
-  const slowReset = net.createServer((socket) => {
-    socket.once('data', () => { setTimeout(() => socket.resetAndDestroy(), 150) })
-  })
-  await new Promise<void>((resolve) => slowReset.listen(0, '127.0.0.1', resolve))
-  const resetUrl = `http://127.0.0.1:${(slowReset.address() as net.AddressInfo).port}`
+  const slowReset = await resetting(150)
+  const resetUrl = slowReset.url
   const good = await startUpstream('good')
   const { app, url } = await startGateway({
     // weights 1000:1: the first requests all go to the resetting target
     upstreams: { pool: { targets: [{ url: resetUrl, weight: 1000 }, good.url], retry: { attempts: 1, backoff: { base: 0 } } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await good.close(); await new Promise<void>((resolve) => slowReset.close(() => resolve())) })
+  t.teardown(async () => { await app.close(); await good.close(); await slowReset.close() })
   const pool = app.upstreams.get('pool')
   const first = pool?.targets.find((target) => target.url === resetUrl)
   for (let i = 1; i <= 3; i++) {
