@@ -2,6 +2,7 @@
 
 // Child process: one proxy of the proxy benchmark, on 127.0.0.1 (ephemeral port).
 //   node bench/proxy-server.js plugin <url1,url2,url3>        fastify-upstream, least-request over every url, default options
+//   node bench/proxy-server.js plugin-stream <url1,url2,url3> the same with responseBuffer: 0 (every response streamed)
 //   node bench/proxy-server.js plugin-no-xff <url1,url2,url3> the same with forwardedHeaders: 'none' (the hop work bare does)
 //   node bench/proxy-server.js xff-floor <url1,url2,url3>     @fastify/reply-from, the urls in turn, adding the three
 //                                                             x-forwarded headers the plugin adds by default: a floor
@@ -22,11 +23,13 @@ function catchAll (app, handler) {
 
 async function build () {
   const app = Fastify({ logger: false })
-  if (kind === 'plugin' || kind === 'plugin-no-xff') {
+  if (kind === 'plugin' || kind === 'plugin-stream' || kind === 'plugin-no-xff') {
     const fastifyUpstream = require('../dist/index.js')
-    const forwardedHeaders = kind === 'plugin-no-xff' ? 'none' : (process.env.FWD ?? 'x-forwarded')
+    const pool = { targets: urls, balancer: 'least-request' }
+    if (kind === 'plugin-stream') pool.responseBuffer = 0
+    if (kind === 'plugin-no-xff') pool.forwardedHeaders = 'none'
     await app.register(fastifyUpstream, {
-      upstreams: { pool: { targets: urls.slice(0, Number(process.env.TARGETS ?? urls.length)), balancer: 'least-request', forwardedHeaders } },
+      upstreams: { pool },
       routes: [{ prefix: '/', upstream: 'pool' }]
     })
   } else if (kind === 'xff-floor') {
@@ -49,7 +52,7 @@ async function build () {
     await app.register(require('@fastify/reply-from'), { base: urls[0] })
     catchAll(app, (request, reply) => reply.from())
   } else {
-    throw new Error(`unknown proxy kind ${kind}: expected plugin, plugin-no-xff, xff-floor or bare`)
+    throw new Error(`unknown proxy kind ${kind}: expected plugin, plugin-stream, plugin-no-xff, xff-floor or bare`)
   }
   return app
 }

@@ -10,6 +10,7 @@ import type { UpstreamPool } from './pool'
 import type { UpstreamRegistry } from './registry'
 import { backoff, mayRetry } from './retry'
 import { LazyBody } from './replayable-body'
+import { buffersResponse, readWhole, type BufferedResponseSink } from './response-buffer'
 import { isSafePath, originForm } from './security'
 import type { UpstreamDispatcher } from './dispatcher'
 import type { Target } from './target'
@@ -113,6 +114,11 @@ function bodyReplayable (request: StatefulRequest, nothingSent: boolean): boolea
   return !(request.body instanceof Readable)
 }
 
+/** Takes back the headers of an upstream response that reply-from copied to `reply`. */
+function removeHeaders (reply: FastifyReply, headers: Record<string, unknown>): void {
+  for (const header of Object.keys(headers)) reply.removeHeader(header)
+}
+
 /** The raw response of a retried request carries the pool whose retry budget it holds. */
 type RawResponse = FastifyReply['raw'] & { [kPool]?: UpstreamPool }
 
@@ -127,7 +133,7 @@ function onRetriedResponseClosed (this: RawResponse): void {
 }
 
 /** Glue to `@fastify/reply-from`: selects a target, proxies, retries, and accounts for the outcome. */
-export class Forwarder {
+export class Forwarder implements BufferedResponseSink {
   private readonly registry: UpstreamRegistry
   private readonly dispatcher: UpstreamDispatcher
   private readonly hooks: Hooks
@@ -311,22 +317,41 @@ export class Forwarder {
     if (detector !== undefined && detector.isFailureStatus(status)) countFailure(target, detector, now)
     if (pool.config.retry.statusCodes[status] === 1 && this.retry(reply, target, `status ${status}`, false)) {
       // drop this answer: its body, and the headers reply-from already copied
-      for (const header of Object.keys(res.headers)) reply.removeHeader(header)
+      removeHeaders(reply, res.headers)
       res.stream.resume()
       return
     }
     const user = (state[kPrepared] as PreparedOptions).onResponse
     if (user !== undefined) user(request, reply, res)
+    else if (buffersResponse(pool.config.responseBuffer, request.raw.method, status, reply)) readWhole(res, reply, this)
     else reply.send(res.stream)
+  }
+
+  readonly bodyRead = (reply: FastifyReply, body: Buffer): void => {
+    // a client that has gone needs no answer
+    if (!reply.raw.destroyed) reply.send(body)
+  }
+
+  readonly bodyFailed = (reply: FastifyReply, error: Error, headers: Record<string, unknown>): void => {
+    // the exchange counted the failure (see Exchange); the client has seen nothing yet, so
+    // the answer is a retry on another target or an error of the plugin's own
+    removeHeaders(reply, headers)
+    this.failed(reply, upstreamError(error), false)
   }
 
   private readonly onError = (reply: FastifyReply, { error }: { error: Error }): void => {
     const request = reply.request as StatefulRequest
+    const mapped = upstreamError(error)
+    countFailure(request[kTarget] as Target, (request[kPool] as UpstreamPool).detector, performance.now())
+    this.failed(reply, mapped, neverSent(mapped))
+  }
+
+  /** Answers an attempt that failed: with a retry when the policy allows, else with the error. */
+  private failed (reply: FastifyReply, mapped: MappedError, nothingSent: boolean): void {
+    const request = reply.request as StatefulRequest
     const target = request[kTarget] as Target
     const pool = request[kPool] as UpstreamPool
-    const mapped = upstreamError(error)
-    countFailure(target, pool.detector, performance.now())
-    if (this.retry(reply, target, mapped.code, neverSent(mapped))) return
+    if (this.retry(reply, target, mapped.code, nothingSent)) return
     if (this.hooks.onProxyError !== undefined || channels.proxyError.hasSubscribers) {
       const event: ProxyErrorEvent = { pool: pool.name, target: pool.viewOf(target), request, error: mapped }
       this.hooks.onProxyError?.(event)

@@ -191,6 +191,7 @@ export const PoolSchema = Type.Object({
   maxPending: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, errorMessage: 'must be an integer from 0 to 1000000' })),
   keepAliveTimeout: Type.Optional(Ms),
   drainTimeout: Type.Optional(Ms),
+  responseBuffer: Type.Optional(Type.Integer({ minimum: 0, maximum: 16_777_216, errorMessage: 'must be an integer from 0 to 16777216 (bytes)' })),
   tls: Type.Optional(TlsSchema),
   host: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9.:\\[\\]-]+$', errorMessage: "must be 'target', 'pass' or a host name" })),
   forwardedHeaders: Type.Optional(Type.Union([
@@ -345,6 +346,8 @@ export interface PoolConfig {
   maxPending: number
   keepAliveTimeout: number
   drainTimeout: number
+  /** responses with a Content-Length up to this many bytes are read whole before answering; 0: none */
+  responseBuffer: number
   tls: TlsOptions
   headerPolicy: import('./security').HeaderPolicyConfig
   discovery: DiscoveryOptions | undefined
@@ -371,6 +374,7 @@ export const DEFAULTS = {
   maxPending: 0,
   keepAliveTimeout: 4000,
   drainTimeout: 30000,
+  responseBuffer: 65536,
   host: 'target',
   forwardedHeaders: 'x-forwarded',
   discoveryInterval: 30000,
@@ -548,6 +552,7 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     maxPending: input.maxPending ?? DEFAULTS.maxPending,
     keepAliveTimeout: input.keepAliveTimeout ?? DEFAULTS.keepAliveTimeout,
     drainTimeout: input.drainTimeout ?? DEFAULTS.drainTimeout,
+    responseBuffer: input.responseBuffer ?? DEFAULTS.responseBuffer,
     tls: input.tls ?? {},
     discovery: input.discovery,
     discoveryInterval: input.discovery?.interval ?? DEFAULTS.discoveryInterval,

@@ -40,6 +40,9 @@ const cases: Array<[string, unknown, string]> = [
   ['timeout not a number', { upstreams: { users: { targets: [], timeout: { connect: 'soon' } } } }, 'upstreams.users.timeout.connect: must be a positive integer'],
   ['unknown timeout', { upstreams: { users: { targets: [], timeout: { read: 1 } } } }, 'upstreams.users.timeout.read: unknown option'],
   ['maxConnections zero', { upstreams: { users: { targets: [], maxConnections: 0 } } }, 'upstreams.users.maxConnections: must be an integer from 1 to 65535'],
+  ['responseBuffer negative', { upstreams: { users: { targets: [], responseBuffer: -1 } } }, 'upstreams.users.responseBuffer: must be an integer from 0 to 16777216 (bytes)'],
+  ['responseBuffer too large', { upstreams: { users: { targets: [], responseBuffer: 2 ** 30 } } }, 'upstreams.users.responseBuffer: must be an integer from 0 to 16777216 (bytes)'],
+  ['responseBuffer not a number', { upstreams: { users: { targets: [], responseBuffer: '64k' } } }, 'upstreams.users.responseBuffer: must be an integer'],
   ['bad pool name', { upstreams: { 'a b': { targets: [] } } }, 'upstreams.a b: a pool name must be'],
   ['upstreams not an object', { upstreams: [] }, 'upstreams: must be an object of pools'],
   ['unknown top-level option', { upstream: {} }, 'upstream: unknown option'],
@@ -81,6 +84,7 @@ test('options may be omitted and defaults apply', async (t) => {
     ['http://127.0.0.1:2', 5, true, 'healthy']
   ])
   t.same(pool.config.timeout, { connect: 5000, response: 30000, idle: 60000 })
+  t.equal(pool.config.responseBuffer, 65536)
   t.equal(pool.status().balancer, 'round-robin')
   await app.close()
 })

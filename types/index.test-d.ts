@@ -33,6 +33,7 @@ app.register(fastifyUpstream, {
       timeout: { connect: 2000, response: 30000 },
       slowStart: { window: 30000 },
       panicThreshold: 50,
+      responseBuffer: 16384,
       maxConnections: 100
     },
     custom: {
@@ -68,6 +69,7 @@ expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balan
 expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balancer: { type: 'least-request', choices: 3, slowRatio: 0 } } } })
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balancer: { type: 'least-request', slowRatio: 'high' } } } }))
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [{ weight: 2 }] } } }))
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], responseBuffer: '64k' } } }))
 expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x' }] }))
 
 // decorators
