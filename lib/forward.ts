@@ -55,10 +55,11 @@ export const kPath = Symbol('fastify-upstream.path')
 export const kRetries = Symbol('fastify-upstream.retries')
 export const kTried = Symbol('fastify-upstream.tried')
 export const kBody = Symbol('fastify-upstream.body')
+export const kHeaders = Symbol('fastify-upstream.headers')
 
 /** The request decorations, with their initial values. */
 export const requestDecorations = [
-  [kTarget, null], [kPool, null], [kStart, 0], [kPrepared, null], [kPath, ''], [kRetries, 0], [kTried, null], [kBody, null]
+  [kTarget, null], [kPool, null], [kStart, 0], [kPrepared, null], [kPath, ''], [kRetries, 0], [kTried, null], [kBody, null], [kHeaders, null]
 ] as const
 
 interface ForwardState {
@@ -71,6 +72,8 @@ interface ForwardState {
   [kTried]: Target[] | null
   /** the client's body stream, when it is one and retries may need it again */
   [kBody]: Readable | null
+  /** the response headers for the client, held until the answer is sent (see rewriteHeaders) */
+  [kHeaders]: HeaderRecord | null
 }
 
 type StatefulRequest = FastifyRequest & ForwardState
@@ -114,9 +117,16 @@ function bodyReplayable (request: StatefulRequest, nothingSent: boolean): boolea
   return !(request.body instanceof Readable)
 }
 
-/** Takes back the headers of an upstream response that reply-from copied to `reply`. */
-function removeHeaders (reply: FastifyReply, headers: Record<string, unknown>): void {
-  for (const header of Object.keys(headers)) reply.removeHeader(header)
+/** What reply-from copies to the reply itself: nothing (see rewriteHeaders). */
+const NO_HEADERS: HeaderRecord = Object.freeze({})
+
+/** Sets the response headers held for `request` on its reply (as reply-from would have). */
+function applyHeaders (reply: FastifyReply, request: StatefulRequest): void {
+  const headers = request[kHeaders] as HeaderRecord
+  for (const name in headers) {
+    // as reply-from: no HTTP/2 pseudo-headers
+    if (name.charCodeAt(0) !== 58) reply.header(name, headers[name])
+  }
 }
 
 /** The raw response of a retried request carries the pool whose retry budget it holds. */
@@ -297,11 +307,16 @@ export class Forwarder implements BufferedResponseSink {
     return user === undefined ? policed : user(request, policed)
   }
 
+  // The headers for the client are held on the request, and reply-from copies none: only
+  // onResponse knows whether this answer goes out now, after its body has been read
+  // whole, or not at all (a retry). Until then the reply carries nothing of it, whatever
+  // else answers meanwhile (an error of the body, a handler timeout).
   private readonly rewriteHeaders = (headers: HeaderRecord, request: FastifyRequest): HeaderRecord => {
     const state = request as StatefulRequest
     const policed = (state[kPool] as UpstreamPool).headers.response(request, headers)
     const user = (state[kPrepared] as PreparedOptions).rewriteHeaders
-    return user === undefined ? policed : user(policed, request)
+    state[kHeaders] = user === undefined ? policed : user(policed, request)
+    return NO_HEADERS
   }
 
   private readonly onResponse = (request: FastifyRequest, reply: FastifyReply, res: UpstreamResponse): void => {
@@ -316,26 +331,33 @@ export class Forwarder implements BufferedResponseSink {
     const detector = pool.detector
     if (detector !== undefined && detector.isFailureStatus(status)) countFailure(target, detector, now)
     if (pool.config.retry.statusCodes[status] === 1 && this.retry(reply, target, `status ${status}`, false)) {
-      // drop this answer: its body, and the headers reply-from already copied
-      removeHeaders(reply, res.headers)
+      // drop this answer (its headers were never set on the reply)
       res.stream.resume()
       return
     }
     const user = (state[kPrepared] as PreparedOptions).onResponse
+    if (user === undefined && buffersResponse(pool.config.responseBuffer, request.raw.method, status, state[kHeaders] as HeaderRecord)) {
+      readWhole(res.stream, reply, this)
+      return
+    }
+    applyHeaders(reply, state)
     if (user !== undefined) user(request, reply, res)
-    else if (buffersResponse(pool.config.responseBuffer, request.raw.method, status, reply)) readWhole(res, reply, this)
     else reply.send(res.stream)
   }
 
   readonly bodyRead = (reply: FastifyReply, body: Buffer): void => {
-    // a client that has gone needs no answer
-    if (!reply.raw.destroyed) reply.send(body)
+    // nobody to answer: the client has gone, or something else answered meanwhile
+    if (reply.sent || reply.raw.destroyed) return
+    applyHeaders(reply, reply.request as StatefulRequest)
+    reply.send(body)
   }
 
-  readonly bodyFailed = (reply: FastifyReply, error: Error, headers: Record<string, unknown>): void => {
+  readonly bodyFailed = (reply: FastifyReply, error: Error): void => {
+    // nobody to answer: the client went or was answered otherwise (its reading was then
+    // stopped, an abort the exchange does not count against the target)
+    if (reply.sent || reply.raw.destroyed) return
     // the exchange counted the failure (see Exchange); the client has seen nothing yet, so
     // the answer is a retry on another target or an error of the plugin's own
-    removeHeaders(reply, headers)
     this.failed(reply, upstreamError(error), false)
   }
 

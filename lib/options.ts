@@ -218,6 +218,7 @@ export const RouteSchema = Type.Object({
   schema: Unknown,
   config: Unknown,
   bodyLimit: Type.Optional(Type.Integer({ minimum: 0, errorMessage: 'must be an integer >= 0' })),
+  handlerTimeout: Type.Optional(Type.Integer({ minimum: 1, errorMessage: 'must be an integer >= 1 (milliseconds)' })),
   logLevel: Unknown,
   constraints: Unknown,
   errorHandler: Unknown,

@@ -14,53 +14,57 @@ import type { FastifyReply } from 'fastify'
 export interface BufferedResponseSink {
   /** the whole body has arrived */
   bodyRead: (reply: FastifyReply, body: Buffer) => void
-  /** the body broke off before its end (nothing has been sent to the client); `headers` are the response's */
-  bodyFailed: (reply: FastifyReply, error: Error, headers: Record<string, unknown>) => void
+  /** the body broke off before its end, or its reading was stopped; nothing has been sent */
+  bodyFailed: (reply: FastifyReply, error: Error) => void
+}
+
+type Headers = Record<string, string | string[] | number | undefined>
+
+/**
+ * true when the answer to a `method` request with `status` and the client-bound
+ * `headers` is to be read whole first: buffering is on (`limit` > 0), the status has a
+ * body, and the headers announce a length within `limit` and a content type (Fastify
+ * gives a buffer without one `application/octet-stream`; such a response streams).
+ */
+export function buffersResponse (limit: number, method: string | undefined, status: number, headers: Headers): boolean {
+  if (limit === 0 || method === 'HEAD' || status === 204 || status === 304) return false
+  const length = headers['content-length']
+  if (length === undefined || headers['content-type'] === undefined) return false
+  // NaN (not a number, or a list) compares false
+  return Number(length) <= limit
 }
 
 const kBuffered = Symbol('fastify-upstream.buffered')
+const kReading = Symbol('fastify-upstream.reading')
 
 type BufferedStream = Readable & { [kBuffered]: BufferedBody }
+type ClientResponse = FastifyReply['raw'] & { [kReading]?: BufferedStream }
 
 const EMPTY = Buffer.alloc(0)
 
 /** One body being read: most arrive in a single chunk, so the list starts only at a second. */
 class BufferedBody {
   readonly reply: FastifyReply
-  readonly headers: Record<string, unknown>
   readonly sink: BufferedResponseSink
   first: Buffer | null = null
   /** every chunk, the first included, once there is more than one */
   rest: Buffer[] | null = null
+  length = 0
 
-  constructor (reply: FastifyReply, headers: Record<string, unknown>, sink: BufferedResponseSink) {
+  constructor (reply: FastifyReply, sink: BufferedResponseSink) {
     this.reply = reply
-    this.headers = headers
     this.sink = sink
   }
 
   body (): Buffer {
-    return this.rest !== null ? Buffer.concat(this.rest) : (this.first ?? EMPTY)
+    return this.rest !== null ? Buffer.concat(this.rest, this.length) : (this.first ?? EMPTY)
   }
 }
 
-/**
- * true when the answer to a `method` request with `status` is to be read whole first:
- * buffering is on (`limit` > 0), the status has a body, and the headers the client will
- * get announce a length within `limit` and a content type (Fastify gives a buffer
- * without one `application/octet-stream`; such a response streams as it came).
- */
-export function buffersResponse (limit: number, method: string | undefined, status: number, reply: FastifyReply): boolean {
-  if (limit === 0 || method === 'HEAD' || status === 204 || status === 304) return false
-  const length = reply.getHeader('content-length')
-  if (length === undefined || reply.getHeader('content-type') === undefined) return false
-  // NaN (not a number, or a list) compares false
-  return Number(length) <= limit
-}
-
-// Shared listeners (no closure per response): the stream carries its own state.
+// Shared listeners (no closure per response): the streams carry their own state.
 function onData (this: BufferedStream, chunk: Buffer): void {
   const state = this[kBuffered]
+  state.length += chunk.length
   if (state.first === null) state.first = chunk
   else if (state.rest === null) state.rest = [state.first, chunk]
   else state.rest.push(chunk)
@@ -73,14 +77,31 @@ function onEnd (this: BufferedStream): void {
 
 function onError (this: BufferedStream, error: Error): void {
   const state = this[kBuffered]
-  state.sink.bodyFailed(state.reply, error, state.headers)
+  state.sink.bodyFailed(state.reply, error)
 }
 
-/** Reads the body of `response` to its end, then hands it (or the error that ended it) to `sink`. */
-export function readWhole (response: { stream: Readable, headers: Record<string, unknown> }, reply: FastifyReply, sink: BufferedResponseSink): void {
-  const stream = response.stream as BufferedStream
-  stream[kBuffered] = new BufferedBody(reply, response.headers, sink)
-  stream.on('error', onError)
-  stream.on('end', onEnd)
-  stream.on('data', onData)
+// The client's response closed (answered, or the client went): a body still being read
+// for it is of no use any more. Destroying it ends the exchange at once as an abort, which
+// is no failure of the target (see Exchange), instead of reading on until the idle timeout.
+function onClientClosed (this: ClientResponse): void {
+  const stream = this[kReading]
+  if (stream !== undefined && !stream.readableEnded) stream.destroy()
+}
+
+/** Reads `stream` to its end, then hands the body (or the error that ended it) to `sink`. */
+export function readWhole (stream: Readable, reply: FastifyReply, sink: BufferedResponseSink): void {
+  const buffered = stream as BufferedStream
+  buffered[kBuffered] = new BufferedBody(reply, sink)
+  buffered.on('error', onError)
+  buffered.on('end', onEnd)
+  buffered.on('data', onData)
+  const raw = reply.raw as ClientResponse
+  if (raw.destroyed) {
+    // gone already, before the body was asked for
+    buffered.destroy()
+    return
+  }
+  // once per client response, whatever the number of attempts: each reads in its turn
+  if (raw[kReading] === undefined) raw.once('close', onClientClosed)
+  raw[kReading] = buffered
 }

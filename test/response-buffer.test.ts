@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import type http from 'node:http'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { test } from 'tap'
 import { request } from 'undici'
 import type { FastifyUpstreamOptions, PoolOptions, RetryEvent, ProxyErrorEvent } from '../lib/index'
@@ -152,7 +153,13 @@ test('HEAD and 204 answers keep their headers and carry no body', async (t) => {
 /** An upstream that announces 10 bytes, sends 3 and then breaks the connection. */
 function startBreaking (name: string): Promise<Upstream> {
   return startUpstream(name, (_req, res, _body, upstream) => {
-    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 10, 'x-upstream': upstream.name })
+    res.writeHead(200, {
+      'content-type': 'text/plain',
+      'content-length': 10,
+      'x-upstream': upstream.name,
+      'set-cookie': 'session=of-the-broken-answer',
+      'access-control-allow-origin': 'https://upstream.example'
+    })
     res.write('abc')
     setTimeout(() => res.destroy(), 20)
   })
@@ -161,7 +168,11 @@ function startBreaking (name: string): Promise<Upstream> {
 test('a body that breaks off is a 502 with the plugin\'s code, not a truncated answer', async (t) => {
   const broken = await startBreaking('broken')
   const errors: ProxyErrorEvent[] = []
-  const { app, url } = await gateway([broken.url], { retry: { attempts: 0 } }, { onProxyError: (event) => errors.push(event) })
+  const { app, url } = await startGateway({
+    upstreams: { pool: { targets: [broken.url], retry: { attempts: 0 }, responseHeaders: { set: { 'cache-control': 'public, max-age=3600' } } } },
+    routes: [{ prefix: '/', upstream: 'pool', onRequest: async (_request: FastifyRequest, reply: FastifyReply) => { reply.header('access-control-allow-origin', '*') } }],
+    onProxyError: (event) => errors.push(event)
+  })
   t.teardown(async () => { await app.close(); await broken.close() })
   const target = app.upstreams.get('pool')?.targets[0]
 
@@ -170,6 +181,10 @@ test('a body that breaks off is a 502 with the plugin\'s code, not a truncated a
   t.equal(res.statusCode, 502)
   t.equal(body.code, 'FST_UPSTREAM_BAD_GATEWAY')
   t.equal(res.headers['x-upstream'], undefined, "none of the broken response's headers")
+  t.equal(res.headers['set-cookie'], undefined)
+  t.equal(res.headers['cache-control'], undefined, "nor the pool's response headers: an error is not cached")
+  t.equal(res.headers['access-control-allow-origin'], '*', "the app's own headers stay")
+  t.type(res.headers.date, 'string', 'a Date as on any answer')
   t.match(res.headers['content-type'], /^application\/json/)
   t.equal(target?.failures, 1, 'one failure of the target')
   t.equal(target?.inflight, 0)
@@ -208,9 +223,13 @@ test('a body that stalls past timeout.idle is a 504', async (t) => {
   t.equal(body.code, 'FST_UPSTREAM_TIMEOUT')
 })
 
-test('a client that leaves while the body is read costs the target nothing, and the gateway serves on', async (t) => {
+test('a client that leaves while the body is read ends the exchange at once, at no cost to the target', async (t) => {
   const held = await startHeld({ 'content-type': 'text/plain', 'content-length': 6 })
-  const { app, url } = await gateway([held.upstream.url], { healthCheck: { passive: { consecutiveFailures: 1 } } })
+  const errors: ProxyErrorEvent[] = []
+  const { app, url } = await gateway([held.upstream.url], {
+    healthCheck: { passive: { consecutiveFailures: 1 } },
+    timeout: { idle: 30_000 }
+  }, { onProxyError: (event) => errors.push(event) })
   t.teardown(async () => { await app.close(); await held.upstream.close() })
   const target = app.upstreams.get('pool')?.targets[0]
 
@@ -219,10 +238,13 @@ test('a client that leaves while the body is read costs the target nothing, and 
   await until('the first part of the body', held.partSent)
   controller.abort()
   await t.rejects(answer.done)
+  // the target still holds the rest of its body: the gateway stops reading it, long before
+  // the idle timeout would
+  await until('the exchange to end', () => target?.inflight === 0, 2000)
   held.release()
-  await until('the exchange to end', () => target?.inflight === 0)
   t.equal(target?.failures, 0)
   t.equal(target?.state, 'healthy')
+  t.same(errors, [], 'no proxy error for a client that has gone')
 
   const next = watch(`${url}/x`)
   await until('the next request to reach the target', () => held.upstream.hits === 2)
@@ -230,14 +252,33 @@ test('a client that leaves while the body is read costs the target nothing, and 
   t.equal((await next.done).body, 'abcdef')
 })
 
+test('whatever else answers while the body is read sends none of its headers, and the body is then dropped', async (t) => {
+  const slow = await startUpstream('slow', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 6, 'set-cookie': 'session=of-the-late-answer' })
+    res.write('abc')
+    setTimeout(() => res.end('def'), 600)
+  })
+  const { app, url } = await startGateway({
+    upstreams: { pool: { targets: [slow.url], timeout: { idle: 30_000 } } },
+    routes: [{ prefix: '/', upstream: 'pool', handlerTimeout: 150 }]
+  })
+  t.teardown(async () => { await app.close(); await slow.close() })
+  const target = app.upstreams.get('pool')?.targets[0]
+
+  const res = await request(`${url}/x`)
+  const body = await res.body.json() as { code: string }
+  t.equal(res.statusCode, 503)
+  t.equal(body.code, 'FST_ERR_HANDLER_TIMEOUT', "Fastify's own answer")
+  t.equal(res.headers['set-cookie'], undefined, "with none of the target's headers")
+  await until('the exchange to end', () => target?.inflight === 0, 2000)
+  t.equal(target?.failures, 0, 'no failure of the target')
+})
+
 test('a caller\'s own onResponse gets the response stream', async (t) => {
   const upstream = await startUpstream('plain')
   const { app, url } = await startGateway({ upstreams: { pool: { targets: [upstream.url] } } }, (app) => {
     app.get('/own', (_request, reply) => reply.forward('pool', {
-      onResponse (_req: unknown, own: typeof reply, res: { stream: NodeJS.ReadableStream }) {
-        own.header('x-piped', String(typeof res.stream.pipe === 'function'))
-        return own.send(res.stream)
-      }
+      onResponse: (_req, own, res) => { own.header('x-piped', String(typeof res.stream.pipe === 'function')).send(res.stream) }
     }))
   })
   t.teardown(async () => { await app.close(); await upstream.close() })
