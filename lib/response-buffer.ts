@@ -101,7 +101,8 @@ export function readWhole (stream: Readable, reply: FastifyReply, sink: Buffered
     buffered.destroy()
     return
   }
-  // once per client response, whatever the number of attempts: each reads in its turn
-  if (raw[kReading] === undefined) raw.once('close', onClientClosed)
+  // one listener per client response, whatever the number of attempts (each reads in its
+  // turn); `on`, as a response closes once, and `once` would wrap it in a new function
+  if (raw[kReading] === undefined) raw.on('close', onClientClosed)
   raw[kReading] = buffered
 }
