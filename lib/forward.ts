@@ -346,16 +346,11 @@ export class Forwarder implements BufferedResponseSink {
   }
 
   readonly bodyRead = (reply: FastifyReply, body: Buffer): void => {
-    // nobody to answer: the client has gone, or something else answered meanwhile
-    if (reply.sent || reply.raw.destroyed) return
     applyHeaders(reply, reply.request as StatefulRequest)
     reply.send(body)
   }
 
   readonly bodyFailed = (reply: FastifyReply, error: Error): void => {
-    // nobody to answer: the client went or was answered otherwise (its reading was then
-    // stopped, an abort the exchange does not count against the target)
-    if (reply.sent || reply.raw.destroyed) return
     // the exchange counted the failure (see Exchange); the client has seen nothing yet, so
     // the answer is a retry on another target or an error of the plugin's own
     this.failed(reply, upstreamError(error), false)

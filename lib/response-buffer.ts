@@ -10,15 +10,16 @@ import type { FastifyReply } from 'fastify'
  * end-of-stream watchers on two streams).
  */
 
-/** Where a buffered body goes: the forwarder answers with it, or with the failure. */
+/**
+ * Where a buffered body goes: the forwarder answers with it, or with the failure. Called
+ * only while the reply can still be answered (nothing sent, the client still there).
+ */
 export interface BufferedResponseSink {
   /** the whole body has arrived */
   bodyRead: (reply: FastifyReply, body: Buffer) => void
-  /** the body broke off before its end, or its reading was stopped; nothing has been sent */
+  /** the body broke off before its end; nothing has been sent */
   bodyFailed: (reply: FastifyReply, error: Error) => void
 }
-
-type Headers = Record<string, string | string[] | number | undefined>
 
 /**
  * true when the answer to a `method` request with `status` and the client-bound
@@ -26,7 +27,7 @@ type Headers = Record<string, string | string[] | number | undefined>
  * body, and the headers announce a length within `limit` and a content type (Fastify
  * gives a buffer without one `application/octet-stream`; such a response streams).
  */
-export function buffersResponse (limit: number, method: string | undefined, status: number, headers: Headers): boolean {
+export function buffersResponse (limit: number, method: string | undefined, status: number, headers: Readonly<Record<string, unknown>>): boolean {
   if (limit === 0 || method === 'HEAD' || status === 204 || status === 304) return false
   const length = headers['content-length']
   if (length === undefined || headers['content-type'] === undefined) return false
@@ -70,14 +71,23 @@ function onData (this: BufferedStream, chunk: Buffer): void {
   else state.rest.push(chunk)
 }
 
+/**
+ * false when nobody is left to answer: the client went, or something else answered
+ * meanwhile (a handler timeout, say). The reading was then stopped (see onClientClosed):
+ * an abort, which the exchange does not count against the target.
+ */
+function answerable (reply: FastifyReply): boolean {
+  return !reply.sent && !reply.raw.destroyed
+}
+
 function onEnd (this: BufferedStream): void {
   const state = this[kBuffered]
-  state.sink.bodyRead(state.reply, state.body())
+  if (answerable(state.reply)) state.sink.bodyRead(state.reply, state.body())
 }
 
 function onError (this: BufferedStream, error: Error): void {
   const state = this[kBuffered]
-  state.sink.bodyFailed(state.reply, error)
+  if (answerable(state.reply)) state.sink.bodyFailed(state.reply, error)
 }
 
 // The client's response closed (answered, or the client went): a body still being read
