@@ -11,7 +11,7 @@ import type { UpstreamRegistry } from './registry'
 import { backoff, mayRetry } from './retry'
 import { LazyBody } from './replayable-body'
 import { buffersResponse, readWhole, type BufferedResponseSink } from './response-buffer'
-import { isSafePath, originForm } from './security'
+import { isSafePath, originForm } from './paths'
 import type { UpstreamDispatcher } from './dispatcher'
 import type { Target } from './target'
 

@@ -3,7 +3,8 @@ import { BadPathError, BodyTooLargeError, InvalidOptionError } from './errors'
 import type { ForwardOptions, Forwarder } from './forward'
 import { kTarget } from './forward'
 import { DEFAULTS, type RouteOptions } from './options'
-import { BodyLimit, isSafePath, isValidQuery, originForm } from './security'
+import { isSafePath, isValidQuery, originForm } from './paths'
+import { BodyLimit } from './security'
 import type { Target } from './target'
 
 /**
