@@ -3,8 +3,8 @@ import type { FastifyRequest } from 'fastify'
 import { BodyTooLargeError } from './errors'
 
 /**
- * Security policies for the hop upstream: which headers go up and come back, and which
- * paths may be sent. Each pool compiles its options into one `HeaderPolicy` at creation;
+ * Security policies for the hop upstream: which headers go up and come back (paths are
+ * checked in paths.ts). Each pool compiles its options into one `HeaderPolicy` at creation;
  * the forwarder applies it to every request and response with no per-request closures.
  */
 
