@@ -1,5 +1,5 @@
 import net from 'node:net'
-import { Agent } from 'undici'
+import { Agent, type buildConnector } from 'undici'
 import type { HealthHost } from './health-host'
 import type { ActiveCheckConfig } from './options'
 import type { OutlierDetector } from './outlier-detector'
@@ -29,7 +29,7 @@ export class ActiveProber {
   private started = false
   private closed = false
 
-  constructor (config: ActiveCheckConfig, host: HealthHost, detector: OutlierDetector | undefined, connect: Record<string, unknown>) {
+  constructor (config: ActiveCheckConfig, host: HealthHost, detector: OutlierDetector | undefined, connect: buildConnector.connector) {
     this.config = config
     this.host = host
     this.detector = detector

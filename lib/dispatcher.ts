@@ -1,4 +1,4 @@
-import { Dispatcher, Pool } from 'undici'
+import { buildConnector, Dispatcher, Pool } from 'undici'
 import { Exchange } from './exchange'
 import type { PoolConfig } from './options'
 import type { OutlierDetector } from './outlier-detector'
@@ -7,9 +7,22 @@ import type { Target } from './target'
 /**
  * How connections to a pool's targets are opened, shared by traffic and active checks.
  * TLS certificates are verified unless the pool opts out (`tls.rejectUnauthorized: false`).
+ *
+ * The TLS name (SNI, and the name the certificate must match) is the pool's
+ * `tls.servername`, else the host of the target's URL, with no SNI for an IP address.
+ * undici would take it from each request's Host header, which `host: 'pass'` lets the
+ * client write: a certificate for any name the client picks would then be accepted. So
+ * the name undici passes in is dropped, and undici falls back to the connector's own
+ * `servername` and then to the origin's host.
  */
-export function connectOptions (config: PoolConfig): Record<string, unknown> & { timeout: number } {
-  return { minVersion: 'TLSv1.2', ...config.tls, rejectUnauthorized: config.tls.rejectUnauthorized !== false, timeout: config.timeout.connect }
+export function connector (config: PoolConfig): buildConnector.connector {
+  const connect = buildConnector({
+    minVersion: 'TLSv1.2',
+    ...config.tls,
+    rejectUnauthorized: config.tls.rejectUnauthorized !== false,
+    timeout: config.timeout.connect
+  } as buildConnector.BuildOptions)
+  return (options, callback) => { connect({ ...options, servername: undefined }, callback) }
 }
 
 /**
@@ -38,7 +51,7 @@ export class TargetConnections {
       keepAliveTimeout: config.keepAliveTimeout,
       headersTimeout: config.timeout.response,
       bodyTimeout: config.timeout.idle,
-      connect: connectOptions(config)
+      connect: connector(config)
     })
     this.pools.set(origin, { pool, refs: 1 })
     return pool
@@ -62,6 +75,9 @@ export class TargetConnections {
   }
 }
 
+/** undici's Request takes `servername`, which its types leave out. */
+type DispatchOptions = Dispatcher.DispatchOptions & { servername?: string }
+
 /**
  * The undici dispatcher handed to `@fastify/reply-from` (registered once, with no `base`):
  * it passes each request to the connection pool of the target it was sent to, wrapped in
@@ -76,7 +92,7 @@ export class UpstreamDispatcher extends Dispatcher {
   /** the passive checks of that target's pool, if any */
   detector: OutlierDetector | undefined = undefined
 
-  override dispatch (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+  override dispatch (options: DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
     const target = this.target
     if (target === undefined || target.connection === undefined) {
       // a request from outside the forwarder: undici reports a throw from dispatch() to
@@ -86,6 +102,9 @@ export class UpstreamDispatcher extends Dispatcher {
     const exchange = new Exchange(handler, target, this.detector)
     this.target = undefined
     this.detector = undefined
+    // a fixed name per target: undici reconnects when a request's servername differs from
+    // the connection's, and would derive one from each request's Host header
+    options.servername = target.servername
     return target.connection.dispatch(options, exchange)
   }
 

@@ -24,3 +24,11 @@ export const BadPathError = createError('FST_UPSTREAM_BAD_PATH', 'The request pa
 export const OverloadedError = createError('FST_UPSTREAM_OVERLOADED', 'Every target of upstream pool "%s" is at its connection limit', 503)
 /** A proxied request body grew past the route's `bodyLimit`. */
 export const BodyTooLargeError = createError('FST_UPSTREAM_BODY_TOO_LARGE', 'The request body is larger than %s bytes', 413)
+/** The client sent nothing of a proxied request body for longer than the route's `bodyTimeout`. */
+export const BodyTimeoutError = createError('FST_UPSTREAM_BODY_TIMEOUT', 'The request body stalled for more than %s ms', 408)
+/**
+ * A header the gateway itself produced (a `set` function, a `rewriteHeaders` or
+ * `rewriteRequestHeaders` option) is not a valid header: the gateway's fault, not the
+ * target's, so it is neither retried nor counted against any target.
+ */
+export const BadHeaderError = createError('FST_UPSTREAM_BAD_HEADER', 'Invalid header produced by the gateway: %s', 500)

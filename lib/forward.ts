@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks'
 import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { FastifyReplyFromHooks } from '@fastify/reply-from'
-import { BadGatewayError, BadPathError, ConnectError, NoTargetError, OverloadedError, TimeoutError, UnknownPoolError } from './errors'
+import { BadGatewayError, BadHeaderError, BadPathError, ConnectError, NoTargetError, OverloadedError, TimeoutError, UnknownPoolError } from './errors'
 import { channels, type ProxyErrorEvent, type RetryEvent } from './events'
 import type { PluginOptions } from './options'
 import { countFailure } from './outlier-detector'
@@ -11,7 +11,8 @@ import type { UpstreamRegistry } from './registry'
 import { backoff, mayRetry } from './retry'
 import { LazyBody } from './replayable-body'
 import { buffersResponse, readWhole, type BufferedResponseSink } from './response-buffer'
-import { isSafePath, originForm } from './paths'
+import { checkResponseHeaders } from './security'
+import { isSafePath, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
 import type { UpstreamDispatcher } from './dispatcher'
 import type { Target } from './target'
 
@@ -31,6 +32,7 @@ type OnError = (reply: FastifyReply, error: { error: Error }) => void
 type HeaderRecord = Record<string, string | string[] | number | undefined>
 type RewriteRequestHeaders = (request: FastifyRequest, headers: HeaderRecord) => HeaderRecord
 type RewriteHeaders = (headers: HeaderRecord, request: FastifyRequest) => HeaderRecord
+export type RewriteLocation = (location: string, request: FastifyRequest) => string
 
 /**
  * Options prepared once (per route, or per `reply.forward` call with options): the object
@@ -43,6 +45,8 @@ export interface PreparedOptions {
   readonly onError: OnError | undefined
   readonly rewriteRequestHeaders: RewriteRequestHeaders | undefined
   readonly rewriteHeaders: RewriteHeaders | undefined
+  /** a mount's rewrite of a `Location` header back under its prefix */
+  readonly rewriteLocation: RewriteLocation | undefined
 }
 
 // Per-request state lives in request decorations declared at register (stable shapes,
@@ -72,8 +76,11 @@ interface ForwardState {
   [kTried]: Target[] | null
   /** the client's body stream, when it is one and retries may need it again */
   [kBody]: Readable | null
-  /** the response headers for the client, held until the answer is sent (see rewriteHeaders) */
-  [kHeaders]: HeaderRecord | null
+  /**
+   * the response headers for the client, held until the answer is sent, or the error that
+   * makes them unsendable (see rewriteHeaders)
+   */
+  [kHeaders]: HeaderRecord | Error | null
 }
 
 type StatefulRequest = FastifyRequest & ForwardState
@@ -87,6 +94,8 @@ const CONNECT_CODES = new Set([
   'UND_ERR_CLOSED', 'UND_ERR_DESTROYED'
 ])
 const TLS_CODE = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|HOSTNAME_MISMATCH)/
+// undici's message for a header it refuses; only a token is taken from it into the error
+const UNDICI_BAD_HEADER = /^invalid ([!#$%&'*+.^_`|~0-9A-Za-z-]+) header$/
 
 type MappedError = Error & { code: string, statusCode: number }
 
@@ -95,12 +104,27 @@ export function upstreamError (error: Error & { cause?: unknown }): MappedError 
   const cause = (error.cause ?? error) as Error & { code?: string }
   const code = cause.code ?? ''
   // the client's own fault, found while streaming its body: not the target's
-  if (code === 'FST_UPSTREAM_BODY_TOO_LARGE') return cause as MappedError
+  if (code === 'FST_UPSTREAM_BODY_TOO_LARGE' || code === 'FST_UPSTREAM_BODY_TIMEOUT') return cause as MappedError
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return new TimeoutError('no connection within the connect timeout', { cause })
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return new TimeoutError('no response within the response timeout', { cause })
   if (code === 'UND_ERR_BODY_TIMEOUT') return new TimeoutError('the response body stalled past the idle timeout', { cause })
   if (CONNECT_CODES.has(code) || TLS_CODE.test(code)) return new ConnectError(code, { cause })
+  // undici refused, before sending anything, a request the gateway built (a header from a
+  // caller's rewriteRequestHeaders): the gateway's fault, and every target would refuse it
+  if (code === 'UND_ERR_INVALID_ARG') {
+    const header = UNDICI_BAD_HEADER.exec(cause.message)
+    return new BadHeaderError(header !== null ? `request header "${header[1]}"` : 'a request header', { cause })
+  }
   return new BadGatewayError(code !== '' ? code : cause.message, { cause })
+}
+
+/**
+ * true for a failure that is no target's fault: the client's (its body too large, or
+ * stalled: a 4xx) or the gateway's own (a header it built). Neither counts against the
+ * target nor is retried.
+ */
+function notTheTargets (error: MappedError): boolean {
+  return error.statusCode < 500 || error instanceof BadHeaderError
 }
 
 /** true when the failure happened before any byte of the request reached the target */
@@ -147,16 +171,18 @@ export class Forwarder implements BufferedResponseSink {
   private readonly registry: UpstreamRegistry
   private readonly dispatcher: UpstreamDispatcher
   private readonly hooks: Hooks
+  private readonly router: RouterPathOptions
   readonly defaults: PreparedOptions
 
-  constructor (registry: UpstreamRegistry, dispatcher: UpstreamDispatcher, hooks: Hooks) {
+  constructor (registry: UpstreamRegistry, dispatcher: UpstreamDispatcher, hooks: Hooks, router: RouterPathOptions) {
     this.registry = registry
     this.dispatcher = dispatcher
     this.hooks = hooks
+    this.router = router
     this.defaults = this.prepare(undefined)
   }
 
-  prepare (options: ForwardOptions | undefined): PreparedOptions {
+  prepare (options: ForwardOptions | undefined, rewriteLocation?: RewriteLocation): PreparedOptions {
     const from: ReplyFromOptions = {
       ...options,
       onResponse: this.onResponse,
@@ -176,7 +202,8 @@ export class Forwarder implements BufferedResponseSink {
       onResponse: options?.onResponse as OnResponse | undefined,
       onError: options?.onError as OnError | undefined,
       rewriteRequestHeaders: options?.rewriteRequestHeaders as RewriteRequestHeaders | undefined,
-      rewriteHeaders: options?.rewriteHeaders as RewriteHeaders | undefined
+      rewriteHeaders: options?.rewriteHeaders as RewriteHeaders | undefined,
+      rewriteLocation
     })
   }
 
@@ -196,10 +223,14 @@ export class Forwarder implements BufferedResponseSink {
       channels.select.publish(event)
     }
     if (path === undefined) {
-      // an absolute-form request target (`GET http://host/path`) sends only its path
-      const url = originForm(request.raw.url as string) ?? ''
-      const query = url.indexOf('?')
-      path = query === -1 ? url : url.slice(0, query)
+      // the path the router matched (an absolute-form target `GET http://host/path` sends
+      // only its path); a target with a fragment is refused (see pathEnd)
+      const target = originForm(request.raw.url as string) ?? ''
+      const end = pathEnd(target, this.router.semicolonDelimiter)
+      if (end === -1) return reply.send(new BadPathError())
+      path = routedPath(target, end, this.router)
+      // reply-from appends the request's own `?query`; a `;` the router took for a `?` is ours to send
+      if (target.charCodeAt(end) === 59) path += upstreamQuery(target, end)
     }
     // whatever the path came from, it may not climb out of where it points (a mount has
     // checked its own already)
@@ -230,8 +261,11 @@ export class Forwarder implements BufferedResponseSink {
     const dispatcher = this.dispatcher
     dispatcher.target = target
     dispatcher.detector = (request[kPool] as UpstreamPool).detector
+    let thrown: unknown
     try {
       return reply.from(target.origin + target.basePath + request[kPath], (request[kPrepared] as PreparedOptions).from as never)
+    } catch (error) {
+      thrown = error
     } finally {
       dispatcher.detector = undefined
       // still set: reply-from gave up before dispatching (a rewrite threw, say)
@@ -240,6 +274,10 @@ export class Forwarder implements BufferedResponseSink {
         target.finish()
       }
     }
+    // a rewrite threw (or the header policy refused a value) before anything was sent: the
+    // gateway's own error, no target's. Answered here, as a retry calls this from a
+    // callback or a timer, where a throw would end the process.
+    return reply.send(thrown instanceof Error ? thrown : new Error(String(thrown)))
   }
 
   private unavailable (reply: FastifyReply, pool: UpstreamPool): FastifyReply {
@@ -311,11 +349,28 @@ export class Forwarder implements BufferedResponseSink {
   // onResponse knows whether this answer goes out now, after its body has been read
   // whole, or not at all (a retry). Until then the reply carries nothing of it, whatever
   // else answers meanwhile (an error of the body, a handler timeout).
+  //
+  // reply-from calls this inside undici's callback, where nothing may throw: a rewrite that
+  // throws, or yields a header Node would refuse to send (and throw from writeHead, inside
+  // a stream callback), is held as the error onResponse answers with.
   private readonly rewriteHeaders = (headers: HeaderRecord, request: FastifyRequest): HeaderRecord => {
     const state = request as StatefulRequest
-    const policed = (state[kPool] as UpstreamPool).headers.response(request, headers)
-    const user = (state[kPrepared] as PreparedOptions).rewriteHeaders
-    state[kHeaders] = user === undefined ? policed : user(policed, request)
+    try {
+      const policed = (state[kPool] as UpstreamPool).headers.response(request, headers)
+      const prepared = state[kPrepared] as PreparedOptions
+      const location = policed.location
+      if (prepared.rewriteLocation !== undefined && typeof location === 'string') policed.location = prepared.rewriteLocation(location, request)
+      const user = prepared.rewriteHeaders
+      if (user === undefined) {
+        state[kHeaders] = policed
+      } else {
+        const rewritten = user(policed, request)
+        checkResponseHeaders(rewritten)
+        state[kHeaders] = rewritten
+      }
+    } catch (error) {
+      state[kHeaders] = error instanceof Error ? error : new Error(String(error))
+    }
     return NO_HEADERS
   }
 
@@ -335,8 +390,17 @@ export class Forwarder implements BufferedResponseSink {
       res.stream.resume()
       return
     }
+    const headers = state[kHeaders]
+    if (headers instanceof Error) {
+      // the target answered, the gateway cannot pass the answer on: its body is read to
+      // the end (no fault of the target; the connection is kept) and the client gets the
+      // gateway's error, with none of the target's headers
+      res.stream.resume()
+      reply.send(headers)
+      return
+    }
     const user = (state[kPrepared] as PreparedOptions).onResponse
-    if (user === undefined && buffersResponse(pool.config.responseBuffer, request.raw.method, status, state[kHeaders] as HeaderRecord)) {
+    if (user === undefined && buffersResponse(pool.config.responseBuffer, request.raw.method, status, headers as HeaderRecord)) {
       readWhole(res.stream, reply, this)
       return
     }
@@ -359,7 +423,7 @@ export class Forwarder implements BufferedResponseSink {
   private readonly onError = (reply: FastifyReply, { error }: { error: Error }): void => {
     const request = reply.request as StatefulRequest
     const mapped = upstreamError(error)
-    countFailure(request[kTarget] as Target, (request[kPool] as UpstreamPool).detector, performance.now())
+    if (!notTheTargets(mapped)) countFailure(request[kTarget] as Target, (request[kPool] as UpstreamPool).detector, performance.now())
     this.failed(reply, mapped, neverSent(mapped))
   }
 
@@ -368,12 +432,15 @@ export class Forwarder implements BufferedResponseSink {
     const request = reply.request as StatefulRequest
     const target = request[kTarget] as Target
     const pool = request[kPool] as UpstreamPool
-    if (this.retry(reply, target, mapped.code, nothingSent)) return
+    // another target would get the same invalid request, or the same client's body
+    if (!notTheTargets(mapped) && this.retry(reply, target, mapped.code, nothingSent)) return
     if (this.hooks.onProxyError !== undefined || channels.proxyError.hasSubscribers) {
       const event: ProxyErrorEvent = { pool: pool.name, target: pool.viewOf(target), request, error: mapped }
       this.hooks.onProxyError?.(event)
       channels.proxyError.publish(event)
     }
+    // the rest of a body that was cut off is not read: the connection cannot carry another request
+    if (mapped.code === 'FST_UPSTREAM_BODY_TIMEOUT' || mapped.code === 'FST_UPSTREAM_BODY_TOO_LARGE') reply.header('connection', 'close')
     const user = (request[kPrepared] as PreparedOptions).onError
     if (user !== undefined) user(reply, { error: mapped })
     else reply.send(mapped)

@@ -6,7 +6,7 @@ import { InvalidOptionError } from './errors'
 import { Forwarder, requestDecorations, type ForwardOptions } from './forward'
 import { normalizeOptions, type PluginOptions } from './options'
 import { UpstreamRegistry } from './registry'
-import { mountRoute } from './routes'
+import { mountRoute, routerPathOptions } from './routes'
 import { mountStatus } from './status-route'
 
 export type { ForwardOptions } from './forward'
@@ -58,7 +58,8 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   const dispatcher = new UpstreamDispatcher()
   const registry = new UpstreamRegistry(fastify.log, config.onTargetStateChange)
   for (const [name, pool] of config.pools) registry.add(name, pool)
-  const forwarder = new Forwarder(registry, dispatcher, config)
+  const router = routerPathOptions(fastify)
+  const forwarder = new Forwarder(registry, dispatcher, config, router)
 
   // reply-from's own retries go back to the same target: off (an empty method list turns
   // them off without a per-request callback); the plugin retries on other targets itself
@@ -68,7 +69,7 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   fastify.decorateReply('forward', function forward (this, name: string, options?: ForwardOptions) {
     return forwarder.forward(this, name, options?.url, options === undefined ? forwarder.defaults : forwarder.prepare(options))
   })
-  config.routes.forEach((route, i) => mountRoute(fastify, route, forwarder, i))
+  config.routes.forEach((route, i) => mountRoute(fastify, route, forwarder, i, router))
   if (config.statusRoute !== undefined) mountStatus(fastify, registry, config.statusRoute, config.metrics)
   // active checks run their first round before the server starts serving
   fastify.addHook('onReady', () => registry.start())

@@ -140,12 +140,18 @@ export const TlsSchema = Type.Object({
 }, { additionalProperties: false })
 
 const HeaderName = '^[!#$%&\'*+.^_`|~0-9A-Za-z-]+$'
+// Names and fixed values are checked once, here (Node's rules: a token; tab, visible ASCII
+// and obs-text); at request time only what a function returns is checked (see security.ts)
 const HeaderPolicySchema = Type.Object({
   set: Type.Optional(Type.Record(Type.String({ pattern: HeaderName }), Type.Union([
-    Type.String({ pattern: '^[^\\r\\n\\u0000]*$' }),
+    Type.String({ pattern: '^[\\t\\x20-\\x7e\\x80-\\xff]*$', errorMessage: 'must be a header value: no CR, LF, NUL or other control character, nothing above U+00FF' }),
     Type.Function([Type.Any()], Type.Union([Type.String(), Type.Undefined()]))
-  ]), { errorMessage: 'must be an object of header names to strings without CR/LF, or functions (request) => string' })),
-  remove: Type.Optional(Type.Array(Type.String({ pattern: HeaderName }), { errorMessage: 'must be an array of header names' }))
+  ], { errorMessage: 'must be a string or a function (request) => string | undefined' }), {
+    // a name that is no token reaches this schema, whose message names it
+    additionalProperties: Type.Never({ errorMessage: 'is not a valid header name' }),
+    errorMessage: 'must be an object of header names to strings, or functions (request) => string'
+  })),
+  remove: Type.Optional(Type.Array(Type.String({ pattern: HeaderName, errorMessage: 'is not a valid header name' }), { errorMessage: 'must be an array of header names' }))
 }, { additionalProperties: false })
 
 const DnsServers = Type.Array(Type.String({ minLength: 1 }), { minItems: 1, errorMessage: "must be a non-empty array of resolver addresses ('127.0.0.1:53', '[::1]:5353')" })
@@ -217,7 +223,11 @@ export const RouteSchema = Type.Object({
   // Fastify route options passed through to `fastify.route()`
   schema: Unknown,
   config: Unknown,
+  /** refuse paths that a normalising target may read as another path: `//` and `;` (see README, Security) */
+  strictPaths: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' })),
   bodyLimit: Type.Optional(Type.Integer({ minimum: 0, errorMessage: 'must be an integer >= 0' })),
+  /** longest pause (ms) of a client sending a proxied body before 408 */
+  bodyTimeout: Type.Optional(Type.Integer({ minimum: 1, errorMessage: 'must be an integer >= 1 (milliseconds)' })),
   handlerTimeout: Type.Optional(Type.Integer({ minimum: 1, errorMessage: 'must be an integer >= 1 (milliseconds)' })),
   logLevel: Unknown,
   constraints: Unknown,

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks'
 import { ActiveProber } from './active-prober'
 import { createBalancer, balancerName } from './balancers'
 import type { Balancer, SelectRequest } from './balancers/types'
-import { connectOptions, TargetConnections } from './dispatcher'
+import { connector, TargetConnections } from './dispatcher'
 import { DuplicateError, InvalidOptionError, UnknownPoolError, UnknownTargetError } from './errors'
 import type { TargetStateEvent } from './events'
 import type { HealthHost } from './health-host'
@@ -80,13 +80,13 @@ export class UpstreamPool implements HealthHost {
     }
     this.balancer = balancer
     this.detector = config.passive === undefined ? undefined : new OutlierDetector(config.passive, this)
-    this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, connectOptions(config))
+    this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, connector(config))
     this.headers = new HeaderPolicy(config.headerPolicy)
     this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
     this.discoverer = config.discovery === undefined
       ? undefined
       : new Discoverer(createSource(config.discovery), this, config.discoveryInterval, log)
-    for (const target of config.targets) this.insert(new Target(target))
+    for (const target of config.targets) this.insert(new Target(target, config.tls.servername))
     this.refresh()
   }
 
@@ -159,7 +159,7 @@ export class UpstreamPool implements HealthHost {
     this.assertOpen()
     const config = normalizeTarget(input, `upstreams.${this.name}.targets`)
     if (this.byUrl.has(config.url)) throw new DuplicateError(`Target ${config.url} of pool "${this.name}"`)
-    const target = new Target(config)
+    const target = new Target(config, this.config.tls.servername)
     if (this.started) {
       // a target that joins a running pool ramps up; with active checks, it takes no
       // traffic until its first probe passes (as Envoy does with new hosts)

@@ -43,6 +43,9 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
     if (config.tls.rejectUnauthorized === false) {
       this.log.warn({ pool: name }, 'TLS certificates of this pool\'s targets are NOT verified (tls.rejectUnauthorized: false)')
     }
+    if (config.headerPolicy.host === 'pass') {
+      this.log.warn({ pool: name }, "the client's Host header is sent to this pool's targets (host: 'pass'): clients choose the virtual host upstream")
+    }
     this.pools.set(name, pool)
     if (this.started) pool.start().catch(() => {})
     return pool

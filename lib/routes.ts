@@ -3,8 +3,8 @@ import { BadPathError, BodyTooLargeError, InvalidOptionError } from './errors'
 import type { ForwardOptions, Forwarder } from './forward'
 import { kTarget } from './forward'
 import { DEFAULTS, type RouteOptions } from './options'
-import { isSafePath, isValidQuery, originForm } from './paths'
-import { BodyLimit } from './security'
+import { isSafePath, isValidQuery, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
+import { BodyGuard } from './request-body'
 import type { Target } from './target'
 
 /**
@@ -12,6 +12,11 @@ import type { Target } from './target'
  * maps to `rewritePrefix` (the same params substituted) on a pool, the query string is
  * kept, bodies of any type pass through as streams, `Location` headers come back under
  * the prefix, and paths that would climb out of `rewritePrefix` are refused with 400.
+ *
+ * The path sent upstream is the one Fastify's router matched, read from the raw target
+ * under the same router options (so hooks and target see the same path), and the
+ * params it fills in are checked against the router's own: a request where the two
+ * could differ is refused rather than sent.
  */
 
 /** A path template split into literal text and `:param` references. */
@@ -22,6 +27,48 @@ interface Mount {
   depth: number
   upstream: Template
   client: Template
+  /** the prefix's params: name and segment index */
+  params: Array<[string, number]>
+}
+
+/** How Fastify's router reads paths in `fastify` (its `routerOptions`, or the older top-level options). */
+export function routerPathOptions (fastify: FastifyInstance): RouterPathOptions {
+  const config = fastify.initialConfig as Record<string, unknown> & { routerOptions?: Record<string, unknown> }
+  const option = (name: string): boolean => (config.routerOptions?.[name] ?? config[name]) === true
+  return {
+    semicolonDelimiter: option('useSemicolonDelimiter'),
+    mergeSlashes: option('ignoreDuplicateSlashes'),
+    trimTrailingSlash: option('ignoreTrailingSlash')
+  }
+}
+
+/** The decoded form of a path segment, as the router gives params; undefined when it does not decode. */
+function decoded (segment: string): string | undefined {
+  if (!segment.includes('%')) return segment
+  try {
+    return decodeURIComponent(segment)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * true when the router's params are what the path's own segments say: the prefix's
+ * params, and the rest (the `*` of `prefix/*`, none for `prefix` itself).
+ */
+function agreesWithRouter (params: Record<string, string | undefined>, mount: Mount, segments: string[] | undefined, rest: string): boolean {
+  if (segments !== undefined) {
+    for (const [name, index] of mount.params) {
+      if (decoded(segments[index + 1]) !== params[name]) return false
+    }
+  }
+  const wildcard = params['*']
+  // `prefix` itself: nothing after it (a root mount's route is `/`)
+  if (wildcard === undefined) return rest === '' || (mount.depth === 0 && rest === '/')
+  if (rest.charCodeAt(0) !== 47) return false
+  // most paths have nothing encoded: compare in place
+  if (!rest.includes('%')) return rest.length === wildcard.length + 1 && rest.endsWith(wildcard)
+  return decoded(rest.slice(1)) === wildcard
 }
 
 function stripTrailingSlash (path: string): string {
@@ -77,9 +124,9 @@ function rewriteLocation (location: string, request: FastifyRequest, mount: Moun
   return (render(mount.client, segments) + rest) || '/'
 }
 
-export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwarder: Forwarder, index: number): void {
+export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwarder: Forwarder, index: number, router: RouterPathOptions): void {
   const {
-    prefix: rawPrefix, upstream: pool, rewritePrefix: rawRewrite, methods, replyOptions, ...routeOptions
+    prefix: rawPrefix, upstream: pool, rewritePrefix: rawRewrite, methods, replyOptions, strictPaths, bodyTimeout, ...routeOptions
   } = route
   const prefix = stripTrailingSlash(rawPrefix)
   const segments = prefix === '' ? [] : prefix.split('/').slice(1)
@@ -88,36 +135,39 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
   const mount: Mount = {
     depth: segments.length,
     upstream: compile(stripTrailingSlash(rawRewrite ?? ''), params, `routes[${index}].rewritePrefix`),
-    client: compile(prefix, params, `routes[${index}].prefix`)
+    client: compile(prefix, params, `routes[${index}].prefix`),
+    params: [...params]
   }
+  const strict = strictPaths === true
   const hasParams = params.size > 0
-  const userOptions = (replyOptions ?? {}) as ForwardOptions
-  const userRewriteHeaders = userOptions.rewriteHeaders
-
-  const rewriteHeaders = (headers: Record<string, unknown>, request: FastifyRequest): Record<string, unknown> => {
-    const location = headers.location
-    if (typeof location === 'string') {
-      const raw = originForm(request.raw.url as string) ?? '/'
-      const split = hasParams ? raw.split('?')[0].split('/') : undefined
-      headers.location = rewriteLocation(location, request, mount, split)
-    }
-    return userRewriteHeaders !== undefined ? (userRewriteHeaders as (h: unknown, r: unknown) => Record<string, unknown>)(headers, request) : headers
+  const rewriteLocationOf = (location: string, request: FastifyRequest): string => {
+    // the handler has checked the target: it has an origin form and no fragment
+    const target = originForm(request.raw.url as string) as string
+    const split = hasParams ? routedPath(target, pathEnd(target, router.semicolonDelimiter), router).split('/') : undefined
+    return rewriteLocation(location, request, mount, split)
   }
-  const prepared = forwarder.prepare({ ...userOptions, rewriteHeaders } as ForwardOptions)
+  const prepared = forwarder.prepare(replyOptions as ForwardOptions | undefined, rewriteLocationOf)
 
   function handler (request: FastifyRequest, reply: FastifyReply): FastifyReply {
-    // the path Fastify routed by: an absolute-form target keeps its authority in the raw URL
-    const raw = originForm(request.raw.url as string)
-    if (raw === undefined) return reply.send(new BadPathError())
-    const query = raw.indexOf('?')
-    const path = query === -1 ? raw : raw.slice(0, query)
+    // the target Fastify routed by: an absolute-form target keeps its authority in the raw URL
+    const target = originForm(request.raw.url as string)
+    if (target === undefined) return reply.send(new BadPathError())
+    const end = pathEnd(target, router.semicolonDelimiter)
+    if (end === -1) return reply.send(new BadPathError())
+    const path = routedPath(target, end, router)
     const rest = path.slice(restStart(path, mount.depth))
-    if (!isSafePath(rest) || (query !== -1 && !isValidQuery(raw.slice(query + 1)))) return reply.send(new BadPathError())
-    const base = render(mount.upstream, hasParams ? path.split('/') : undefined)
-    const upstreamPath = (base + rest) || '/'
+    const segments = hasParams ? path.split('/') : undefined
+    if (!isSafePath(rest) || (end !== target.length && !isValidQuery(target.slice(end + 1))) ||
+      (strict && (path.includes('//') || path.includes(';'))) ||
+      !agreesWithRouter(request.params as Record<string, string | undefined>, mount, segments, rest)) {
+      return reply.send(new BadPathError())
+    }
+    const upstreamPath = (render(mount.upstream, segments) + rest) || '/'
+    // `//host/x` is a network-path reference: a target may read `host` as an authority
+    if (upstreamPath.charCodeAt(1) === 47) return reply.send(new BadPathError())
     // without params the base is configuration and the rest was checked above; a param is
     // a segment of the request, so forward() checks the whole path then
-    return forwarder.forward(reply, pool, query === -1 ? upstreamPath : upstreamPath + raw.slice(query), prepared, !hasParams)
+    return forwarder.forward(reply, pool, end === target.length ? upstreamPath : upstreamPath + upstreamQuery(target, end), prepared, !hasParams)
   }
 
   fastify.register(async function upstreamMount (child) {
@@ -126,12 +176,12 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     if (schema?.body === undefined) {
       child.removeAllContentTypeParsers()
       const limit = routeOptions.bodyLimit
-      child.addContentTypeParser('*', limit === undefined
+      child.addContentTypeParser('*', limit === undefined && bodyTimeout === undefined
         ? function passThrough (_request, payload, done) { done(null, payload) }
-        : function passThroughLimited (request, payload, done) {
+        : function passThroughGuarded (request, payload, done) {
           // refuse at once what announces itself too large; count what streams in chunks
-          if (Number(request.headers['content-length'] ?? 0) > limit) done(new BodyTooLargeError(limit), undefined)
-          else done(null, payload.pipe(new BodyLimit(limit)))
+          if (limit !== undefined && Number(request.headers['content-length'] ?? 0) > limit) done(new BodyTooLargeError(limit), undefined)
+          else done(null, new BodyGuard(payload, limit, bodyTimeout))
         })
     }
     const base = {

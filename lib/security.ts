@@ -1,6 +1,6 @@
-import { Transform, type TransformCallback } from 'node:stream'
+import { isIP } from 'node:net'
 import type { FastifyRequest } from 'fastify'
-import { BodyTooLargeError } from './errors'
+import { BadHeaderError } from './errors'
 
 /**
  * Security policies for the hop upstream: which headers go up and come back (paths are
@@ -25,6 +25,25 @@ type Headers = Record<string, string | string[] | number | undefined>
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'])
 
 const REQUEST_HOP_BY_HOP = [...HOP_BY_HOP]
+
+// What proxies and frameworks read as the client's address, port, prefix or original URL
+// (IIS and Symfony route by X-Original-URL / X-Rewrite-URL). The gateway sends none of
+// them: a client's copy would be trusted upstream as the gateway's word. A pool's
+// `headers.set` runs after this and may set them.
+const CLIENT_FORWARDING = ['x-real-ip', 'true-client-ip', 'x-client-ip', 'x-forwarded-port', 'x-forwarded-prefix', 'x-original-url', 'x-rewrite-url']
+// Rebuilt by the forwarding policy; with 'none', the client's copies are dropped.
+const FORWARDING = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']
+
+// Node's rule for a header value (http.validateHeaderValue): tab, visible ASCII and obs-text.
+// RegExp.test converts a non-string value as Node does before its own check.
+const INVALID_VALUE = /[^\t\x20-\x7e\x80-\xff]/
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+// host[:port] as a forwarding header may carry it: a DNS-style name or IPv4, or [IPv6]
+const HOST = /^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$/
+// RFC 3986 scheme (with trustProxy, Fastify takes the protocol from X-Forwarded-Proto as sent)
+const SCHEME = /^[A-Za-z][A-Za-z0-9+.-]*$/
+// RFC 7239 6.3: an obfuscated node, or `unknown`
+const OBFUSCATED_NODE = /^(?:_[A-Za-z0-9._-]+|unknown)$/i
 
 /** The header names a `Connection` header lists (lower case), or undefined when it lists none. */
 function listedIn (connection: unknown): Set<string> | undefined {
@@ -65,17 +84,64 @@ export function withoutHopByHop (headers: Headers): Headers {
   return kept
 }
 
-function applySet (headers: Headers, set: Array<[string, HeaderValue]>, request: FastifyRequest): void {
+/** How a header that failed a check is named in the error: never by its value, nor by a name that is not a token. */
+function badHeader (side: 'request' | 'response', name: string): InstanceType<typeof BadHeaderError> {
+  return new BadHeaderError(TOKEN.test(name) ? `${side} header "${name}"` : `a ${side} header name`)
+}
+
+/**
+ * Sets the policy's headers. Fixed values were checked at register; what a function
+ * returns (from the request, perhaps) is checked here, and only that: a value Node or
+ * undici would refuse becomes the gateway's own error instead of a throw deep in a stream
+ * callback (response) or a failure blamed on the target (request).
+ */
+function applySet (headers: Headers, set: Array<[string, HeaderValue]>, request: FastifyRequest, side: 'request' | 'response'): void {
   for (const [name, value] of set) {
-    const resolved = typeof value === 'function' ? value(request) : value
+    if (typeof value !== 'function') {
+      headers[name] = value
+      continue
+    }
+    const resolved = value(request)
     if (resolved === undefined) delete headers[name]
+    else if (INVALID_VALUE.test(resolved)) throw badHeader(side, name)
     else headers[name] = resolved
   }
 }
 
-/** A quoted-string for Forwarded when the value needs it (IPv6, ports). */
+/**
+ * Throws FST_UPSTREAM_BAD_HEADER when Node would refuse to send `headers` to the client
+ * (for what a caller's own `rewriteHeaders` returned: its names and values are unchecked).
+ */
+export function checkResponseHeaders (headers: Headers): void {
+  for (const name in headers) {
+    // pseudo-headers are never copied to the reply (see the forwarder)
+    if (name.charCodeAt(0) === 58) continue
+    const value = headers[name]
+    if (!TOKEN.test(name) || (value !== undefined && INVALID_VALUE.test(value as string))) throw badHeader('response', name)
+  }
+}
+
+/** The host for X-Forwarded-Host and `host=`, or undefined when it is no plain host[:port]. */
+function forwardedHost (host: string): string | undefined {
+  return HOST.test(host) ? host : undefined
+}
+
+/** The scheme for X-Forwarded-Proto and `proto=`, or undefined when it is none. */
+function forwardedProto (proto: string | undefined): string | undefined {
+  return proto === 'http' || proto === 'https' || (proto !== undefined && SCHEME.test(proto)) ? proto : undefined
+}
+
+/**
+ * One address as an RFC 7239 node: IPv4 as it is, IPv6 bracketed and quoted, `unknown` or
+ * an obfuscated `_name` kept; anything else (a trusted hop may have sent any text) becomes
+ * `unknown`, so that no entry can add parameters or elements of its own.
+ */
 function forwardedNode (address: string): string {
-  return address.includes(':') ? `"[${address}]"` : address
+  const family = isIP(address)
+  if (family === 4) return address
+  if (family === 6) return `"[${address}]"`
+  if (address.charCodeAt(0) === 91 && address.charCodeAt(address.length - 1) === 93 && isIP(address.slice(1, -1)) === 6) return `"${address}"`
+  return OBFUSCATED_NODE.test(address) ? address : 'unknown'
 }
 
 export class HeaderPolicy {
@@ -98,8 +164,9 @@ export class HeaderPolicy {
   }
 
   /**
-   * The headers sent upstream. Client-sent forwarding headers are kept only as far as
-   * Fastify's `trustProxy` trusts the hops that sent them; otherwise they are replaced.
+   * The headers sent upstream. The forwarding headers are the gateway's own: built from
+   * what Fastify's `trustProxy` trusts of the client's (and only when well formed), or
+   * removed; the client's copies never pass as sent.
    */
   request (request: FastifyRequest, headers: Headers): Headers {
     stripHopByHop(headers)
@@ -107,6 +174,7 @@ export class HeaderPolicy {
     // to send the header: left in, any client could turn a request into a 502 counted
     // against a healthy target (and eject it with passive checks on)
     if (headers.expect !== undefined) headers.expect = undefined
+    for (const name of CLIENT_FORWARDING) if (headers[name] !== undefined) headers[name] = undefined
     if (this.host === 'pass') headers.host = request.headers.host
     else if (this.host !== 'target') headers.host = this.host
     if (this.xForwarded || this.forwarded) {
@@ -114,10 +182,15 @@ export class HeaderPolicy {
       // Fastify's `ips` (with trustProxy): the peer, then each trusted hop, ending with the
       // first address it does not trust: the client as far as can be told
       const ips = (request as FastifyRequest & { ips?: string[] }).ips
-      const proto = request.protocol
-      const host = request.host
+      const proto = forwardedProto(request.protocol)
+      const host = forwardedHost(request.host)
       if (this.xForwarded) {
-        headers['x-forwarded-for'] = ips === undefined || ips.length < 2 ? peer : [...ips].reverse().join(', ')
+        let chain = peer
+        if (ips !== undefined && ips.length > 1) {
+          chain = ips[ips.length - 1]
+          for (let i = ips.length - 2; i >= 0; i--) chain += ', ' + ips[i]
+        }
+        headers['x-forwarded-for'] = chain
         headers['x-forwarded-proto'] = proto
         headers['x-forwarded-host'] = host
       } else {
@@ -126,16 +199,24 @@ export class HeaderPolicy {
         headers['x-forwarded-host'] = undefined
       }
       if (this.forwarded) {
-        const chain = ips === undefined || ips.length === 0 ? [peer] : [...ips].reverse()
-        const hops = chain.map((address) => `for=${forwardedNode(address)}`)
-        hops[hops.length - 1] += `;proto=${proto};host="${host.replace(/["\\]/g, '')}"`
-        headers.forwarded = hops.join(', ')
+        let hops: string
+        if (ips === undefined || ips.length === 0) {
+          hops = 'for=' + forwardedNode(peer)
+        } else {
+          hops = 'for=' + forwardedNode(ips[ips.length - 1])
+          for (let i = ips.length - 2; i >= 0; i--) hops += ', for=' + forwardedNode(ips[i])
+        }
+        if (proto !== undefined) hops += ';proto=' + proto
+        if (host !== undefined) hops += ';host="' + host + '"'
+        headers.forwarded = hops
       } else {
         headers.forwarded = undefined
       }
+    } else {
+      for (const name of FORWARDING) if (headers[name] !== undefined) headers[name] = undefined
     }
     for (const name of this.requestRemove) headers[name] = undefined
-    applySet(headers, this.requestSet, request)
+    applySet(headers, this.requestSet, request, 'request')
     return headers
   }
 
@@ -143,26 +224,7 @@ export class HeaderPolicy {
   response (request: FastifyRequest, headers: Headers): Headers {
     const kept = withoutHopByHop(headers)
     for (const name of this.responseRemove) delete kept[name]
-    applySet(kept, this.responseSet, request)
+    applySet(kept, this.responseSet, request, 'response')
     return kept
-  }
-}
-
-// ---- bodies ---------------------------------------------------------------------------
-
-/** Passes a streamed body through, failing with 413 once it grows past `limit` bytes. */
-export class BodyLimit extends Transform {
-  private readonly limit: number
-  private seen = 0
-
-  constructor (limit: number) {
-    super()
-    this.limit = limit
-  }
-
-  override _transform (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.seen += chunk.length
-    if (this.seen > this.limit) callback(new BodyTooLargeError(this.limit))
-    else callback(null, chunk)
   }
 }

@@ -23,6 +23,13 @@ export class Target implements BalancerTarget {
   readonly origin: string
   /** path prefix of the target URL ('' for none), prepended to every upstream path */
   readonly basePath: string
+  /**
+   * The TLS name of the target: the pool's `tls.servername`, else the URL's host (for an
+   * IP address no SNI is sent, see `connector`). Every request to the target carries it,
+   * so that undici never derives one from the Host header sent upstream (which the
+   * client writes with `host: 'pass'`).
+   */
+  readonly servername: string
   readonly backup: boolean
   configuredWeight: number
   /** the weight balancers use */
@@ -65,11 +72,12 @@ export class Target implements BalancerTarget {
   /** resolves a pending drain when the last in-flight request ends */
   onIdle: (() => void) | undefined = undefined
 
-  constructor (config: TargetConfig) {
+  constructor (config: TargetConfig, servername?: string) {
     const url = new URL(config.url)
     this.url = config.url
     this.origin = url.origin
     this.basePath = url.pathname === '/' ? '' : url.pathname
+    this.servername = servername ?? url.hostname.replace(/^\[|\]$/g, '')
     this.backup = config.backup
     this.configuredWeight = config.weight
     this.weight = config.weight

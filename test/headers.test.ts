@@ -132,10 +132,10 @@ test('hop-by-hop headers and those named in Connection are stripped both ways', 
   t.equal(seen.te, undefined)
 })
 
-test('a proxied body over the route bodyLimit gets 413 and never reaches the upstream in full', async (t) => {
+test('a proxied body over the route bodyLimit gets 413 and never reaches the upstream in full; the target is not blamed', async (t) => {
   const up = await startUpstream('u0')
   const { app, url } = await startGateway({
-    upstreams: { u: { targets: [up.url] } },
+    upstreams: { u: { targets: [up.url], healthCheck: { passive: { consecutiveFailures: 1 } } } },
     routes: [{ prefix: '/upload', upstream: 'u', bodyLimit: 1000 }]
   })
   t.teardown(async () => { await app.close(); await up.close() })
@@ -156,6 +156,7 @@ test('a proxied body over the route bodyLimit gets 413 and never reaches the ups
   t.equal(chunked.status, 413)
   t.match(await chunked.json(), { code: 'FST_UPSTREAM_BODY_TOO_LARGE' })
   t.equal(up.hits, 1, 'only the small body was delivered')
+  t.equal(app.upstreams.get('u')?.targets[0].state, 'healthy', 'a body too large is the client\'s fault, not the target\'s')
   const after = await fetch(`${url}/upload`, { method: 'POST', body: 'ok' })
   t.equal(after.status, 200, 'the server keeps serving')
   await after.arrayBuffer()

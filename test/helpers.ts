@@ -183,3 +183,41 @@ export async function rawRequest (url: string, path: string): Promise<string> {
     socket.on('error', reject)
   })
 }
+
+/**
+ * Sends one request as raw bytes (the target exactly as given, no client-side
+ * normalisation) with extra header lines; resolves with the status code and body.
+ */
+export async function rawExchange (url: string, target: string, headers: Record<string, string> = {}, method = 'GET'): Promise<{ status: number, body: string }> {
+  const { port } = new URL(url)
+  const lines = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('')
+  return await new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), '127.0.0.1', () => {
+      socket.write(`${method} ${target} HTTP/1.1\r\nHost: x\r\n${lines}Connection: close\r\n\r\n`)
+    })
+    const chunks: Buffer[] = []
+    socket.setTimeout(5000, () => socket.destroy(new Error(`timeout: ${target}`)))
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk))
+    socket.on('end', () => {
+      const text = Buffer.concat(chunks).toString('latin1')
+      const split = text.indexOf('\r\n\r\n')
+      const head = text.slice(0, split)
+      let body = text.slice(split + 4)
+      // a chunked body: join its chunks
+      if (/\r\ntransfer-encoding: chunked/i.test(head)) {
+        let joined = ''
+        let at = 0
+        for (;;) {
+          const eol = body.indexOf('\r\n', at)
+          const size = parseInt(body.slice(at, eol), 16)
+          if (!(size > 0)) break
+          joined += body.slice(eol + 2, eol + 2 + size)
+          at = eol + 2 + size + 2
+        }
+        body = joined
+      }
+      resolve({ status: Number(head.split(' ')[1]), body })
+    })
+    socket.on('error', reject)
+  })
+}

@@ -51,6 +51,8 @@ const cases: Array<[string, unknown, string]> = [
   ['route without upstream', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u' }] }, 'routes[0].upstream: is required'],
   ['route method unknown', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'users', methods: ['FETCH'] }] }, 'routes[0].methods[0]: must be one of'],
   ['route handlerTimeout zero', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'users', handlerTimeout: 0 }] }, 'routes[0].handlerTimeout: must be an integer >= 1 (milliseconds)'],
+  ['route bodyTimeout zero', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'users', bodyTimeout: 0 }] }, 'routes[0].bodyTimeout: must be an integer >= 1 (milliseconds)'],
+  ['route strictPaths not a boolean', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'users', strictPaths: 'yes' }] }, 'routes[0].strictPaths: must be a boolean'],
   ['route option unknown', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'users', prehandler: () => {} }] }, 'routes[0].prehandler: unknown option'],
   ['rewritePrefix with unknown param', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u/:id', upstream: 'users', rewritePrefix: '/v1/:userId' }] }, 'routes[0].rewritePrefix: :userId is not a parameter of the prefix'],
   ['hook not a function', { upstreams: {}, onSelect: 'log' }, 'onSelect: Expected function']

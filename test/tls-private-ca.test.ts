@@ -1,50 +1,12 @@
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import https from 'node:https'
 import type { AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import Fastify from 'fastify'
-import { teardown, test } from 'tap'
+import { test } from 'tap'
 import fastifyUpstream from '../lib/index'
 import { startGateway } from './helpers'
+import { ca, clientCert, skip, startSecure } from './private-ca'
 
-// A private CA made at test time (openssl), a server certificate for 127.0.0.1 signed by
-// it, and a client certificate for mutual TLS.
-const dir = mkdtempSync(join(tmpdir(), 'fastify-upstream-tls-'))
-function openssl (...args: string[]): void {
-  execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' })
-}
-openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=Test Private CA')
-writeFileSync(join(dir, 'server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:upstream.test\n')
-openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=upstream.test')
-openssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.crt', '-days', '2', '-extfile', 'server.ext')
-openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'client.key', '-out', 'client.csr', '-subj', '/CN=gateway-client')
-openssl('x509', '-req', '-in', 'client.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'client.crt', '-days', '2')
-const pem = (name: string): string => readFileSync(join(dir, name), 'utf8')
-const ca = pem('ca.crt')
-
-interface SecureUpstream { url: string, hits: number, peers: string[], close: () => Promise<void> }
-
-async function startSecure (options: https.ServerOptions = {}): Promise<SecureUpstream> {
-  const upstream = { hits: 0, peers: [] as string[] } as unknown as SecureUpstream
-  const server = https.createServer({ key: pem('server.key'), cert: pem('server.crt'), ...options }, (req, res) => {
-    upstream.hits++
-    const peer = (req.socket as import('node:tls').TLSSocket).getPeerCertificate()
-    upstream.peers.push(String(peer?.subject?.CN ?? ''))
-    res.setHeader('content-type', 'application/json')
-    res.end(JSON.stringify({ url: req.url, sni: (req.socket as import('node:tls').TLSSocket).servername ?? null }))
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  upstream.url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`
-  upstream.close = () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) })
-  return upstream
-}
-
-teardown(() => rmSync(dir, { recursive: true, force: true }))
-
-test('a target signed by a private CA: untrusted by default (502, never reached), trusted with tls.ca', async (t) => {
+test('a target signed by a private CA: untrusted by default (502, never reached), trusted with tls.ca', { skip }, async (t) => {
   const up = await startSecure()
   const { app, url } = await startGateway({
     upstreams: {
@@ -70,11 +32,11 @@ test('a target signed by a private CA: untrusted by default (502, never reached)
   t.match(await sni.json(), { sni: 'upstream.test' }, 'servername is sent as SNI')
 })
 
-test('mutual TLS: the upstream sees the gateway client certificate', async (t) => {
+test('mutual TLS: the upstream sees the gateway client certificate', { skip }, async (t) => {
   const up = await startSecure({ ca, requestCert: true, rejectUnauthorized: true })
   const { app, url } = await startGateway({
     upstreams: {
-      mtls: { targets: [up.url], tls: { ca, cert: pem('client.crt'), key: pem('client.key') } },
+      mtls: { targets: [up.url], tls: { ca, ...clientCert } },
       anonymous: { targets: [up.url], tls: { ca }, retry: { attempts: 0 } }
     }
   }, (app) => {
@@ -92,7 +54,7 @@ test('mutual TLS: the upstream sees the gateway client certificate', async (t) =
   t.equal(up.hits, 1)
 })
 
-test('active checks use the pool TLS settings', async (t) => {
+test('active checks use the pool TLS settings', { skip }, async (t) => {
   const up = await startSecure()
   const { app } = await startGateway({
     upstreams: {
@@ -105,7 +67,7 @@ test('active checks use the pool TLS settings', async (t) => {
   t.equal(app.upstreams.get('unverified')?.targets[0].state, 'unhealthy', 'a probe over an untrusted certificate fails')
 })
 
-test('opting out of verification works and logs a warning at register', async (t) => {
+test('opting out of verification works and logs a warning at register', { skip }, async (t) => {
   const up = await startSecure()
   const lines: Array<{ level: number, msg: string, pool?: string }> = []
   const stream = new Writable({ write (chunk, _encoding, done) { lines.push(JSON.parse(chunk.toString())); done() } })

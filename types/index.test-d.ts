@@ -49,7 +49,7 @@ app.register(fastifyUpstream, {
       balancer: { type: 'consistent-hash', key: (request) => request.headers['x-tenant'] as string | undefined }
     }
   },
-  routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users', methods: ['GET', 'POST'] }],
+  routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users', methods: ['GET', 'POST'], strictPaths: true, bodyTimeout: 10000 }],
   onSelect: (event) => { expectType<TargetView>(event.target) },
   onTargetStateChange: (event) => { expectType<TargetState>(event.to) },
   onRetry: (event) => { expectType<number>(event.attempt) }
@@ -71,6 +71,8 @@ expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balan
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [{ weight: 2 }] } } }))
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], responseBuffer: '64k' } } }))
 expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x' }] }))
+expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x', upstream: 'u', strictPaths: 'yes' }] }))
+expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x', upstream: 'u', bodyTimeout: '1s' }] }))
 
 // decorators
 const pool = app.upstreams.get('users')
