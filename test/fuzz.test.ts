@@ -1,11 +1,11 @@
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import { test } from 'tap'
-import { startGateway } from './helpers'
+import { readings, startGateway } from './helpers'
 
 // A short, bounded, seeded fuzz run: random request lines and header blocks built from a
 // dictionary of hostile pieces, sent as raw bytes on a few sockets at a time to a real
-// gateway (mount /users -> /v1/users) in front of a real upstream that always answers 200
+// gateway (mount /users -> /v1/users, and /users/admin behind a hook that refuses all) in front of a real upstream that always answers 200
 // and records every request it receives. The same seed gives the same requests: to replay
 // a failure, run with FUZZ_SEED set to the seed in the test name.
 
@@ -40,7 +40,8 @@ const SEGMENTS = [
   '%252e%252e', '%252e', '%25252e%25252e', '%2f', '%2F', '%5c', '%5C', '%252f', '%252F', '%255c', '%00', '%2500',
   '\\', '..\\', '\\..', '..%2f', '..%2F', '%2e%2e%2f', '%2e%2e%5c', '..%5c', '..;', ';', '..;jsessionid=1', '%3b',
   '%3f', '%3F', '%23', '%zz', '%', '%%', '%2', '%c0%ae', '%c0%ae%c0%ae', '%c0%af', '%e0%80%ae', '%C3%A9', '%e2%80%a8',
-  '%ef%bc%8f', '%ef%bc%8e%ef%bc%8e', '%u002e%u002e', '%20', '+', '~', '*', '$', '!', "'", '(', ')', ',', '=', '&', ':',
+  '%ef%bc%8f', '%ef%bc%8e%ef%bc%8e', '%u002e%u002e', '%25%32%65%25%32%65', '%252%65%252%65', '%2525252e', '%e2%80%a5', '%ef%b9%92',
+  '%ef%bc%bc', '..%3b', '%2e%2e;x', '#', '#/admin', '%20', '+', '~', '*', '$', '!', "'", '(', ')', ',', '=', '&', ':',
   '@', '@evil.example', ':80', 'evil.example', '"', '{}', '|', '^', '`', '<script>', '', 'a'.repeat(300), 'b'.repeat(2048), '..'.repeat(40), '%2e'.repeat(30)
 ]
 /** raw bytes in a path: space, tab, controls, non-ASCII */
@@ -56,7 +57,8 @@ const AUTHORITIES = [
   'http://[::1]', 'http://authority.invalid:99999', 'ftp://authority.invalid', '//authority.invalid', 'http://',
   'http://authority.invalid?'
 ]
-const PREFIXES = ['/Users', '/users%2f', '/users..', '/users.', '/user', '', '/v1/users', '/%75sers', '//users', '/./users', '/../users', 'users', '*', '/users;x']
+const PREFIXES = ['/Users', '/users%2f', '/users..', '/users.', '/user', '', '/v1/users', '/%75sers', '//users', '/./users', '/../users', 'users', '*', '/users;x',
+  '/users#/admin', '/users/#', '/users//admin', '/users/admin;x=1', '/users/%61dmin', '/users/admin']
 const METHODS = ['GET', 'GET', 'GET', 'GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'OPTIONS']
 const ODD_METHODS = ['TRACE', 'CONNECT', 'PROPFIND', 'QUERY', 'SEARCH', 'M-SEARCH', 'PURGE', 'G@T', 'get', 'Get', '', 'XYZ', 'X'.repeat(40), 'GE\0T']
 const ODD_VERSIONS = ['HTTP/1.0', 'HTTP/2.0', 'HTTP/1.2', 'HTTP/0.9', 'HTTP/9.9', 'http/1.1', '', 'HTTP/1.1 x', 'HTTP/1.01', 'HTTP/11']
@@ -212,6 +214,11 @@ function exchange (sockets: Set<net.Socket>, port: number, data: string): Promis
 function violation (request: Recorded, upstreamHost: string, gatewayHost: string): string | undefined {
   const path = request.url.split('?')[0]
   if (path !== '/v1/users' && !path.startsWith('/v1/users/')) return 'outside /v1/users'
+  for (const read of readings(path)) {
+    if (read !== '/v1/users' && !read.startsWith('/v1/users/')) return `outside /v1/users for a target that reads it as ${read}`
+    // the admin mount's hook refuses every fuzz request: nothing may reach its target path
+    if (read === '/v1/users/admin' || read.startsWith('/v1/users/admin/')) return `past the admin mount's hook, read as ${read}`
+  }
   if (request.host !== upstreamHost) return `Host ${String(request.host)}`
   // the authority of an absolute-form target is not part of the path
   if (/authority\.invalid|\[::1\]/i.test(path) || path.includes(upstreamHost) || path.includes(gatewayHost)) return 'authority in the path'
@@ -229,7 +236,16 @@ test(`fuzz: ${TOTAL} hostile requests, seed 0x${SEED.toString(16)}: no 5xx, no c
   const serverErrors: string[] = []
   const { app, url } = await startGateway({
     upstreams: { users: { targets: [up.url] } },
-    routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users' }]
+    routes: [
+      { prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users', strictPaths: true },
+      {
+        prefix: '/users/admin',
+        upstream: 'users',
+        rewritePrefix: '/v1/users/admin',
+        strictPaths: true,
+        onRequest: async (_request: unknown, reply: { code: (n: number) => { send: (b: unknown) => void } }) => { reply.code(401).send({ denied: true }) }
+      }
+    ]
   }, (app) => {
     // the gateway's own view: a 5xx it sent, even to a client already gone
     app.addHook('onResponse', async (request, reply) => {

@@ -2,6 +2,7 @@ import http from 'node:http'
 import net from 'node:net'
 import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
+import { posix } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { Agent, request } from 'undici'
 import fastifyUpstream, { type FastifyUpstreamOptions, type TargetState } from '../lib/index'
@@ -220,4 +221,21 @@ export async function rawExchange (url: string, target: string, headers: Record<
     })
     socket.on('error', reject)
   })
+}
+
+/**
+ * How lenient targets may read a path: as sent, then decoded again and again (six times),
+ * each also in NFKC, with a backslash as `/`, `;parameters` dropped, runs of `/` merged and dot
+ * segments resolved. A path is safe below a prefix when every reading stays under it.
+ */
+export function readings (path: string): string[] {
+  const out: string[] = []
+  let text = path
+  for (let round = 0; round <= 6; round++) {
+    for (const form of [text, text.normalize('NFKC')]) {
+      out.push(posix.normalize(form.replace(/\\/g, '/').replace(/;[^/]*/g, '').split(/[?#]/)[0]))
+    }
+    text = text.replace(/(?:%[0-9a-fA-F]{2})+/g, (escapes) => Buffer.from(escapes.replace(/%/g, ''), 'hex').toString('utf8'))
+  }
+  return out
 }

@@ -1,7 +1,6 @@
-import { posix } from 'node:path'
 import { test } from 'tap'
 import { isSafePath } from '../lib/paths'
-import { rawExchange, startGateway, startUpstream } from './helpers'
+import { rawExchange, readings, startGateway, startUpstream } from './helpers'
 
 // The rule (see isSafePath): the path as sent, each form reached by decoding it again (up to
 // four rounds; deeper is refused) and the NFKC form of each must hold no dot segment, no
@@ -38,19 +37,6 @@ function climbs (): string[] {
   }
   for (const pair of TWO_DOTS) paths.push(`/${pair}/secret`, `/${pair}${hex('/')}secret`)
   return paths
-}
-
-/** Reads a path as a lenient target could at each depth: decoded, NFKC, `\` as `/`, `;params` gone, dot segments resolved. */
-function readings (path: string): string[] {
-  const out: string[] = []
-  let text = path
-  for (let round = 0; round <= 6; round++) {
-    for (const form of [text, text.normalize('NFKC')]) {
-      out.push(posix.normalize(form.replace(/\\/g, '/').replace(/;[^/]*/g, '').split(/[?#]/)[0]))
-    }
-    text = text.replace(/(?:%[0-9a-fA-F]{2})+/g, (escapes) => Buffer.from(escapes.replace(/%/g, ''), 'hex').toString('utf8'))
-  }
-  return out
 }
 
 test('isSafePath: every spelling of a climb is refused, decoded any number of times', async (t) => {

@@ -193,3 +193,20 @@ test('strictPaths: nothing a normalising target would read as a more specific mo
   t.same(await reachedAdmin({ routerOptions: { caseSensitive: false, ignoreDuplicateSlashes: true } } as FastifyServerOptions, { strictPaths: true }), [],
     'and with the router merging slashes')
 })
+
+test('reply.forward without a url sends the path the router matched too', async (t) => {
+  const up = await upstreamApp()
+  t.teardown(() => up.app.close())
+  const app = Fastify({ routerOptions: { useSemicolonDelimiter: true, ignoreDuplicateSlashes: true } } as FastifyServerOptions)
+  await app.register(fastifyUpstream, { upstreams: { b: { targets: [up.url] } } })
+  app.get('/p/*', (_request, reply) => reply.forward('b'))
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => app.close())
+  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+  t.equal((await rawExchange(url, '/p//a;x=1', { 'x-case': 'semi' })).status, 200)
+  t.equal(up.seen.get('semi')?.url, '/p/a?x=1', 'slashes merged, the `;` query sent as a query')
+  t.equal((await rawExchange(url, '/p/a?y=2', { 'x-case': 'query' })).status, 200)
+  t.equal(up.seen.get('query')?.url, '/p/a?y=2')
+  t.equal((await rawExchange(url, '/p/x#/../admin', { 'x-case': 'fragment' })).status, 400, 'a fragment is refused')
+  t.notOk(up.seen.has('fragment'))
+})
