@@ -1,12 +1,17 @@
 'use strict'
 
 // Child process: one proxy of the proxy benchmark, on 127.0.0.1 (ephemeral port).
-//   node bench/proxy-server.js plugin <url1,url2,url3>        fastify-upstream, least-request over every url, default options
+//   node bench/proxy-server.js plugin <url1,url2,url3>        fastify-upstream, least-request over every url, default options,
+//                                                             mounted with routes: [{ prefix: '/', upstream: 'pool' }]
+//   node bench/proxy-server.js plugin-forward <url1,url2,url3> the same pool, no mount: a handler route, as the README's
+//                                                             usage: GET /users/:id -> reply.forward('pool', { url: '/v1/users/' + id })
 //   node bench/proxy-server.js plugin-stream <url1,url2,url3> the same with responseBuffer: 0 (every response streamed)
 //   node bench/proxy-server.js plugin-no-xff <url1,url2,url3> the same with forwardedHeaders: 'none' (the hop work bare does)
 //   node bench/proxy-server.js xff-floor <url1,url2,url3>     @fastify/reply-from, the urls in turn, adding the three
 //                                                             x-forwarded headers the plugin adds by default: a floor
 //   node bench/proxy-server.js bare <url1>                    @fastify/reply-from with `base`, catch-all route
+//   node bench/proxy-server.js bare-forward <url1>            @fastify/reply-from with `base`, plugin-forward's route and
+//                                                             URL: GET /users/:id -> reply.from('/v1/users/' + id) (a reference)
 // IPC: sends { type: 'ready', url }; answers { type: 'stats' } with this process's CPU time
 // and event-loop utilisation; exits on { type: 'close' } or when the parent goes away.
 
@@ -23,7 +28,14 @@ function catchAll (app, handler) {
 
 async function build () {
   const app = Fastify({ logger: false })
-  if (kind === 'plugin' || kind === 'plugin-stream' || kind === 'plugin-no-xff') {
+  if (kind === 'plugin-forward') {
+    // the plugin as its README uses it: a route of the application's own that picks the
+    // path to send (the request's query string is kept: the url has none)
+    await app.register(require('../dist/index.js'), {
+      upstreams: { pool: { targets: urls, balancer: 'least-request' } }
+    })
+    app.get('/users/:id', (request, reply) => reply.forward('pool', { url: '/v1/users/' + request.params.id }))
+  } else if (kind === 'plugin' || kind === 'plugin-stream' || kind === 'plugin-no-xff') {
     const fastifyUpstream = require('../dist/index.js')
     const pool = { targets: urls, balancer: 'least-request' }
     if (kind === 'plugin-stream') pool.responseBuffer = 0
@@ -51,8 +63,12 @@ async function build () {
   } else if (kind === 'bare') {
     await app.register(require('@fastify/reply-from'), { base: urls[0] })
     catchAll(app, (request, reply) => reply.from())
+  } else if (kind === 'bare-forward') {
+    // what plugin-forward's route costs without the plugin: the same route and URL, one target
+    await app.register(require('@fastify/reply-from'), { base: urls[0] })
+    app.get('/users/:id', (request, reply) => reply.from('/v1/users/' + request.params.id))
   } else {
-    throw new Error(`unknown proxy kind ${kind}: expected plugin, plugin-stream, plugin-no-xff, xff-floor or bare`)
+    throw new Error(`unknown proxy kind ${kind}: expected plugin, plugin-forward, plugin-stream, plugin-no-xff, xff-floor, bare or bare-forward`)
   }
   return app
 }

@@ -1,14 +1,20 @@
 'use strict'
 
-// Proxy benchmark: fastify-upstream (three targets, least-request, a `routes` mount on '/')
-// against bare @fastify/reply-from (`base` = one upstream, `reply.from()` in a catch-all
-// route). By default the plugin runs twice: with default options (which buffer small
-// responses, see `responseBuffer`), and with `responseBuffer: 0` (every response streamed,
-// as bare does). Two more on request (`--proxies`): the plugin with
-// `forwardedHeaders: 'none'` (bare sends no X-Forwarded-* headers), and `xff-floor`,
-// reply-from over the three targets adding the three X-Forwarded-* headers in
-// `rewriteRequestHeaders` and nothing else: what those headers cost any reply-from proxy
-// that streams. Each proxy runs in its own child process, the three upstream
+// Proxy benchmark: fastify-upstream (three targets, least-request) against bare
+// @fastify/reply-from (`base` = one upstream, `reply.from()` in a catch-all route). By
+// default the plugin runs three times: mounted with `routes: [{ prefix: '/', upstream:
+// 'pool' }]` and default options (which buffer small responses, see `responseBuffer`);
+// used as its README uses it, a handler route `GET /users/:id` calling
+// `reply.forward('pool', { url: '/v1/users/' + id })`, default options; and mounted with
+// `responseBuffer: 0` (every response streamed, as bare does). More on request
+// (`--proxies`): the mount with `forwardedHeaders: 'none'` (bare sends no X-Forwarded-*
+// headers); `xff-floor`, reply-from over the three targets adding the three X-Forwarded-*
+// headers in `rewriteRequestHeaders` and nothing else: what those headers cost any
+// reply-from proxy that streams; `bare-forward`, bare reply-from with plugin-forward's
+// route and URL. The requests cycle through 1,000 distinct paths (`/users/<id>?page=<n>`,
+// every connection starting at a different place in the cycle), so that no cache keyed by
+// the path (reply-from keeps parsed URLs in an LRU of 100) serves most of them from the
+// cache. Each proxy runs in its own child process, the three upstream
 // servers in another; autocannon drives the load from this process, the proxies taking
 // turns in an order that rotates every round. CPU per request is the proxy process's own
 // CPU time (user + system, from process.cpuUsage() in the child, asked over IPC before and
@@ -20,9 +26,12 @@
 // between 1.07 and 1.29 from run to run of the same code. Fresh processes make each
 // round an independent sample, and the median sees past an unlucky one.
 //
-//   node bench/proxy.js [--rounds=7] [--duration=4] [--warmup=2] [--connections=50] [--path=/hello]
-//                       [--proxies=plugin,plugin-stream,bare]   which to run (bare always; also
-//                                              plugin-no-xff, xff-floor)
+//   node bench/proxy.js [--rounds=7] [--duration=4] [--warmup=2] [--connections=50]
+//                       [--paths=1000]         distinct paths requested, cycled
+//                       [--path=/users/1]      one fixed path instead (plugin-forward and
+//                                              bare-forward serve /users/:id only)
+//                       [--proxies=plugin,plugin-forward,plugin-stream,bare]   which to run (bare
+//                                              always; also plugin-no-xff, xff-floor, bare-forward)
 //                       [--no-pin]             do not pin the processes to CPUs (taskset)
 //                       [--wait-quiet=SECONDS] first wait (at most that long) for an idle machine
 //                       [--cpu-prof[=DIR]]     profile every proxy process with --cpu-prof
@@ -43,14 +52,20 @@ const {
 const TARGETS = { throughput: 0.95, cpu: 1.05 }
 /** every proxy the benchmark knows, as proxy-server.js names them; bare is the baseline */
 const PROXIES = {
-  plugin: 'plugin, 3 targets, least-request, default options',
-  'plugin-stream': 'plugin, the same with responseBuffer: 0 (streaming)',
-  'plugin-no-xff': "plugin, the same with forwardedHeaders: 'none'",
+  plugin: "plugin, 3 targets, least-request, default options, mount on '/'",
+  'plugin-forward': 'plugin, the same pool, GET /users/:id -> reply.forward()',
+  'plugin-stream': 'plugin mount, the same with responseBuffer: 0 (streaming)',
+  'plugin-no-xff': "plugin mount, the same with forwardedHeaders: 'none'",
   'xff-floor': 'reply-from over the 3 targets adding x-forwarded-* (floor)',
+  'bare-forward': 'bare reply-from, 1 target, GET /users/:id -> reply.from()',
   bare: 'bare @fastify/reply-from, 1 target'
 }
 /** the proxies run when --proxies does not say */
-const DEFAULT_PROXIES = ['plugin', 'plugin-stream', 'bare']
+const DEFAULT_PROXIES = ['plugin', 'plugin-forward', 'plugin-stream', 'bare']
+/** the configurations the targets are for (default options); the others are references */
+const TARGETED = new Set(['plugin', 'plugin-forward'])
+/** the proxies whose route sends /users/<id> upstream as /v1/users/<id> */
+const V1 = new Set(['plugin-forward', 'bare-forward'])
 /** a round is "contended" when other work took more than this many cores of the machine */
 const CONTENDED = 0.25
 const BODY = '{"hello":"world"}'
@@ -68,11 +83,40 @@ function options (args) {
     duration: numberArg(args, 'duration', 4),
     warmup: numberArg(args, 'warmup', 2),
     connections: Math.round(numberArg(args, 'connections', 50)),
-    path: typeof args.path === 'string' ? args.path : '/hello',
+    paths: typeof args.path === 'string' ? [args.path] : requestPaths(Math.round(numberArg(args, 'paths', 1000))),
     proxies: proxyList(args.proxies),
     waitQuiet: args['wait-quiet'] === undefined ? 0 : numberArg(args, 'wait-quiet', 60),
     cpus: args['no-pin'] === true ? undefined : cpuPlan(),
     cpuProf
+  }
+}
+
+/**
+ * `count` distinct request paths, `/users/<id>?page=<n>`. The ids are distinct too (a
+ * permutation of 1..100000), so that the path without its query, which bare reply-from
+ * keys its URL cache with, is distinct as well.
+ */
+function requestPaths (count) {
+  if (count > 100_000) throw new Error('--paths: at most 100000')
+  const paths = []
+  for (let i = 0; i < count; i++) paths.push(`/users/${1 + ((i * 7919) % 100_000)}?page=${1 + (i % 10)}`)
+  return paths
+}
+
+/**
+ * autocannon's `setupClient`: every connection cycles through all of `paths`, each from a
+ * different starting point spread evenly over the cycle. (With the same start, the 50
+ * connections would walk the cycle nearly in step, and a path-keyed cache of 100 entries
+ * would see each path ~50 times in a row.) The request buffers are built once per
+ * connection, before it sends anything: the load generator does no more per request than
+ * with one path.
+ */
+function spreadPaths (paths, connections) {
+  const requests = paths.map((p) => ({ method: 'GET', path: p }))
+  let next = 0
+  return (client) => {
+    const offset = Math.floor(((next++ % connections) * requests.length) / connections)
+    client.setRequests(offset === 0 ? requests : [...requests.slice(offset), ...requests.slice(0, offset)])
   }
 }
 
@@ -104,12 +148,21 @@ async function startProxy (kind, urls, { cpuProf, cpus }) {
   return { kind, url, child, stats: statsOf(child), served: 0 }
 }
 
-/** One request through the proxy, to fail early and clearly when it does not work. */
-async function check (proxy, urlPath) {
-  const res = await fetch(proxy.url + urlPath, { signal: AbortSignal.timeout(5000) })
-  const text = await res.text()
-  if (res.status !== 200 || text !== BODY) throw new Error(`${proxy.kind} proxy answered ${res.status} ${text.slice(0, 200)}`)
-  proxy.served++
+/**
+ * A few requests through the proxy, to fail early and clearly when it does not work: the
+ * answer, and the URL the target got (path and query).
+ */
+async function check (proxy, paths, upstreams) {
+  for (const urlPath of new Set([paths[0], paths[paths.length >> 1], paths[paths.length - 1]])) {
+    const res = await fetch(proxy.url + urlPath, { signal: AbortSignal.timeout(5000) })
+    const text = await res.text()
+    if (res.status !== 200 || text !== BODY) throw new Error(`${proxy.kind} proxy answered ${res.status} ${text.slice(0, 200)} to GET ${urlPath}`)
+    proxy.served++
+    upstreams.send({ type: 'last' })
+    const { url } = await waitMessage(upstreams, 'last', 5000)
+    const expected = V1.has(proxy.kind) ? '/v1' + urlPath : urlPath
+    if (url !== expected) throw new Error(`${proxy.kind} proxy sent GET ${urlPath} upstream as ${url}, not ${expected}`)
+  }
 }
 
 async function round (proxy, upstreamStats, opts) {
@@ -119,7 +172,8 @@ async function round (proxy, upstreamStats, opts) {
   const before = await proxy.stats()
   const t0 = performance.now()
   const result = await autocannon({
-    url: proxy.url + opts.path,
+    url: proxy.url + opts.paths[0],
+    setupClient: spreadPaths(opts.paths, opts.connections),
     connections: opts.connections,
     pipelining: 1,
     duration: opts.duration,
@@ -170,10 +224,10 @@ function mediansOf (results) {
 }
 
 /** Starts a fresh proxy of `kind`, checks it, warms it up, measures one round, stops it. */
-async function freshRound (kind, urls, upstreamStats, opts, profiled) {
-  const proxy = await startProxy(kind, kind === 'bare' ? urls.slice(0, 1) : urls, opts)
+async function freshRound (kind, urls, upstreams, upstreamStats, opts, profiled) {
+  const proxy = await startProxy(kind, kind === 'bare' || kind === 'bare-forward' ? urls.slice(0, 1) : urls, opts)
   try {
-    await check(proxy, opts.path)
+    await check(proxy, opts.paths, upstreams)
     await round(proxy, upstreamStats, { ...opts, duration: opts.warmup })
     return await round(proxy, upstreamStats, opts)
   } finally {
@@ -196,7 +250,8 @@ async function runProxyBench (args = {}) {
   const profiled = []
   try {
     console.log(`\n## Proxy throughput and CPU per request (${opts.proxies.join(', ')}: ${opts.rounds} rounds of ${opts.duration} s per proxy, ` +
-      `each in a fresh process after a ${opts.warmup} s warm-up, ${opts.connections} connections, keep-alive, GET ${opts.path})\n`)
+      `each in a fresh process after a ${opts.warmup} s warm-up, ${opts.connections} connections, keep-alive, ` +
+      (opts.paths.length === 1 ? `GET ${opts.paths[0]})\n` : `GET ${fmt(opts.paths.length)} distinct paths cycled: ${opts.paths[0]}, ${opts.paths[1]}, ...)\n`))
     if (opts.waitQuiet > 0) {
       const quiet = await waitQuiet(opts.waitQuiet)
       console.log(quiet ? 'machine idle: starting' : `machine still busy after ${opts.waitQuiet} s: starting anyway`)
@@ -220,7 +275,7 @@ async function runProxyBench (args = {}) {
       // rotate the order, so that no proxy always runs first or right after another
       const shift = (i - 1) % opts.proxies.length
       for (const kind of [...opts.proxies.slice(shift), ...opts.proxies.slice(0, shift)]) {
-        const r = await freshRound(kind, urls, upstreamStats, opts, profiled)
+        const r = await freshRound(kind, urls, upstreams, upstreamStats, opts, profiled)
         rows.push(roundRow(String(i), r))
         console.log(`  ${i} ${r.kind}: ${fmt(r.rps)} req/s, ${fmt(r.cpuPerRequest, 1)} µs CPU/req, ELU ${fmt(r.elu, 2)}` +
           `, other load ${Number.isNaN(r.other) ? '?' : fmt(r.other, 2)} cores` + (r.errors > 0 ? `, ${r.errors} errors/non-2xx` : ''))
@@ -244,9 +299,9 @@ async function runProxyBench (args = {}) {
         throughput: median(results[kind].map((r, i) => r.rps / results.bare[i].rps)),
         cpu: median(results[kind].map((r, i) => r.cpuPerRequest / results.bare[i].cpuPerRequest))
       }
-      // the targets are the plugin's, with default options; the other configurations and
-      // the floor are references
-      const pass = kind === 'plugin' ? { throughput: ratios.throughput >= TARGETS.throughput, cpu: ratios.cpu <= TARGETS.cpu } : undefined
+      // the targets are the plugin's, with default options (mounted, and reply.forward);
+      // the other configurations and the floor are references
+      const pass = TARGETED.has(kind) ? { throughput: ratios.throughput >= TARGETS.throughput, cpu: ratios.cpu <= TARGETS.cpu } : undefined
       comparisons[kind] = { ratios, paired, pass }
     }
     console.log('\nMedians over the measured rounds, and ratios to bare (paired: the median of per-round ratios):\n')

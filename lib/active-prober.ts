@@ -1,5 +1,6 @@
 import net from 'node:net'
 import { Agent, type buildConnector } from 'undici'
+import { untraced } from './events'
 import type { HealthHost } from './health-host'
 import type { ActiveCheckConfig } from './options'
 import type { OutlierDetector } from './outlier-detector'
@@ -12,7 +13,8 @@ import type { Target } from './target'
  * passed ones. The first round runs when the app gets ready, before it serves, and its
  * result counts at once, so that a target that is down at start never gets traffic.
  * Probes of one target never overlap; probes use their own connections, opened with the
- * pool's connection settings, so that busy traffic connections never delay them.
+ * pool's connection settings, so that busy traffic connections never delay them. Probes
+ * are not traced (see untraced).
  */
 export class ActiveProber {
   private readonly config: ActiveCheckConfig
@@ -77,7 +79,9 @@ export class ActiveProber {
     this.timers.delete(target)
     let healthy: boolean
     try {
-      healthy = await this.probe(target)
+      // probes are no traffic: a span (and a trace of its own) for each would bury the
+      // requests' traces, and a target would get trace headers with them
+      healthy = await untraced(this.probe, this, target)
     } catch {
       healthy = false
     }

@@ -1,5 +1,8 @@
+import type { FastifyRequest } from 'fastify'
 import { buildConnector, Dispatcher, Pool } from 'undici'
+import { otel, undiciRequests, type OtelApi, type OtelContext } from './events'
 import { Exchange } from './exchange'
+import { spanAttributes } from './forward'
 import type { PoolConfig } from './options'
 import type { OutlierDetector } from './outlier-detector'
 import type { Target } from './target'
@@ -91,6 +94,8 @@ export class UpstreamDispatcher extends Dispatcher {
   target: Target | undefined = undefined
   /** the passive checks of that target's pool, if any */
   detector: OutlierDetector | undefined = undefined
+  /** the request being forwarded (read only when undici is traced) */
+  forwarded: FastifyRequest | undefined = undefined
 
   override dispatch (options: DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
     const target = this.target
@@ -100,15 +105,86 @@ export class UpstreamDispatcher extends Dispatcher {
       throw Object.assign(new Error(`no connection pool for ${String(options.origin)}`), { code: 'ECONNREFUSED' })
     }
     const exchange = new Exchange(handler, target, this.detector)
+    const request = this.forwarded
     this.target = undefined
     this.detector = undefined
+    this.forwarded = undefined
     // a fixed name per target: undici reconnects when a request's servername differs from
     // the connection's, and would derive one from each request's Host header
     options.servername = target.servername
+    if (undiciRequests.hasSubscribers && request !== undefined) return dispatchTraced(target.connection, options, exchange, request)
     return target.connection.dispatch(options, exchange)
   }
 
   // the connection pools belong to the upstream pools, which close them
   override async close (): Promise<void> {}
   override async destroy (): Promise<void> {}
+}
+
+/** The trace headers every tracer hooked into undici writes (W3C Trace Context). */
+const TRACE_HEADERS = ['traceparent', 'tracestate']
+
+/**
+ * Sends an attempt while something instruments undici (see undiciRequests). The tracer
+ * adds its own trace headers to the request undici builds, after the forwarded ones: the
+ * client's copies would reach the target beside them (two `traceparent`s, which the
+ * target's tracer rejects, starting a new trace). So those headers, and the others that
+ * OpenTelemetry's propagator writes, are not forwarded: the target gets the attempt's,
+ * which continue the client's trace when the gateway's server span does. Without a
+ * tracer on undici the client's headers pass through untouched (see dispatch).
+ */
+function dispatchTraced (connection: Dispatcher, options: DispatchOptions, exchange: Exchange, request: FastifyRequest): boolean {
+  const api = otel()
+  const headers = options.headers as Record<string, unknown> | null | undefined
+  if (headers != null && !Array.isArray(headers)) {
+    // reply-from hands over a copy of its own; an undefined value is one undici leaves out
+    for (const name of TRACE_HEADERS) headers[name] = undefined
+    if (api !== null) for (const name of api.propagation.fields()) headers[name] = undefined
+  }
+  if (api === null) return connection.dispatch(options, exchange)
+  return api.context.with(new AttemptContext(api, request), connection.dispatch, connection, options, exchange)
+}
+
+/**
+ * The active context while an attempt is dispatched under OpenTelemetry. undici's
+ * instrumentation starts the attempt's CLIENT span in the active context and then sets it
+ * into that context to inject its headers: this one hands everything to the context the
+ * request runs in and, seeing the span set into it, names the pool, the attempt and why on
+ * it. The instrumentation hands its spans to no one else, and this way needs no setting of it.
+ */
+class AttemptContext implements OtelContext {
+  private readonly api: OtelApi
+  private readonly parent: OtelContext
+  private request: FastifyRequest | undefined
+
+  constructor (api: OtelApi, request: FastifyRequest) {
+    let parent = api.context.active()
+    // no span of the gateway's for the request (nothing traces its server side): the attempt
+    // continues the caller's trace itself, as a child of the caller's span
+    if (api.trace.getSpan(parent) === undefined) parent = api.propagation.extract(parent, request.headers)
+    this.api = api
+    this.parent = parent
+    this.request = request
+  }
+
+  getValue (key: symbol): unknown {
+    return this.parent.getValue(key)
+  }
+
+  setValue (key: symbol, value: unknown): OtelContext {
+    const next = this.parent.setValue(key, value)
+    const request = this.request
+    if (request !== undefined) {
+      const span = this.api.trace.getSpan(next)
+      if (span !== undefined && span === value && span !== this.api.trace.getSpan(this.parent)) {
+        this.request = undefined
+        span.setAttributes(spanAttributes(request))
+      }
+    }
+    return next
+  }
+
+  deleteValue (key: symbol): OtelContext {
+    return this.parent.deleteValue(key)
+  }
 }

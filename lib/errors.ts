@@ -8,6 +8,9 @@ export const InvalidOptionError = createError('FST_UPSTREAM_INVALID_OPTION', 'In
 export const UnknownPoolError = createError('FST_UPSTREAM_UNKNOWN_POOL', 'Unknown upstream pool "%s"', 500)
 /** A runtime call named a target URL that is not in the pool. */
 export const UnknownTargetError = createError('FST_UPSTREAM_UNKNOWN_TARGET', 'Pool "%s" has no target %s', 500)
+/** The plugin was registered a second time, in the same scope or below one that has it. */
+export const AlreadyRegisteredError = createError('FST_UPSTREAM_ALREADY_REGISTERED',
+  'fastify-upstream is already registered in this scope or a parent scope: register it once (its reply.forward and app.upstreams serve every scope below), and add pools at run time with app.upstreams.add()', 500)
 /** A pool or target was added twice. */
 export const DuplicateError = createError('FST_UPSTREAM_DUPLICATE', '%s already exists', 500)
 /** No target of the pool can take the request right now. */

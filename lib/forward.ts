@@ -3,7 +3,7 @@ import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { FastifyReplyFromHooks } from '@fastify/reply-from'
 import { BadGatewayError, BadHeaderError, BadPathError, ConnectError, NoTargetError, OverloadedError, TimeoutError, UnknownPoolError } from './errors'
-import { channels, type ProxyErrorEvent, type RetryEvent } from './events'
+import { channels, type ProxyErrorEvent, type RetryEvent, type SelectEvent } from './events'
 import type { PluginOptions } from './options'
 import { countFailure } from './outlier-detector'
 import type { UpstreamPool } from './pool'
@@ -14,6 +14,8 @@ import { buffersResponse, readWhole, type BufferedResponseSink } from './respons
 import { checkResponseHeaders } from './security'
 import { isSafePath, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
 import type { UpstreamDispatcher } from './dispatcher'
+import type { ReplyFrom } from './reply-from'
+import { attemptAttributes, attemptOf, outcomeOf, type UpstreamAttempt, type UpstreamOutcome } from './outcome'
 import type { Target } from './target'
 
 /** Per-call options of `reply.forward`: `url` plus the per-call options of `reply.from`. */
@@ -60,10 +62,15 @@ export const kRetries = Symbol('fastify-upstream.retries')
 export const kTried = Symbol('fastify-upstream.tried')
 export const kBody = Symbol('fastify-upstream.body')
 export const kHeaders = Symbol('fastify-upstream.headers')
+export const kStatus = Symbol('fastify-upstream.status')
+export const kTime = Symbol('fastify-upstream.time')
+export const kError = Symbol('fastify-upstream.error')
+export const kAttempts = Symbol('fastify-upstream.attempts')
 
-/** The request decorations, with their initial values. */
+/** The request decorations, with their initial values (or getter). */
 export const requestDecorations = [
-  [kTarget, null], [kPool, null], [kStart, 0], [kPrepared, null], [kPath, ''], [kRetries, 0], [kTried, null], [kBody, null], [kHeaders, null]
+  [kTarget, null], [kPool, null], [kStart, 0], [kPrepared, null], [kPath, ''], [kRetries, 0], [kTried, null], [kBody, null], [kHeaders, null],
+  [kStatus, 0], [kTime, 0], [kError, ''], [kAttempts, null], ['upstream', { getter: upstreamOf }]
 ] as const
 
 interface ForwardState {
@@ -81,9 +88,32 @@ interface ForwardState {
    * makes them unsendable (see rewriteHeaders)
    */
   [kHeaders]: HeaderRecord | Error | null
+  // the current attempt, for request.upstream: its target's status (0 for none yet), the
+  // ms from its start to the response headers or to its failure, its error code ('' for none)
+  [kStatus]: number
+  [kTime]: number
+  [kError]: string
+  /** the attempts before the current one (only a retry makes one) */
+  [kAttempts]: UpstreamAttempt[] | null
 }
 
 type StatefulRequest = FastifyRequest & ForwardState
+
+/** `request.upstream`, built when read (nothing is spent on requests that nobody asks about). */
+function upstreamOf (this: FastifyRequest): UpstreamOutcome | null {
+  const state = this as StatefulRequest
+  const pool = state[kPool]
+  if (pool === null) return null
+  const target = state[kTarget]
+  const last = target === null ? undefined : attemptOf(target.url, state[kStatus], state[kError], state[kTime])
+  return outcomeOf(pool.name, state[kAttempts], last)
+}
+
+/** The tracing span attributes of the attempt being sent for `request` (see UpstreamDispatcher). */
+export function spanAttributes (request: FastifyRequest): Record<string, string | number> {
+  const state = request as StatefulRequest
+  return attemptAttributes((state[kPool] as UpstreamPool).name, state[kAttempts])
+}
 
 type Hooks = Pick<PluginOptions, 'onSelect' | 'onProxyError' | 'onRetry'>
 
@@ -99,6 +129,17 @@ const UNDICI_BAD_HEADER = /^invalid ([!#$%&'*+.^_`|~0-9A-Za-z-]+) header$/
 
 type MappedError = Error & { code: string, statusCode: number }
 
+/** What to set when TLS with a target fails, by Node's error code: said in the 502 and the log. */
+function tlsHint (code: string): string {
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID' || code.includes('HOSTNAME_MISMATCH')) {
+    return ": the target's certificate does not name the host it was checked against (the target URL's host): set tls.servername to a name it has"
+  }
+  if (code.startsWith('DEPTH_ZERO') || code.startsWith('SELF_SIGNED') || code.startsWith('UNABLE_TO_') || code === 'CERT_UNTRUSTED') {
+    return ": the target's certificate is not signed by a trusted CA: give its CA (PEM) in the pool's tls.ca, and tls.servername if it names another host"
+  }
+  return ': TLS with the target failed: check the pool\'s tls options (tls.ca, tls.servername, tls.minVersion)'
+}
+
 /** Maps what reply-from or undici reported to one of the plugin's stable errors. */
 export function upstreamError (error: Error & { cause?: unknown }): MappedError {
   const cause = (error.cause ?? error) as Error & { code?: string }
@@ -108,7 +149,8 @@ export function upstreamError (error: Error & { cause?: unknown }): MappedError 
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return new TimeoutError('no connection within the connect timeout', { cause })
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return new TimeoutError('no response within the response timeout', { cause })
   if (code === 'UND_ERR_BODY_TIMEOUT') return new TimeoutError('the response body stalled past the idle timeout', { cause })
-  if (CONNECT_CODES.has(code) || TLS_CODE.test(code)) return new ConnectError(code, { cause })
+  if (TLS_CODE.test(code)) return new ConnectError(code + tlsHint(code), { cause })
+  if (CONNECT_CODES.has(code)) return new ConnectError(code, { cause })
   // undici refused, before sending anything, a request the gateway built (a header from a
   // caller's rewriteRequestHeaders): the gateway's fault, and every target would refuse it
   if (code === 'UND_ERR_INVALID_ARG') {
@@ -172,13 +214,16 @@ export class Forwarder implements BufferedResponseSink {
   private readonly dispatcher: UpstreamDispatcher
   private readonly hooks: Hooks
   private readonly router: RouterPathOptions
+  /** reply-from's `from`, the plugin's own (see setUpReplyFrom) */
+  private readonly from: ReplyFrom
   readonly defaults: PreparedOptions
 
-  constructor (registry: UpstreamRegistry, dispatcher: UpstreamDispatcher, hooks: Hooks, router: RouterPathOptions) {
+  constructor (registry: UpstreamRegistry, dispatcher: UpstreamDispatcher, hooks: Hooks, router: RouterPathOptions, from: ReplyFrom) {
     this.registry = registry
     this.dispatcher = dispatcher
     this.hooks = hooks
     this.router = router
+    this.from = from
     this.defaults = this.prepare(undefined)
   }
 
@@ -215,13 +260,11 @@ export class Forwarder implements BufferedResponseSink {
     const request = reply.request as StatefulRequest
     const pool = this.registry.get(name)
     if (pool === undefined) return reply.send(new UnknownPoolError(name))
+    // routed to the pool from here on (request.upstream), whether a target takes it or not
+    request[kPool] = pool
     const target = pool.pick(request)
     if (target === undefined) return this.unavailable(reply, pool)
-    if (this.hooks.onSelect !== undefined || channels.select.hasSubscribers) {
-      const event = { pool: name, target: pool.viewOf(target), request }
-      this.hooks.onSelect?.(event)
-      channels.select.publish(event)
-    }
+    if (this.hooks.onSelect !== undefined || channels.select.hasSubscribers) this.selected(request, pool, target, 0)
     if (path === undefined) {
       // the path the router matched (an absolute-form target `GET http://host/path` sends
       // only its path); a target with a fragment is refused (see pathEnd)
@@ -238,7 +281,6 @@ export class Forwarder implements BufferedResponseSink {
       const query = path.indexOf('?')
       if (!isSafePath(query === -1 ? path : path.slice(0, query))) return reply.send(new BadPathError())
     }
-    request[kPool] = pool
     request[kPrepared] = prepared
     request[kPath] = path
     // keep a streamed body replayable when a retry may need it (and only then)
@@ -246,6 +288,12 @@ export class Forwarder implements BufferedResponseSink {
       request[kBody] = request.body
     }
     return this.send(reply, request, target)
+  }
+
+  private selected (request: StatefulRequest, pool: UpstreamPool, target: Target, attempt: number): void {
+    const event: SelectEvent = { pool: pool.name, target: pool.viewOf(target), request, attempt }
+    this.hooks.onSelect?.(event)
+    channels.select.publish(event)
   }
 
   /**
@@ -261,13 +309,15 @@ export class Forwarder implements BufferedResponseSink {
     const dispatcher = this.dispatcher
     dispatcher.target = target
     dispatcher.detector = (request[kPool] as UpstreamPool).detector
+    dispatcher.forwarded = request
     let thrown: unknown
     try {
-      return reply.from(target.origin + target.basePath + request[kPath], (request[kPrepared] as PreparedOptions).from as never)
+      return this.from.call(reply, target.origin + target.basePath + request[kPath], (request[kPrepared] as PreparedOptions).from)
     } catch (error) {
       thrown = error
     } finally {
       dispatcher.detector = undefined
+      dispatcher.forwarded = undefined
       // still set: reply-from gave up before dispatching (a rewrite threw, say)
       if (dispatcher.target !== undefined) {
         dispatcher.target = undefined
@@ -313,6 +363,13 @@ export class Forwarder implements BufferedResponseSink {
     if (next === undefined) return false
     failed.retries++
     const retries = ++request[kRetries]
+    // the failed attempt joins the record; the next one is under way from here (it may wait for its backoff)
+    const attempts = request[kAttempts] ?? (request[kAttempts] = [])
+    attempts.push(attemptOf(failed.url, request[kStatus], request[kError], request[kTime]))
+    request[kTarget] = next
+    request[kStatus] = 0
+    request[kError] = ''
+    request[kTime] = 0
     const raw = reply.raw as RawResponse
     if (raw[kPool] === undefined) {
       raw[kPool] = pool
@@ -324,6 +381,7 @@ export class Forwarder implements BufferedResponseSink {
       this.hooks.onRetry?.(event)
       channels.retry.publish(event)
     }
+    if (this.hooks.onSelect !== undefined || channels.select.hasSubscribers) this.selected(request, pool, next, retries)
     const delay = backoff(pool.config.retry, retries)
     if (delay === 0) {
       this.send(reply, request, next)
@@ -379,8 +437,11 @@ export class Forwarder implements BufferedResponseSink {
     const target = state[kTarget] as Target
     const pool = state[kPool] as UpstreamPool
     const now = performance.now()
-    target.observeLatency(now - state[kStart], now)
+    const elapsed = now - state[kStart]
+    target.observeLatency(elapsed, now)
     const status = res.statusCode
+    state[kStatus] = status
+    state[kTime] = elapsed
     // a status that counts as a failure counts at once; a success counts once the whole
     // body has arrived (see Exchange)
     const detector = pool.detector
@@ -396,6 +457,8 @@ export class Forwarder implements BufferedResponseSink {
       // the end (no fault of the target; the connection is kept) and the client gets the
       // gateway's error, with none of the target's headers
       res.stream.resume()
+      const code = (headers as { code?: unknown }).code
+      if (typeof code === 'string') state[kError] = code
       reply.send(headers)
       return
     }
@@ -432,6 +495,9 @@ export class Forwarder implements BufferedResponseSink {
     const request = reply.request as StatefulRequest
     const target = request[kTarget] as Target
     const pool = request[kPool] as UpstreamPool
+    request[kError] = mapped.code
+    // to the failure, or to the headers when the target had answered (and its body failed)
+    if (request[kStatus] === 0) request[kTime] = performance.now() - request[kStart]
     // another target would get the same invalid request, or the same client's body
     if (!notTheTargets(mapped) && this.retry(reply, target, mapped.code, nothingSent)) return
     if (this.hooks.onProxyError !== undefined || channels.proxyError.hasSubscribers) {

@@ -1,31 +1,31 @@
 import fp from 'fastify-plugin'
-import replyFrom from '@fastify/reply-from'
 import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
 import { UpstreamDispatcher } from './dispatcher'
-import { InvalidOptionError } from './errors'
+import { AlreadyRegisteredError } from './errors'
 import { Forwarder, requestDecorations, type ForwardOptions } from './forward'
 import { normalizeOptions, type PluginOptions } from './options'
 import { UpstreamRegistry } from './registry'
+import { setUpReplyFrom } from './reply-from'
 import { mountRoute, routerPathOptions } from './routes'
 import { mountStatus } from './status-route'
 
-export type { ForwardOptions } from './forward'
-export type {
-  PluginOptions as FastifyUpstreamOptions, PoolOptions, RouteOptions, TargetOptions, BalancerOptions, TimeoutOptions, HashKeyOption,
+// the rest of the public API, exported as members of the plugin at the end of the file
+import type {
+  PoolOptions, RouteOptions, TargetOptions, BalancerOptions, TimeoutOptions, HashKeyOption,
   ActiveCheckOptions, PassiveCheckOptions, RetryOptions, TlsOptions, DiscoveryOptions, HeaderPolicyOptions
 } from './options'
-export type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from './balancers/types'
-export type { TargetView, TargetState, TargetStatus } from './target'
-export type { UpstreamPool, PoolStatus, RemoveTargetOptions } from './pool'
-export type { UpstreamRegistry, RegistryStatus } from './registry'
-export type { MetricsOptions } from './metrics'
-export type { DiscoverySource, DiscoveredTargets } from './discovery'
-export { DnsSource, DnsSrvSource } from './discovery'
-export type { StatusRouteOptions } from './status-route'
-export { StatusSchema, PoolStatusSchema, TargetStatusSchema } from './status'
-export type { SelectEvent, ProxyErrorEvent, TargetStateEvent, RetryEvent } from './events'
-export * as errors from './errors'
-export { RoundRobinBalancer, RandomBalancer, LeastRequestBalancer, EwmaBalancer, ConsistentHashBalancer } from './balancers'
+import type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from './balancers/types'
+import type { TargetView, TargetState, TargetStatus } from './target'
+import type { UpstreamPool, PoolStatus, RemoveTargetOptions } from './pool'
+import type { RegistryStatus } from './registry'
+import type { MetricsOptions } from './metrics'
+import { DnsSource, DnsSrvSource, type DiscoverySource, type DiscoveredTargets } from './discovery'
+import type { StatusRouteOptions } from './status-route'
+import { StatusSchema, PoolStatusSchema, TargetStatusSchema } from './status'
+import type { SelectEvent, ProxyErrorEvent, TargetStateEvent, RetryEvent } from './events'
+import type { UpstreamOutcome, UpstreamAttempt } from './outcome'
+import * as errors from './errors'
+import { RoundRobinBalancer, RandomBalancer, LeastRequestBalancer, EwmaBalancer, ConsistentHashBalancer } from './balancers'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -35,6 +35,13 @@ declare module 'fastify' {
   interface FastifyReply {
     /** proxies the current request to a target chosen from pool `name` */
     forward (name: string, options?: ForwardOptions): FastifyReply
+  }
+  interface FastifyRequest {
+    /**
+     * What the upstream did for this request: its pool, and each attempt's target, status
+     * or error, and time (built when read); null for a request not routed to a pool.
+     */
+    readonly upstream: import('./outcome').UpstreamOutcome | null
   }
 }
 
@@ -51,35 +58,79 @@ const plugin: FastifyPluginCallback<PluginOptions> = function fastifyUpstream (f
 /** Validates the options and wires the parts into the Fastify instance. */
 function wire (fastify: FastifyInstance, options: PluginOptions): void {
   const config = normalizeOptions(options)
-  if (fastify.hasReplyDecorator('from')) {
-    throw new InvalidOptionError('@fastify/reply-from is already registered: fastify-upstream registers it with its own dispatcher')
-  }
+  // one registry per application: pools and the decorators are shared by every scope below
+  if (fastify.hasDecorator('upstreams')) throw new AlreadyRegisteredError()
 
   const dispatcher = new UpstreamDispatcher()
   const registry = new UpstreamRegistry(fastify.log, config.onTargetStateChange)
   for (const [name, pool] of config.pools) registry.add(name, pool)
   const router = routerPathOptions(fastify)
-  const forwarder = new Forwarder(registry, dispatcher, config, router)
-
   // reply-from's own retries go back to the same target: off (an empty method list turns
   // them off without a per-request callback); the plugin retries on other targets itself
-  fastify.register(replyFrom, { undici: dispatcher as never, disableRequestLogging: true, retryMethods: [] })
+  const from = setUpReplyFrom(fastify, { undici: dispatcher as never, disableRequestLogging: true, retryMethods: [] })
+  const forwarder = new Forwarder(registry, dispatcher, config, router, from)
   fastify.decorate('upstreams', registry)
   for (const [key, initial] of requestDecorations) fastify.decorateRequest(key, initial as null)
   fastify.decorateReply('forward', function forward (this, name: string, options?: ForwardOptions) {
     return forwarder.forward(this, name, options?.url, options === undefined ? forwarder.defaults : forwarder.prepare(options))
   })
   config.routes.forEach((route, i) => mountRoute(fastify, route, forwarder, i, router))
-  if (config.statusRoute !== undefined) mountStatus(fastify, registry, config.statusRoute, config.metrics)
+  mountStatus(fastify, registry, config.statusRoute, config.metrics)
   // active checks run their first round before the server starts serving
   fastify.addHook('onReady', () => registry.start())
   fastify.addHook('onClose', () => registry.close())
 }
 
-const fastifyUpstream = fp(plugin, { fastify: '5.x', name: 'fastify-upstream' })
+type FastifyUpstream = FastifyPluginCallback<PluginOptions>
 
-export { fastifyUpstream }
-export default fastifyUpstream
+// A function declaration, so that the namespace below can merge with it (a const cannot).
+// It keeps three parameters: Fastify calls done() itself for a plugin declaring fewer.
+function fastifyUpstream (instance: FastifyInstance, options: PluginOptions, done: (error?: Error) => void): void {
+  plugin(instance, options, done)
+}
+fp(fastifyUpstream, { fastify: '5.x', name: 'fastify-upstream' })
 
-// CommonJS: `require('fastify-upstream')` is the plugin itself, with the named exports on it
-module.exports = Object.assign(fastifyUpstream, exports, { default: fastifyUpstream, fastifyUpstream })
+// The CommonJS shape of the official @fastify plugins, typed with `export =` and this
+// namespace: `require()`, a default import under any module setting and the named import
+// `fastifyUpstream` all give the plugin, and every other export is a property of it.
+// A new public name goes here and, if it is a value, in the module.exports lines below.
+declare namespace fastifyUpstream {
+  export type { PluginOptions as FastifyUpstreamOptions, ForwardOptions }
+  export type {
+    PoolOptions, RouteOptions, TargetOptions, BalancerOptions, TimeoutOptions, HashKeyOption,
+    ActiveCheckOptions, PassiveCheckOptions, RetryOptions, TlsOptions, DiscoveryOptions, HeaderPolicyOptions
+  }
+  export type { Balancer, BalancerFactory, BalancerTarget, SelectRequest }
+  export type { TargetView, TargetState, TargetStatus }
+  export type { UpstreamPool, PoolStatus, RemoveTargetOptions }
+  export type { UpstreamRegistry, RegistryStatus }
+  export type { MetricsOptions }
+  export type { DiscoverySource, DiscoveredTargets }
+  export type { StatusRouteOptions }
+  export type { SelectEvent, ProxyErrorEvent, TargetStateEvent, RetryEvent }
+  export type { UpstreamOutcome, UpstreamAttempt }
+  export { errors, DnsSource, DnsSrvSource, StatusSchema, PoolStatusSchema, TargetStatusSchema }
+  export { RoundRobinBalancer, RandomBalancer, LeastRequestBalancer, EwmaBalancer, ConsistentHashBalancer }
+  export const fastifyUpstream: FastifyUpstream
+  export { fastifyUpstream as default }
+}
+
+// Set here as well as where tsc puts `export =` (last), so that the values below land on
+// the plugin. One `module.exports.name =` line per value: Node's ES module loader reads a
+// CommonJS file's named exports from lines of this form.
+module.exports = fastifyUpstream
+module.exports.default = fastifyUpstream
+module.exports.fastifyUpstream = fastifyUpstream
+module.exports.errors = errors
+module.exports.DnsSource = DnsSource
+module.exports.DnsSrvSource = DnsSrvSource
+module.exports.StatusSchema = StatusSchema
+module.exports.PoolStatusSchema = PoolStatusSchema
+module.exports.TargetStatusSchema = TargetStatusSchema
+module.exports.RoundRobinBalancer = RoundRobinBalancer
+module.exports.RandomBalancer = RandomBalancer
+module.exports.LeastRequestBalancer = LeastRequestBalancer
+module.exports.EwmaBalancer = EwmaBalancer
+module.exports.ConsistentHashBalancer = ConsistentHashBalancer
+
+export = fastifyUpstream

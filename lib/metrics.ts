@@ -46,7 +46,10 @@ class Collector {
 const STATES = ['healthy', 'unhealthy', 'ejected', 'draining', 'disabled'] as const
 
 export interface MetricsOptions {
-  /** the prom-client registry to add the metrics to (default: a registry of their own) */
+  /**
+   * the prom-client registry to add the metrics to, with or without a status route
+   * (default: a registry of their own, served by the status route only)
+   */
   registry?: Registry
   /** metric name prefix (default `fastify_upstream_`) */
   prefix?: string

@@ -180,7 +180,8 @@ export const DiscoverySchema = Type.Union([
 ], { errorMessage: "must be { type: 'dns', hostname, port }, { type: 'dns-srv', name } or an object with resolve()" })
 
 export const PoolSchema = Type.Object({
-  targets: Type.Array(TargetSchema, { errorMessage: 'must be an array of targets' }),
+  // optional when `discovery` is given (checked in normalizePool)
+  targets: Type.Optional(Type.Array(TargetSchema, { errorMessage: 'must be an array of targets' })),
   balancer: Type.Optional(BalancerSchema),
   healthCheck: Type.Optional(Type.Object({
     active: Type.Optional(ActiveCheckSchema),
@@ -246,6 +247,33 @@ export const RouteSchema = Type.Object({
   onRequestAbort: Unknown
 }, { additionalProperties: false })
 
+const HookFn = Type.Function([Type.Any()], Type.Any(), { errorMessage: 'must be a function' })
+const Hook = Type.Union([HookFn, Type.Array(HookFn)], { errorMessage: 'must be a function or an array of functions' })
+
+/**
+ * The status and metrics routes: `url`, and the Fastify route options that make sense for
+ * two fixed GET routes (their schema and handlers are the plugin's). A misspelt hook must
+ * fail here: otherwise the page it was meant to guard is served to anyone.
+ */
+export const StatusRouteSchema = Type.Object({
+  url: Prefix,
+  onRequest: Type.Optional(Hook),
+  preParsing: Type.Optional(Hook),
+  preValidation: Type.Optional(Hook),
+  preHandler: Type.Optional(Hook),
+  preSerialization: Type.Optional(Hook),
+  onSend: Type.Optional(Hook),
+  onResponse: Type.Optional(Hook),
+  onTimeout: Type.Optional(Hook),
+  onError: Type.Optional(Hook),
+  onRequestAbort: Type.Optional(Hook),
+  errorHandler: Type.Optional(HookFn),
+  config: Type.Optional(Type.Object({}, { additionalProperties: true, errorMessage: 'must be an object' })),
+  logLevel: Type.Optional(Type.String({ minLength: 1, errorMessage: 'must be a log level' })),
+  constraints: Type.Optional(Type.Object({}, { additionalProperties: true, errorMessage: 'must be an object' })),
+  exposeHeadRoute: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' }))
+}, { additionalProperties: false })
+
 export const OptionsSchema = Type.Object({
   upstreams: Type.Optional(Type.Record(Type.String(), PoolSchema, { errorMessage: 'must be an object of pools' })),
   routes: Type.Optional(Type.Array(RouteSchema, { errorMessage: 'must be an array of routes' })),
@@ -253,10 +281,9 @@ export const OptionsSchema = Type.Object({
   onProxyError: Type.Optional(Fn),
   onTargetStateChange: Type.Optional(Fn),
   onRetry: Type.Optional(Fn),
-  statusRoute: Type.Optional(Type.Union([
-    Prefix,
-    Type.Object({ url: Prefix }, { additionalProperties: true })
-  ], { errorMessage: "must be a path starting with '/' or an object { url, ...route hooks }" })),
+  statusRoute: Type.Optional(Type.Union([Prefix, StatusRouteSchema], {
+    errorMessage: "must be a path starting with '/' or an object { url, ...route hooks }"
+  })),
   metrics: Type.Optional(Type.Union([
     Type.Boolean(),
     Type.Object({
@@ -280,9 +307,17 @@ export type BalancerOptions =
   | { type: 'consistent-hash', key?: HashKeyOption, tableSize?: number }
   | Balancer
   | BalancerFactory
-export type PoolOptions = Omit<Static<typeof PoolSchema>, 'balancer' | 'healthCheck' | 'headers' | 'responseHeaders' | 'discovery'> & {
+export type PoolOptions = Omit<Static<typeof PoolSchema>, 'targets' | 'balancer' | 'healthCheck' | 'headers' | 'responseHeaders' | 'discovery'> & ({
+  /** the targets; may be empty and filled at run time */
+  targets: TargetOptions[]
   /** where targets come from at run time: DNS A/AAAA, DNS SRV, or a source of your own */
   discovery?: DiscoveryOptions
+} | {
+  /** targets besides the discovered ones (default none) */
+  targets?: TargetOptions[]
+  /** where targets come from at run time: DNS A/AAAA, DNS SRV, or a source of your own */
+  discovery: DiscoveryOptions
+}) & {
   balancer?: BalancerOptions
   /** headers set on (or removed from) every request sent upstream */
   headers?: HeaderPolicyOptions
@@ -457,10 +492,43 @@ function describe (error: ValueError, base: string): string {
     }
   }
   const path = fieldPath(base, error.path)
-  if (error.type === ValueErrorType.ObjectAdditionalProperties) return `${path}: unknown option`
+  if (error.type === ValueErrorType.ObjectAdditionalProperties) {
+    const known = Object.keys((error.schema.properties ?? {}) as Record<string, unknown>)
+    const key = (error.path.split('/').pop() ?? '').replace(/~1/g, '/').replace(/~0/g, '~')
+    const guess = closest(key, known)
+    return `${path}: unknown option` + (guess === undefined ? '' : `, did you mean \`${guess}\`?`)
+  }
   if (error.type === ValueErrorType.ObjectRequiredProperty) return `${path}: is required`
   const message = (error.schema.errorMessage as string | undefined) ?? error.message
   return `${path}: ${message}`
+}
+
+/** The known key nearest to a misspelt one (at most two edits away), if any. */
+function closest (key: string, known: readonly string[]): string | undefined {
+  let best: string | undefined
+  let bestDistance = 3
+  for (const candidate of known) {
+    const distance = editDistance(key.toLowerCase(), candidate.toLowerCase())
+    if (distance < bestDistance) {
+      best = candidate
+      bestDistance = distance
+    }
+  }
+  return best
+}
+
+/** Levenshtein distance, one row at a time. */
+function editDistance (a: string, b: string): number {
+  if (Math.abs(a.length - b.length) > 2) return Infinity
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i]
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+    previous = row
+  }
+  return previous[b.length]
 }
 
 /** Throws FST_UPSTREAM_INVALID_OPTION naming the first invalid field. */
@@ -495,8 +563,12 @@ export function checkPoolName (name: string): void {
 
 export function normalizePool (input: PoolOptions, path: string): PoolConfig {
   check(PoolSchema, input, path)
+  // a pool with neither is most likely a mistake; `targets: []` says it is filled at run time
+  if (input.targets === undefined && input.discovery === undefined) {
+    throw new InvalidOptionError(`${path}.targets: is required (unless discovery is given)`)
+  }
   const seen = new Set<string>()
-  const targets = input.targets.map((t, i) => {
+  const targets = (input.targets ?? []).map((t, i) => {
     const target = normalizeTarget(t as TargetOptions, `${path}.targets[${i}]`)
     if (seen.has(target.url)) throw new InvalidOptionError(`${path}.targets[${i}].url: duplicate target ${target.url}`)
     seen.add(target.url)
@@ -593,7 +665,10 @@ export interface PluginOptions {
   onRetry?: (event: import('./events').RetryEvent) => void
   /** serves the status (JSON, or HTML to a browser) here, and Prometheus metrics at `/metrics` below it */
   statusRoute?: string | import('./status-route').StatusRouteOptions
-  /** metrics at `${statusRoute}/metrics` (default true): `false`, or `{ registry, prefix }` */
+  /**
+   * Prometheus metrics (default true): served at `${statusRoute}/metrics`, and added to
+   * `registry` when one is given, with or without a status route; `false` turns them off
+   */
   metrics?: boolean | import('./metrics').MetricsOptions
 }
 

@@ -182,6 +182,7 @@ export class UpstreamPool implements HealthHost {
   async removeTarget (url: string, options: RemoveTargetOptions = {}): Promise<void> {
     const target = this.mustGet(url)
     if (target.draining) throw new UnknownTargetError(this.name, `${url} (already being removed)`)
+    const before = target.state
     this.transition(target, (t) => { t.draining = true }, options.drain === true ? 'removed with drain' : 'removed')
     if (options.drain === true && target.inflight > 0) await this.waitIdle(target)
     const view = this.views.get(target) as TargetView
@@ -192,7 +193,8 @@ export class UpstreamPool implements HealthHost {
     this.prober?.remove(target)
     this.detector?.forget(target)
     this.slowStart.forget(target)
-    this.changed('removed', target, view, target.inflight > 0 ? `removed with ${target.inflight} request(s) still in flight` : 'removed')
+    const reason = target.inflight > 0 ? `removed with ${target.inflight} request(s) still in flight` : 'removed'
+    this.onStateChange({ kind: 'removed', pool: this.name, target: view, from: before, to: 'removed', reason })
     await this.connections.release(target.origin)
   }
 
@@ -232,7 +234,7 @@ export class UpstreamPool implements HealthHost {
   }
 
   /** Reports a change that is not a change of state. */
-  private changed (kind: 'added' | 'removed' | 'weight', target: Target, view: TargetView, reason: string): void {
+  private changed (kind: 'added' | 'weight', target: Target, view: TargetView, reason: string): void {
     this.onStateChange({ kind, pool: this.name, target: view, from: target.state, to: target.state, reason })
   }
 

@@ -63,8 +63,8 @@ function agreesWithRouter (params: Record<string, string | undefined>, mount: Mo
     }
   }
   const wildcard = params['*']
-  // `prefix` itself: nothing after it (a root mount's route is `/`)
-  if (wildcard === undefined) return rest === '' || (mount.depth === 0 && rest === '/')
+  // `prefix` itself, matched with or without a final `/` (a scope's `/api/`, a root mount's `/`)
+  if (wildcard === undefined) return rest === '' || rest === '/'
   if (rest.charCodeAt(0) !== 47) return false
   // most paths have nothing encoded: compare in place
   if (!rest.includes('%')) return rest.length === wildcard.length + 1 && rest.endsWith(wildcard)
@@ -129,13 +129,16 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     prefix: rawPrefix, upstream: pool, rewritePrefix: rawRewrite, methods, replyOptions, strictPaths, bodyTimeout, ...routeOptions
   } = route
   const prefix = stripTrailingSlash(rawPrefix)
-  const segments = prefix === '' ? [] : prefix.split('/').slice(1)
+  // the path a request has is the whole route path: the prefix of the scope the plugin is
+  // registered in (with its own :params, if any), then the mount's prefix
+  const full = stripTrailingSlash(fastify.prefix) + prefix
+  const segments = full === '' ? [] : full.split('/').slice(1)
   const params = new Map<string, number>()
   segments.forEach((segment, i) => { if (segment.startsWith(':')) params.set(segment.slice(1), i) })
   const mount: Mount = {
     depth: segments.length,
     upstream: compile(stripTrailingSlash(rawRewrite ?? ''), params, `routes[${index}].rewritePrefix`),
-    client: compile(prefix, params, `routes[${index}].prefix`),
+    client: compile(full, params, `routes[${index}].prefix`),
     params: [...params]
   }
   const strict = strictPaths === true
@@ -162,7 +165,9 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
       !agreesWithRouter(request.params as Record<string, string | undefined>, mount, segments, rest)) {
       return reply.send(new BadPathError())
     }
-    const upstreamPath = (render(mount.upstream, segments) + rest) || '/'
+    // empty for the mount's own root: the target's URL path (or `/`) then stands alone, as
+    // `rewritePrefix` would (`/api` -> `/base`, not `/base/`)
+    const upstreamPath = render(mount.upstream, segments) + rest
     // `//host/x` is a network-path reference: a target may read `host` as an authority
     if (upstreamPath.charCodeAt(1) === 47) return reply.send(new BadPathError())
     // without params the base is configuration and the rest was checked above; a param is

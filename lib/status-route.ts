@@ -1,27 +1,38 @@
-import type { FastifyInstance } from 'fastify'
+import type { Static } from '@sinclair/typebox'
+import type { FastifyInstance, RouteShorthandOptions } from 'fastify'
 import { UpstreamMetrics, type MetricsOptions } from './metrics'
+import type { StatusRouteSchema } from './options'
 import type { UpstreamRegistry } from './registry'
 import { StatusSchema, statusPage } from './status'
 
-export interface StatusRouteOptions {
+/**
+ * The status route: `url`, and Fastify's own route options for the keys the plugin
+ * accepts (hooks such as `onRequest`, `config`, `logLevel`, `constraints`, ...), typed as
+ * Fastify types them. The keys come from the schema that validates them.
+ */
+export interface StatusRouteOptions extends Pick<RouteShorthandOptions, Exclude<keyof Static<typeof StatusRouteSchema>, 'url'>> {
   /** where the status is served; metrics at `${url}/metrics` */
   url: string
-  /** Fastify hooks and options of the two routes, e.g. `onRequest` to authenticate */
-  [routeOption: string]: unknown
 }
 
 /**
- * Mounts the status route: JSON for programs (validated by its response schema), a
+ * Sets up the metrics and mounts the status route. Metrics exist when something reads them:
+ * the status route serves them, or they go into the user's registry (served by the user's
+ * own `/metrics`); with neither, nothing is created.
+ *
+ * The status route answers JSON for programs (validated by its response schema), a
  * self-refreshing HTML page for a browser (`Accept: text/html`), and Prometheus text at
  * `/metrics` below it. Both routes take the same Fastify hooks, so one `onRequest` guards both.
  */
-export function mountStatus (fastify: FastifyInstance, pools: UpstreamRegistry, route: StatusRouteOptions, metricsOptions: MetricsOptions | false): void {
+export function mountStatus (fastify: FastifyInstance, pools: UpstreamRegistry, route: StatusRouteOptions | undefined, metricsOptions: MetricsOptions | false): void {
+  const wanted = metricsOptions !== false && (route !== undefined || metricsOptions.registry !== undefined)
+  const metrics = wanted ? new UpstreamMetrics(pools, metricsOptions) : undefined
+  if (metrics !== undefined) fastify.addHook('onClose', async () => { metrics.close() })
+  if (route === undefined) return
+
   const { url, ...routeOptions } = route
   const base = url.replace(/\/+$/, '') || ''
   const page = statusPage()
-  const metrics = metricsOptions === false ? undefined : new UpstreamMetrics(pools, metricsOptions)
-  if (metrics !== undefined) fastify.addHook('onClose', async () => { metrics.close() })
-
   fastify.route({
     ...routeOptions,
     method: 'GET',

@@ -113,3 +113,17 @@ test('a custom discovery source plugs in with resolve()', async (t) => {
   await new Promise((resolve) => setTimeout(resolve, 300))
   t.equal(calls, after, 'no lookup after close')
 })
+
+test('a pool may be discovery alone, with no targets option', async (t) => {
+  const up = await startUpstream('u0')
+  const { app, url } = await startGateway({
+    upstreams: { api: { discovery: { resolve: async () => [up.url] } } },
+    routes: [{ prefix: '/', upstream: 'api' }]
+  })
+  t.teardown(async () => { await app.close(); await up.close() })
+  t.same(app.upstreams.get('api')?.targets.map((v) => v.url), [up.url])
+  const res = await fetch(`${url}/x`)
+  t.equal(res.status, 200)
+  t.equal(res.headers.get('x-upstream'), 'u0', 'proxied to the discovered target')
+  t.equal(up.hits, 1)
+})

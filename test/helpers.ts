@@ -160,7 +160,7 @@ export function delayed (delay: number): UpstreamHandler {
 }
 
 /** A state event as the health tests record it. */
-export interface StateEvent { url: string, from: TargetState, to: TargetState, reason: string, at: number }
+export interface StateEvent { url: string, from: TargetState, to: TargetState | 'removed', reason: string, at: number }
 
 export function recorder (): { events: StateEvent[], hook: FastifyUpstreamOptions['onTargetStateChange'] } {
   const events: StateEvent[] = []
@@ -238,4 +238,17 @@ export function readings (path: string): string[] {
     text = text.replace(/(?:%[0-9a-fA-F]{2})+/g, (escapes) => Buffer.from(escapes.replace(/%/g, ''), 'hex').toString('utf8'))
   }
   return out
+}
+
+/** The error registering the plugin with `options` fails with (the test fails when it does not). */
+export async function registerError (options: unknown): Promise<Error & { code?: string }> {
+  const app = Fastify()
+  try {
+    await app.register(fastifyUpstream, options as FastifyUpstreamOptions)
+    await app.ready()
+  } catch (error) {
+    return error as Error & { code?: string }
+  }
+  await app.close()
+  throw new Error('register did not throw')
 }

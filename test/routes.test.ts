@@ -142,3 +142,19 @@ test('route options: methods allow-list, hooks and schema validation run before 
   t.same(JSON.parse((await echo(good)).body), { name: 'ada' })
   t.equal(up.hits, 2, 'the denied and the invalid requests never reached the upstream')
 })
+
+test('a target URL with a path and a rewritePrefix of the same path send the same paths', async (t) => {
+  const up = await startUpstream('u0')
+  const { app, url } = await startGateway({
+    upstreams: { based: { targets: [`${up.url}/base`] }, plain: { targets: [up.url] } },
+    routes: [
+      { prefix: '/a', upstream: 'based' },
+      { prefix: '/b', upstream: 'plain', rewritePrefix: '/base' }
+    ]
+  })
+  t.teardown(async () => { await app.close(); await up.close() })
+  for (const [rest, expected] of [['', '/base'], ['/', '/base/'], ['/x', '/base/x'], ['?q=1', '/base?q=1'], ['/?q=1', '/base/?q=1']]) {
+    t.equal((await echo(fetch(`${url}/a${rest}`))).url, expected, `target path: /a${rest} -> ${expected}`)
+    t.equal((await echo(fetch(`${url}/b${rest}`))).url, expected, `rewritePrefix: /b${rest} -> ${expected}`)
+  }
+})

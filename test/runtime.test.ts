@@ -1,11 +1,13 @@
 import { test } from 'tap'
-import { load, startGateway, startUpstream, startUpstreams } from './helpers'
+import { load, recorder, startGateway, startUpstream, startUpstreams } from './helpers'
 
 test('targets can be added, re-weighted, disabled and removed while serving', async (t) => {
   const ups = await startUpstreams(3)
+  const { events, hook } = recorder()
   const { app, url } = await startGateway({
     upstreams: { pool: { targets: [ups[0].url] } },
-    routes: [{ prefix: '/', upstream: 'pool' }]
+    routes: [{ prefix: '/', upstream: 'pool' }],
+    onTargetStateChange: hook
   })
   t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const pool = app.upstreams.get('pool')
@@ -25,6 +27,8 @@ test('targets can be added, re-weighted, disabled and removed while serving', as
   t.equal(pool.target(ups[0].url)?.state, 'healthy')
   await pool.removeTarget(ups[1].url)
   t.equal(pool.target(ups[1].url), undefined)
+  t.match(events.slice(-2), [{ url: ups[1].url, from: 'healthy', to: 'draining' }, { url: ups[1].url, from: 'healthy', to: 'removed', reason: 'removed' }],
+    'the removal is told as healthy -> draining, then healthy -> removed')
   t.same(await load(url, 10, 2), { u0: 10 })
   t.same(pool.targets.map((v) => v.url), [ups[0].url])
 

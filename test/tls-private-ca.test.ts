@@ -22,7 +22,7 @@ test('a target signed by a private CA: untrusted by default (502, never reached)
   t.teardown(async () => { await app.close(); await up.close() })
   const untrusted = await fetch(`${url}/untrusted`)
   t.equal(untrusted.status, 502)
-  t.match(await untrusted.json(), { code: 'FST_UPSTREAM_CONNECT_FAILED' })
+  t.match(await untrusted.json(), { code: 'FST_UPSTREAM_CONNECT_FAILED', message: /tls\.ca/ }, 'the 502 says what to set')
   t.equal(up.hits, 0, 'no request reached the target over an unverified connection')
   const trusted = await fetch(`${url}/trusted`)
   t.equal(trusted.status, 200)
@@ -80,4 +80,15 @@ test('opting out of verification works and logs a warning at register', { skip }
   const res = await fetch(`http://127.0.0.1:${(app.server.address() as AddressInfo).port}/x`)
   t.equal(res.status, 200)
   await res.arrayBuffer()
+})
+
+test('a certificate that does not name the target: the 502 names tls.servername', { skip }, async (t) => {
+  const up = await startSecure()
+  const { app, url } = await startGateway({
+    upstreams: { wrong: { targets: [up.url.replace('127.0.0.1', 'localhost')], tls: { ca }, retry: { attempts: 0 } } }
+  }, (app) => { app.get('/wrong', (_request, reply) => reply.forward('wrong')) })
+  t.teardown(async () => { await app.close(); await up.close() })
+  const res = await fetch(`${url}/wrong`)
+  t.equal(res.status, 502)
+  t.match(await res.json(), { code: 'FST_UPSTREAM_CONNECT_FAILED', message: /ERR_TLS_CERT_ALTNAME_INVALID.*tls\.servername/ })
 })

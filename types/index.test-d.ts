@@ -1,4 +1,5 @@
-import Fastify, { type FastifyReply } from 'fastify'
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import { Registry } from 'prom-client'
 import { expectAssignable, expectError, expectType } from 'tsd'
 import fastifyUpstream, {
   fastifyUpstream as named,
@@ -50,8 +51,11 @@ app.register(fastifyUpstream, {
     }
   },
   routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users', methods: ['GET', 'POST'], strictPaths: true, bodyTimeout: 10000 }],
-  onSelect: (event) => { expectType<TargetView>(event.target) },
-  onTargetStateChange: (event) => { expectType<TargetState>(event.to) },
+  onSelect: (event) => {
+    expectType<TargetView>(event.target)
+    expectType<number>(event.attempt)
+  },
+  onTargetStateChange: (event) => { expectType<TargetState>(event.from); expectType<TargetState | 'removed'>(event.to) },
   onRetry: (event) => { expectType<number>(event.attempt) }
 })
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], healthCheck: { active: { type: 'udp' } } } } }))
@@ -73,6 +77,32 @@ expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], respo
 expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x' }] }))
 expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x', upstream: 'u', strictPaths: 'yes' }] }))
 expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x', upstream: 'u', bodyTimeout: '1s' }] }))
+
+// a discovery pool needs no targets; a pool needs one or the other
+expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { discovery: { resolve: async () => ['http://127.0.0.1:3001'] } } } })
+expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { discovery: { type: 'dns', hostname: 'api.internal', port: 8080 } } } })
+expectError(app.register(fastifyUpstream, { upstreams: { a: {} } }))
+
+// statusRoute takes Fastify's own route hooks and options
+app.register(fastifyUpstream, {
+  statusRoute: {
+    url: '/_upstreams',
+    onRequest: async (request, reply) => {
+      expectType<FastifyRequest>(request)
+      expectType<FastifyReply>(reply)
+    },
+    preHandler: [(_request, _reply, done) => { done() }],
+    config: { ops: true },
+    logLevel: 'warn'
+  }
+})
+expectError(app.register(fastifyUpstream, { statusRoute: { url: '/_upstreams', onRequst: async () => {} } }))
+expectError(app.register(fastifyUpstream, { statusRoute: { url: '/_upstreams', onRequest: 'auth' } }))
+expectError(app.register(fastifyUpstream, { statusRoute: { url: '/_upstreams', onRequest: (request: string) => request } }))
+expectError(app.register(fastifyUpstream, { statusRoute: { url: '/_upstreams', schema: {} } }))
+expectError(app.register(fastifyUpstream, { statusRoute: { url: 42 } }))
+// metrics into your own registry, with or without a status route
+expectAssignable<FastifyUpstreamOptions>({ metrics: { registry: new Registry(), prefix: 'gw_' } })
 
 // decorators
 const pool = app.upstreams.get('users')
@@ -99,3 +129,18 @@ app.get('/me', (_request, reply) => {
   return reply.forward('users')
 })
 expectError(app.get('/x', (_request, reply) => reply.forward()))
+
+// what the upstream did for a request, for access logs
+app.addHook('onResponse', async (request) => {
+  const upstream = request.upstream
+  if (upstream === null) return
+  expectType<string>(upstream.pool)
+  expectType<string | undefined>(upstream.target)
+  expectType<number | undefined>(upstream.status)
+  expectType<string>(upstream.attempts[0].target)
+  expectType<number | undefined>(upstream.attempts[0].status)
+  expectType<string | undefined>(upstream.attempts[0].error)
+  expectType<number | undefined>(upstream.attempts[0].time)
+  expectError(upstream.attempts.push(upstream.attempts[0]))
+})
+expectError(app.addHook('onResponse', async (request) => { request.upstream = null }))
