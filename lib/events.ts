@@ -1,11 +1,12 @@
 import * as diagnostics from 'node:diagnostics_channel'
+import type { FastifyRequest } from 'fastify'
 import type { TargetState, TargetView } from './target'
 
 /** Published after a target is selected for an attempt of a request: the first and each retry. */
 export interface SelectEvent {
   pool: string
   target: TargetView
-  request: unknown
+  request: FastifyRequest
   /** the attempt the target was selected for: 0 for the first, 1 for the first retry */
   attempt: number
 }
@@ -14,7 +15,7 @@ export interface SelectEvent {
 export interface ProxyErrorEvent {
   pool: string
   target: TargetView
-  request: unknown
+  request: FastifyRequest
   /** the error sent to the client (with its stable `code` and `statusCode`) */
   error: Error & { code: string, statusCode: number }
 }
@@ -37,7 +38,7 @@ export interface TargetStateEvent {
 /** Published before a failed attempt is tried again. */
 export interface RetryEvent {
   pool: string
-  request: unknown
+  request: FastifyRequest
   /** the attempt about to start (1 for the first retry) */
   attempt: number
   /** the target that failed */

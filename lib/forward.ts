@@ -1,13 +1,13 @@
 import { performance } from 'node:perf_hooks'
 import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { FastifyReplyFromHooks } from '@fastify/reply-from'
-import { BadGatewayError, BadHeaderError, BadPathError, ConnectError, NoTargetError, OverloadedError, TimeoutError, UnknownPoolError } from './errors'
+import type { ForwardOptions } from './contracts'
+import { BadGatewayError, BadHeaderError, BadPathError, ConnectError, InvalidOptionError, NoTargetError, OverloadedError, TimeoutError, UnknownPoolError } from './errors'
 import { channels, type ProxyErrorEvent, type RetryEvent, type SelectEvent } from './events'
-import type { PluginOptions } from './options'
+import { closest, type PluginOptions } from './options'
 import { countFailure } from './outlier-detector'
-import type { UpstreamPool } from './pool'
-import type { UpstreamRegistry } from './registry'
+import type { Pool } from './pool'
+import type { PoolRegistry } from './registry'
 import { backoff, mayRetry } from './retry'
 import { LazyBody } from './replayable-body'
 import { buffersResponse, readWhole, type BufferedResponseSink } from './response-buffer'
@@ -18,12 +18,10 @@ import type { ReplyFrom } from './reply-from'
 import { attemptAttributes, attemptOf, outcomeOf, type UpstreamAttempt, type UpstreamOutcome } from './outcome'
 import type { Target } from './target'
 
-/** Per-call options of `reply.forward`: `url` plus the per-call options of `reply.from`. */
-export interface ForwardOptions extends FastifyReplyFromHooks {
-  /** the path (and optional query) sent upstream; default: the request's own path */
-  url?: string
-  [option: string]: unknown
-}
+/** The keys of ForwardOptions (see contracts.ts): what `prepare` accepts. */
+const FORWARD_OPTIONS: ReadonlyArray<keyof ForwardOptions> = [
+  'url', 'queryString', 'contentType', 'onResponse', 'onError', 'body', 'rewriteHeaders', 'rewriteRequestHeaders', 'method', 'timeout'
+]
 
 // reply-from's hook types are generic over every server type; the plugin works with the
 // default HTTP/1 ones and hands the callbacks through untouched.
@@ -75,7 +73,7 @@ export const requestDecorations = [
 
 interface ForwardState {
   [kTarget]: Target | null
-  [kPool]: UpstreamPool | null
+  [kPool]: Pool | null
   [kStart]: number
   [kPrepared]: PreparedOptions | null
   [kPath]: string
@@ -112,7 +110,7 @@ function upstreamOf (this: FastifyRequest): UpstreamOutcome | null {
 /** The tracing span attributes of the attempt being sent for `request` (see UpstreamDispatcher). */
 export function spanAttributes (request: FastifyRequest): Record<string, string | number> {
   const state = request as StatefulRequest
-  return attemptAttributes((state[kPool] as UpstreamPool).name, state[kAttempts])
+  return attemptAttributes((state[kPool] as Pool).name, state[kAttempts])
 }
 
 type Hooks = Pick<PluginOptions, 'onSelect' | 'onProxyError' | 'onRetry'>
@@ -196,7 +194,7 @@ function applyHeaders (reply: FastifyReply, request: StatefulRequest): void {
 }
 
 /** The raw response of a retried request carries the pool whose retry budget it holds. */
-type RawResponse = FastifyReply['raw'] & { [kPool]?: UpstreamPool }
+type RawResponse = FastifyReply['raw'] & { [kPool]?: Pool }
 
 // A shared listener, not a closure per request: when the response to a retried request
 // closes (finished, failed or aborted), it gives back its retry budget.
@@ -210,7 +208,7 @@ function onRetriedResponseClosed (this: RawResponse): void {
 
 /** Glue to `@fastify/reply-from`: selects a target, proxies, retries, and accounts for the outcome. */
 export class Forwarder implements BufferedResponseSink {
-  private readonly registry: UpstreamRegistry
+  private readonly registry: PoolRegistry
   private readonly dispatcher: UpstreamDispatcher
   private readonly hooks: Hooks
   private readonly router: RouterPathOptions
@@ -218,7 +216,7 @@ export class Forwarder implements BufferedResponseSink {
   private readonly from: ReplyFrom
   readonly defaults: PreparedOptions
 
-  constructor (registry: UpstreamRegistry, dispatcher: UpstreamDispatcher, hooks: Hooks, router: RouterPathOptions, from: ReplyFrom) {
+  constructor (registry: PoolRegistry, dispatcher: UpstreamDispatcher, hooks: Hooks, router: RouterPathOptions, from: ReplyFrom) {
     this.registry = registry
     this.dispatcher = dispatcher
     this.hooks = hooks
@@ -227,7 +225,21 @@ export class Forwarder implements BufferedResponseSink {
     this.defaults = this.prepare(undefined)
   }
 
-  prepare (options: ForwardOptions | undefined, rewriteLocation?: RewriteLocation): PreparedOptions {
+  /**
+   * Prepares per-call options; an option it does not know is an error naming `field` (a
+   * misspelt `url` would otherwise proxy the request's own path without a word).
+   */
+  prepare (options: ForwardOptions | undefined, rewriteLocation?: RewriteLocation, field = 'reply.forward options'): PreparedOptions {
+    if (options !== undefined) {
+      for (const key of Object.keys(options)) {
+        if (FORWARD_OPTIONS.includes(key as keyof ForwardOptions)) continue
+        const guess = closest(key, FORWARD_OPTIONS)
+        const why = key === 'retriesCount' || key === 'retryDelay' || key === 'maxRetriesOn503' || key === 'getUpstream'
+          ? ': retries and the choice of target are the plugin\'s own (see the pool\'s retry option)'
+          : (guess === undefined ? '' : `, did you mean \`${guess}\`?`)
+        throw new InvalidOptionError(`${field}.${key}: unknown option${why}`)
+      }
+    }
     const from: ReplyFromOptions = {
       ...options,
       onResponse: this.onResponse,
@@ -239,9 +251,6 @@ export class Forwarder implements BufferedResponseSink {
     // retries and failover are the plugin's own: reply-from would retry the same target
     // (its own retries are off for every method, see the registration in index.ts)
     delete from.url
-    delete from.retryDelay
-    delete from.retriesCount
-    delete from.maxRetriesOn503
     return Object.freeze({
       from: Object.freeze(from),
       onResponse: options?.onResponse as OnResponse | undefined,
@@ -290,7 +299,7 @@ export class Forwarder implements BufferedResponseSink {
     return this.send(reply, request, target)
   }
 
-  private selected (request: StatefulRequest, pool: UpstreamPool, target: Target, attempt: number): void {
+  private selected (request: StatefulRequest, pool: Pool, target: Target, attempt: number): void {
     const event: SelectEvent = { pool: pool.name, target: pool.viewOf(target), request, attempt }
     this.hooks.onSelect?.(event)
     channels.select.publish(event)
@@ -308,7 +317,7 @@ export class Forwarder implements BufferedResponseSink {
     if (body !== null) request.body = new LazyBody(body)
     const dispatcher = this.dispatcher
     dispatcher.target = target
-    dispatcher.detector = (request[kPool] as UpstreamPool).detector
+    dispatcher.detector = (request[kPool] as Pool).detector
     dispatcher.forwarded = request
     let thrown: unknown
     try {
@@ -330,7 +339,7 @@ export class Forwarder implements BufferedResponseSink {
     return reply.send(thrown instanceof Error ? thrown : new Error(String(thrown)))
   }
 
-  private unavailable (reply: FastifyReply, pool: UpstreamPool): FastifyReply {
+  private unavailable (reply: FastifyReply, pool: Pool): FastifyReply {
     if (pool.saturated) {
       reply.header('retry-after', 1)
       return reply.send(new OverloadedError(pool.name))
@@ -346,7 +355,7 @@ export class Forwarder implements BufferedResponseSink {
    */
   private retry (reply: FastifyReply, failed: Target, reason: string, nothingSent: boolean): boolean {
     const request = reply.request as StatefulRequest
-    const pool = request[kPool] as UpstreamPool
+    const pool = request[kPool] as Pool
     // nobody to answer: a client that has gone gets no retry (nor holds retry budget)
     if (reply.sent || reply.raw.destroyed || this.registry.get(pool.name) !== pool) return false
     const facts = {
@@ -398,7 +407,7 @@ export class Forwarder implements BufferedResponseSink {
 
   private readonly rewriteRequestHeaders = (request: FastifyRequest, headers: HeaderRecord): HeaderRecord => {
     const state = request as StatefulRequest
-    const policed = (state[kPool] as UpstreamPool).headers.request(request, headers)
+    const policed = (state[kPool] as Pool).headers.request(request, headers)
     const user = (state[kPrepared] as PreparedOptions).rewriteRequestHeaders
     return user === undefined ? policed : user(request, policed)
   }
@@ -414,7 +423,7 @@ export class Forwarder implements BufferedResponseSink {
   private readonly rewriteHeaders = (headers: HeaderRecord, request: FastifyRequest): HeaderRecord => {
     const state = request as StatefulRequest
     try {
-      const policed = (state[kPool] as UpstreamPool).headers.response(request, headers)
+      const policed = (state[kPool] as Pool).headers.response(request, headers)
       const prepared = state[kPrepared] as PreparedOptions
       const location = policed.location
       if (prepared.rewriteLocation !== undefined && typeof location === 'string') policed.location = prepared.rewriteLocation(location, request)
@@ -435,7 +444,7 @@ export class Forwarder implements BufferedResponseSink {
   private readonly onResponse = (request: FastifyRequest, reply: FastifyReply, res: UpstreamResponse): void => {
     const state = request as StatefulRequest
     const target = state[kTarget] as Target
-    const pool = state[kPool] as UpstreamPool
+    const pool = state[kPool] as Pool
     const now = performance.now()
     const elapsed = now - state[kStart]
     target.observeLatency(elapsed, now)
@@ -486,7 +495,7 @@ export class Forwarder implements BufferedResponseSink {
   private readonly onError = (reply: FastifyReply, { error }: { error: Error }): void => {
     const request = reply.request as StatefulRequest
     const mapped = upstreamError(error)
-    if (!notTheTargets(mapped)) countFailure(request[kTarget] as Target, (request[kPool] as UpstreamPool).detector, performance.now())
+    if (!notTheTargets(mapped)) countFailure(request[kTarget] as Target, (request[kPool] as Pool).detector, performance.now())
     this.failed(reply, mapped, neverSent(mapped))
   }
 
@@ -494,7 +503,7 @@ export class Forwarder implements BufferedResponseSink {
   private failed (reply: FastifyReply, mapped: MappedError, nothingSent: boolean): void {
     const request = reply.request as StatefulRequest
     const target = request[kTarget] as Target
-    const pool = request[kPool] as UpstreamPool
+    const pool = request[kPool] as Pool
     request[kError] = mapped.code
     // to the failure, or to the headers when the target had answered (and its body failed)
     if (request[kStatus] === 0) request[kTime] = performance.now() - request[kStart]

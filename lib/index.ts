@@ -2,9 +2,10 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
 import { UpstreamDispatcher } from './dispatcher'
 import { AlreadyRegisteredError } from './errors'
-import { Forwarder, requestDecorations, type ForwardOptions } from './forward'
+import type { ForwardOptions } from './contracts'
+import { Forwarder, requestDecorations } from './forward'
 import { normalizeOptions, type PluginOptions } from './options'
-import { UpstreamRegistry } from './registry'
+import { PoolRegistry } from './registry'
 import { setUpReplyFrom } from './reply-from'
 import { mountRoute, routerPathOptions } from './routes'
 import { mountStatus } from './status-route'
@@ -16,8 +17,7 @@ import type {
 } from './options'
 import type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from './balancers/types'
 import type { TargetView, TargetState, TargetStatus } from './target'
-import type { UpstreamPool, PoolStatus, RemoveTargetOptions } from './pool'
-import type { RegistryStatus } from './registry'
+import type { UpstreamPool, UpstreamRegistry, PoolStatus, RegistryStatus, RemoveTargetOptions } from './contracts'
 import type { MetricsOptions } from './metrics'
 import { DnsSource, DnsSrvSource, type DiscoverySource, type DiscoveredTargets } from './discovery'
 import type { StatusRouteOptions } from './status-route'
@@ -62,14 +62,14 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   if (fastify.hasDecorator('upstreams')) throw new AlreadyRegisteredError()
 
   const dispatcher = new UpstreamDispatcher()
-  const registry = new UpstreamRegistry(fastify.log, config.onTargetStateChange)
+  const registry = new PoolRegistry(fastify.log, config.onTargetStateChange)
   for (const [name, pool] of config.pools) registry.add(name, pool)
   const router = routerPathOptions(fastify)
   // reply-from's own retries go back to the same target: off (an empty method list turns
   // them off without a per-request callback); the plugin retries on other targets itself
   const from = setUpReplyFrom(fastify, { undici: dispatcher as never, disableRequestLogging: true, retryMethods: [] })
   const forwarder = new Forwarder(registry, dispatcher, config, router, from)
-  fastify.decorate('upstreams', registry)
+  fastify.decorate('upstreams', registry.api)
   for (const [key, initial] of requestDecorations) fastify.decorateRequest(key, initial as null)
   fastify.decorateReply('forward', function forward (this, name: string, options?: ForwardOptions) {
     return forwarder.forward(this, name, options?.url, options === undefined ? forwarder.defaults : forwarder.prepare(options))

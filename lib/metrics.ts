@@ -1,5 +1,5 @@
 import { Registry } from 'prom-client'
-import type { UpstreamRegistry } from './registry'
+import type { PoolRegistry } from './registry'
 import { LATENCY_BUCKETS, type Target } from './target'
 
 /**
@@ -19,10 +19,10 @@ class Collector {
   readonly help: string
   readonly type: Family['type']
   readonly aggregator = 'sum' as const
-  private readonly pools: UpstreamRegistry
+  private readonly pools: PoolRegistry
   private readonly each: Each
 
-  constructor (name: string, help: string, type: Family['type'], pools: UpstreamRegistry, each: Each) {
+  constructor (name: string, help: string, type: Family['type'], pools: PoolRegistry, each: Each) {
     this.name = name
     this.help = help
     this.type = type
@@ -60,7 +60,7 @@ export class UpstreamMetrics {
   readonly registry: Registry
   private readonly names: string[] = []
 
-  constructor (pools: UpstreamRegistry, options: MetricsOptions = {}) {
+  constructor (pools: PoolRegistry, options: MetricsOptions = {}) {
     this.registry = options.registry ?? new Registry()
     const prefix = options.prefix ?? 'fastify_upstream_'
     const counter = (name: string, help: string, read: (t: Target) => number): Collector =>

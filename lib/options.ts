@@ -212,51 +212,17 @@ export const PoolSchema = Type.Object({
 const METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'] as const
 const Method = Type.Union(METHODS.map((m) => Type.Literal(m)), { errorMessage: `must be one of ${METHODS.join(', ')}` })
 const Prefix = Type.String({ pattern: '^/', errorMessage: "must be a path starting with '/'" })
-const Unknown = Type.Optional(Type.Unknown())
-
-export const RouteSchema = Type.Object({
-  prefix: Prefix,
-  upstream: Type.String({ minLength: 1, errorMessage: 'must be the name of a pool' }),
-  rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$', errorMessage: "must be '' or a path starting with '/'" })),
-  methods: Type.Optional(Type.Array(Method, { minItems: 1, errorMessage: 'must be a non-empty array of HTTP methods' })),
-  /** per-call options passed to `reply.from` (rewriteRequestHeaders, rewriteHeaders, ...) */
-  replyOptions: Type.Optional(Type.Object({}, { additionalProperties: true, errorMessage: 'must be an object' })),
-  // Fastify route options passed through to `fastify.route()`
-  schema: Unknown,
-  config: Unknown,
-  /** refuse paths that a normalising target may read as another path: `//` and `;` (see README, Security) */
-  strictPaths: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' })),
-  bodyLimit: Type.Optional(Type.Integer({ minimum: 0, errorMessage: 'must be an integer >= 0' })),
-  /** longest pause (ms) of a client sending a proxied body before 408 */
-  bodyTimeout: Type.Optional(Type.Integer({ minimum: 1, errorMessage: 'must be an integer >= 1 (milliseconds)' })),
-  handlerTimeout: Type.Optional(Type.Integer({ minimum: 1, errorMessage: 'must be an integer >= 1 (milliseconds)' })),
-  logLevel: Unknown,
-  constraints: Unknown,
-  errorHandler: Unknown,
-  attachValidation: Unknown,
-  exposeHeadRoute: Unknown,
-  onRequest: Unknown,
-  preParsing: Unknown,
-  preValidation: Unknown,
-  preHandler: Unknown,
-  preSerialization: Unknown,
-  onSend: Unknown,
-  onResponse: Unknown,
-  onTimeout: Unknown,
-  onError: Unknown,
-  onRequestAbort: Unknown
-}, { additionalProperties: false })
 
 const HookFn = Type.Function([Type.Any()], Type.Any(), { errorMessage: 'must be a function' })
 const Hook = Type.Union([HookFn, Type.Array(HookFn)], { errorMessage: 'must be a function or an array of functions' })
+const AnObject = Type.Object({}, { additionalProperties: true, errorMessage: 'must be an object' })
 
 /**
- * The status and metrics routes: `url`, and the Fastify route options that make sense for
- * two fixed GET routes (their schema and handlers are the plugin's). A misspelt hook must
- * fail here: otherwise the page it was meant to guard is served to anyone.
+ * Fastify's own route options that the plugin passes through to `fastify.route()` (for a
+ * mount's routes, and the status route): checked here for their shape, typed as Fastify
+ * types them (see RouteOptions and StatusRouteOptions).
  */
-export const StatusRouteSchema = Type.Object({
-  url: Prefix,
+const FastifyRouteFields = {
   onRequest: Type.Optional(Hook),
   preParsing: Type.Optional(Hook),
   preValidation: Type.Optional(Hook),
@@ -268,11 +234,47 @@ export const StatusRouteSchema = Type.Object({
   onError: Type.Optional(Hook),
   onRequestAbort: Type.Optional(Hook),
   errorHandler: Type.Optional(HookFn),
-  config: Type.Optional(Type.Object({}, { additionalProperties: true, errorMessage: 'must be an object' })),
+  config: Type.Optional(AnObject),
   logLevel: Type.Optional(Type.String({ minLength: 1, errorMessage: 'must be a log level' })),
-  constraints: Type.Optional(Type.Object({}, { additionalProperties: true, errorMessage: 'must be an object' })),
+  constraints: Type.Optional(AnObject),
   exposeHeadRoute: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' }))
+}
+
+export const StatusRouteSchema = Type.Object({
+  url: Prefix,
+  ...FastifyRouteFields
 }, { additionalProperties: false })
+
+export const RouteSchema = Type.Object({
+  prefix: Prefix,
+  upstream: Type.String({ minLength: 1, errorMessage: 'must be the name of a pool' }),
+  rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$', errorMessage: "must be '' or a path starting with '/'" })),
+  methods: Type.Optional(Type.Array(Method, { minItems: 1, errorMessage: 'must be a non-empty array of HTTP methods' })),
+  /** per-call options passed to `reply.from` (rewriteRequestHeaders, rewriteHeaders, ...) */
+  replyOptions: Type.Optional(Type.Object({}, { additionalProperties: true, errorMessage: 'must be an object' })),
+  /** refuse paths that a normalising target may read as another path: `//` and `;` (see README, Security) */
+  strictPaths: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' })),
+  /** longest pause (ms) of a client sending a proxied body before 408 */
+  bodyTimeout: Type.Optional(Type.Integer({ minimum: 1, errorMessage: 'must be an integer >= 1 (milliseconds)' })),
+  // Fastify's route options, passed through to `fastify.route()`
+  ...FastifyRouteFields,
+  schema: Type.Optional(AnObject),
+  bodyLimit: Type.Optional(Type.Integer({ minimum: 0, errorMessage: 'must be an integer >= 0' })),
+  handlerTimeout: Type.Optional(Type.Integer({ minimum: 1, errorMessage: 'must be an integer >= 1 (milliseconds)' })),
+  attachValidation: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' })),
+  validatorCompiler: Type.Optional(HookFn),
+  serializerCompiler: Type.Optional(HookFn),
+  schemaErrorFormatter: Type.Optional(HookFn),
+  childLoggerFactory: Type.Optional(HookFn),
+  logSerializers: Type.Optional(AnObject),
+  prefixTrailingSlash: Type.Optional(Type.Union(['slash', 'no-slash', 'both'].map((v) => Type.Literal(v)), { errorMessage: "must be 'slash', 'no-slash' or 'both'" }))
+}, { additionalProperties: false })
+
+/**
+ * The status and metrics routes: `url`, and the Fastify route options that make sense for
+ * two fixed GET routes (their schema and handlers are the plugin's). A misspelt hook must
+ * fail here: otherwise the page it was meant to guard is served to anyone.
+ */
 
 export const OptionsSchema = Type.Object({
   upstreams: Type.Optional(Type.Record(Type.String(), PoolSchema, { errorMessage: 'must be an object of pools' })),
@@ -325,7 +327,13 @@ export type PoolOptions = Omit<Static<typeof PoolSchema>, 'targets' | 'balancer'
   responseHeaders?: HeaderPolicyOptions
   healthCheck?: { active?: ActiveCheckOptions, passive?: PassiveCheckOptions }
 }
-export type RouteOptions = Static<typeof RouteSchema>
+/** The plugin's own route options; the others are Fastify's route options, typed as Fastify types them. */
+type OwnRouteKeys = 'prefix' | 'upstream' | 'rewritePrefix' | 'methods' | 'replyOptions' | 'strictPaths' | 'bodyTimeout'
+export type RouteOptions = Pick<Static<typeof RouteSchema>, Exclude<OwnRouteKeys, 'replyOptions'>> &
+Pick<import('fastify').RouteShorthandOptions, Exclude<keyof Static<typeof RouteSchema>, OwnRouteKeys>> & {
+  /** per-call options of `reply.from` for every request of the mount (as `reply.forward` takes them, without `url`) */
+  replyOptions?: Omit<import('./contracts').ForwardOptions, 'url'>
+}
 export type ActiveCheckOptions = Omit<Static<typeof ActiveCheckSchema>, 'check'> & {
   /** a custom probe: resolve true when the target is healthy */
   check?: (target: import('./target').TargetView) => boolean | Promise<boolean>
@@ -504,7 +512,7 @@ function describe (error: ValueError, base: string): string {
 }
 
 /** The known key nearest to a misspelt one (at most two edits away), if any. */
-function closest (key: string, known: readonly string[]): string | undefined {
+export function closest (key: string, known: readonly string[]): string | undefined {
   let best: string | undefined
   let bestDistance = 3
   for (const candidate of known) {

@@ -4,6 +4,7 @@ import { createBalancer, balancerName } from './balancers'
 import type { Balancer, SelectRequest } from './balancers/types'
 import { connector, TargetConnections } from './dispatcher'
 import { DuplicateError, InvalidOptionError, UnknownPoolError, UnknownTargetError } from './errors'
+import type { PoolStatus, RemoveTargetOptions, UpstreamPool } from './contracts'
 import type { TargetStateEvent } from './events'
 import type { HealthHost } from './health-host'
 import { normalizeTarget, type PoolConfig, type TargetOptions } from './options'
@@ -12,22 +13,7 @@ import { createSource, Discoverer } from './discovery'
 import type { Logger } from './events'
 import { HeaderPolicy } from './security'
 import { SlowStart } from './slow-start'
-import { Target, statusOf, viewOf, type TargetStatus, type TargetView } from './target'
-
-export interface PoolStatus {
-  name: string
-  balancer: string
-  /** targets that may take requests */
-  available: number
-  /** fewer than `panicThreshold` percent of the primaries are available: balancing over all */
-  panic: boolean
-  targets: TargetStatus[]
-}
-
-export interface RemoveTargetOptions {
-  /** stop new requests and wait for in-flight ones (up to the pool's `drainTimeout`) */
-  drain?: boolean
-}
+import { Target, statusOf, viewOf, type TargetView } from './target'
 
 const silent: Logger = { info () {}, warn () {} }
 
@@ -40,7 +26,7 @@ export type StateChangeListener = (event: TargetStateEvent) => void
  * available; all of them in panic), and opens and closes each target's connection pool.
  * It knows nothing of Fastify.
  */
-export class UpstreamPool implements HealthHost {
+export class Pool implements HealthHost {
   readonly name: string
   readonly config: PoolConfig
   private readonly balancer: Balancer
@@ -63,6 +49,9 @@ export class UpstreamPool implements HealthHost {
   panic = false
   /** retries in flight (for the retry budget) */
   retriesInFlight = 0
+
+  /** what users get for this pool (see contracts.ts) */
+  readonly api: UpstreamPool = poolApi(this)
 
   constructor (name: string, config: PoolConfig, onStateChange: StateChangeListener = () => {}, log: Logger = silent) {
     this.name = name
@@ -357,4 +346,29 @@ export class UpstreamPool implements HealthHost {
   private assertOpen (): void {
     if (this.closed) throw new UnknownPoolError(this.name)
   }
+}
+
+/** Each public face's pool, for the plugin's own parts and tests (not exported by the package). */
+const internals = new WeakMap<UpstreamPool, Pool>()
+
+/** The pool behind a public face. */
+export function internalPool (api: UpstreamPool): Pool | undefined {
+  return internals.get(api)
+}
+
+/** The public face of `pool`: the README's members, reaching the pool by closure only. */
+function poolApi (pool: Pool): UpstreamPool {
+  const api: UpstreamPool = Object.freeze({
+    get name () { return pool.name },
+    get targets () { return pool.targets },
+    target: (url: string) => pool.target(url),
+    select: (request: SelectRequest) => pool.select(request),
+    addTarget: (target: TargetOptions) => pool.addTarget(target),
+    removeTarget: async (url: string, options?: RemoveTargetOptions) => await pool.removeTarget(url, options),
+    setWeight: (url: string, weight: number) => pool.setWeight(url, weight),
+    setState: (url: string, state: 'disabled' | 'enabled') => pool.setState(url, state),
+    status: () => pool.status()
+  })
+  internals.set(api, pool)
+  return api
 }

@@ -1,18 +1,18 @@
 import { DuplicateError, UnknownPoolError } from './errors'
 import { channels, type Logger, type TargetStateEvent } from './events'
 import { checkPoolName, normalizePool, type PluginOptions, type PoolOptions } from './options'
-import { UpstreamPool, type PoolStatus } from './pool'
-
-export interface RegistryStatus {
-  pools: Record<string, PoolStatus>
-}
+import type { PoolStatus, RegistryStatus, UpstreamPool, UpstreamRegistry } from './contracts'
+import { Pool } from './pool'
 
 /** `fastify.upstreams`: the named pools of one plugin instance. */
-export class UpstreamRegistry implements Iterable<UpstreamPool> {
-  private readonly pools = new Map<string, UpstreamPool>()
+export class PoolRegistry implements Iterable<Pool> {
+  private readonly pools = new Map<string, Pool>()
   private readonly log: Logger
   private readonly hook: PluginOptions['onTargetStateChange']
   private started = false
+
+  /** what users get as `app.upstreams` (see contracts.ts) */
+  readonly api: UpstreamRegistry = registryApi(this)
 
   constructor (log: Logger, hook?: PluginOptions['onTargetStateChange']) {
     this.log = log
@@ -23,7 +23,7 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
     return this.pools.size
   }
 
-  get (name: string): UpstreamPool | undefined {
+  get (name: string): Pool | undefined {
     return this.pools.get(name)
   }
 
@@ -35,11 +35,11 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
    * Adds a pool, validating its options as register does. Works before and after `ready`;
    * after it, the pool's active checks start at once.
    */
-  add (name: string, options: PoolOptions): UpstreamPool {
+  add (name: string, options: PoolOptions): Pool {
     checkPoolName(name)
     if (this.pools.has(name)) throw new DuplicateError(`Upstream pool "${name}"`)
     const config = normalizePool(options, `upstreams.${name}`)
-    const pool = new UpstreamPool(name, config, this.stateChanged, this.log)
+    const pool = new Pool(name, config, this.stateChanged, this.log)
     if (config.tls.rejectUnauthorized === false) {
       this.log.warn({ pool: name }, 'TLS certificates of this pool\'s targets are NOT verified (tls.rejectUnauthorized: false)')
     }
@@ -66,7 +66,7 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
     return { pools }
   }
 
-  [Symbol.iterator] (): Iterator<UpstreamPool> {
+  [Symbol.iterator] (): Iterator<Pool> {
     return this.pools.values()
   }
 
@@ -97,4 +97,20 @@ export class UpstreamRegistry implements Iterable<UpstreamPool> {
     this.hook?.(event)
     channels.targetState.publish(event)
   }
+}
+
+/** The public face of `registry`: the README's members, handing out each pool's own face. */
+function registryApi (registry: PoolRegistry): UpstreamRegistry {
+  return Object.freeze({
+    get size () { return registry.size },
+    get: (name: string) => registry.get(name)?.api,
+    has: (name: string) => registry.has(name),
+    add: (name: string, options: PoolOptions) => registry.add(name, options).api,
+    remove: async (name: string) => await registry.remove(name),
+    status: () => registry.status(),
+    keys: () => registry.keys(),
+    * [Symbol.iterator] (): Iterator<UpstreamPool> {
+      for (const pool of registry) yield pool.api
+    }
+  })
 }

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions as FastifyRouteOptions } from 'fastify'
 import { BadPathError, BodyTooLargeError, InvalidOptionError } from './errors'
-import type { ForwardOptions, Forwarder } from './forward'
+import type { ForwardOptions } from './contracts'
+import type { Forwarder } from './forward'
 import { kTarget } from './forward'
 import { DEFAULTS, type RouteOptions } from './options'
 import { isSafePath, isValidQuery, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
@@ -149,7 +150,7 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     const split = hasParams ? routedPath(target, pathEnd(target, router.semicolonDelimiter), router).split('/') : undefined
     return rewriteLocation(location, request, mount, split)
   }
-  const prepared = forwarder.prepare(replyOptions as ForwardOptions | undefined, rewriteLocationOf)
+  const prepared = forwarder.prepare(replyOptions as ForwardOptions | undefined, rewriteLocationOf, `routes[${index}].replyOptions`)
 
   function handler (request: FastifyRequest, reply: FastifyReply): FastifyReply {
     // the target Fastify routed by: an absolute-form target keeps its authority in the raw URL

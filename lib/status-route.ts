@@ -2,7 +2,7 @@ import type { Static } from '@sinclair/typebox'
 import type { FastifyInstance, RouteShorthandOptions } from 'fastify'
 import { UpstreamMetrics, type MetricsOptions } from './metrics'
 import type { StatusRouteSchema } from './options'
-import type { UpstreamRegistry } from './registry'
+import type { PoolRegistry } from './registry'
 import { StatusSchema, statusPage } from './status'
 
 /**
@@ -24,7 +24,7 @@ export interface StatusRouteOptions extends Pick<RouteShorthandOptions, Exclude<
  * self-refreshing HTML page for a browser (`Accept: text/html`), and Prometheus text at
  * `/metrics` below it. Both routes take the same Fastify hooks, so one `onRequest` guards both.
  */
-export function mountStatus (fastify: FastifyInstance, pools: UpstreamRegistry, route: StatusRouteOptions | undefined, metricsOptions: MetricsOptions | false): void {
+export function mountStatus (fastify: FastifyInstance, pools: PoolRegistry, route: StatusRouteOptions | undefined, metricsOptions: MetricsOptions | false): void {
   const wanted = metricsOptions !== false && (route !== undefined || metricsOptions.registry !== undefined)
   const metrics = wanted ? new UpstreamMetrics(pools, metricsOptions) : undefined
   if (metrics !== undefined) fastify.addHook('onClose', async () => { metrics.close() })

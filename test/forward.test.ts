@@ -1,6 +1,8 @@
 import diagnostics from 'node:diagnostics_channel'
 import net from 'node:net'
 import { test } from 'tap'
+import Fastify from 'fastify'
+import fastifyUpstream from '../lib/index'
 import { echo, startGateway, startUpstream, startUpstreams } from './helpers'
 
 test('reply.forward proxies to the pool, with options.url overriding the path and the query kept', async (t) => {
@@ -235,4 +237,44 @@ test('a client that aborts does not leave the target in flight', async (t) => {
   const target = app.upstreams.get('users')?.targets[0]
   for (let i = 0; i < 100 && target?.inflight !== 0; i++) await new Promise((resolve) => setTimeout(resolve, 10))
   t.equal(target?.inflight, 0)
+})
+
+test('an unknown reply.forward option is an error, not ignored; so is one in a mount\'s replyOptions', async (t) => {
+  const up = await startUpstream('u0')
+  const { app, url } = await startGateway({ upstreams: { u: { targets: [up.url] } } }, (app) => {
+    app.get('/typo', (_request, reply) => reply.forward('u', { urll: '/v1/x' } as never))
+    app.get('/retries', (_request, reply) => reply.forward('u', { retriesCount: 3 } as never))
+    app.get('/fine', (_request, reply) => reply.forward('u', { url: '/v1/x', method: 'GET', timeout: 1000 }))
+  })
+  t.teardown(async () => { await app.close(); await up.close() })
+  const typo = await fetch(`${url}/typo`)
+  t.equal(typo.status, 500)
+  t.match(await typo.json(), { code: 'FST_UPSTREAM_INVALID_OPTION', message: /reply\.forward options\.urll: unknown option, did you mean `url`\?/ })
+  const retries = await fetch(`${url}/retries`)
+  t.match(await retries.json(), { code: 'FST_UPSTREAM_INVALID_OPTION', message: /retriesCount: unknown option: retries and the choice of target are the plugin's own/ })
+  t.equal(up.hits, 0, 'nothing was proxied with the wrong options')
+  t.equal((await echo(fetch(`${url}/fine`))).url, '/v1/x')
+  const mount = Fastify()
+  await t.rejects(async () => {
+    await mount.register(fastifyUpstream, { upstreams: { u: { targets: [up.url] } }, routes: [{ prefix: '/m', upstream: 'u', replyOptions: { rewriteHeader: (h: unknown) => h } as never }] })
+  }, { code: 'FST_UPSTREAM_INVALID_OPTION', message: /routes\[0\]\.replyOptions\.rewriteHeader: unknown option, did you mean `rewriteHeaders`\?/ })
+  await mount.close()
+})
+
+test('a mount passes newer Fastify route options through (prefixTrailingSlash, validatorCompiler)', async (t) => {
+  const up = await startUpstream('u0')
+  let compiled = 0
+  const { app, url } = await startGateway({
+    upstreams: { u: { targets: [up.url] } },
+    routes: [{
+      prefix: '/m',
+      upstream: 'u',
+      schema: { querystring: { type: 'object', properties: { n: { type: 'string' } } } },
+      validatorCompiler: () => { compiled++; return () => true },
+      prefixTrailingSlash: 'no-slash'
+    }]
+  })
+  t.teardown(async () => { await app.close(); await up.close() })
+  t.equal((await echo(fetch(`${url}/m/a?n=1`))).url, '/a?n=1')
+  t.ok(compiled > 0, 'the route\'s own validatorCompiler was used')
 })

@@ -2,6 +2,7 @@ import { test } from 'tap'
 import Fastify from 'fastify'
 import fastifyUpstream from '../lib/index'
 import { registerError } from './helpers'
+import { internalPool } from '../lib/pool'
 
 const cases: Array<[string, unknown, string]> = [
   ['target URL not http(s)', { upstreams: { users: { targets: ['http://127.0.0.1:1', 'ftp://x'] } } }, 'upstreams.users.targets[1]: must be an http(s) URL'],
@@ -84,8 +85,9 @@ test('options may be omitted and defaults apply', async (t) => {
     ['http://127.0.0.1:1', 1, false, 'healthy'],
     ['http://127.0.0.1:2', 5, true, 'healthy']
   ])
-  t.same(pool.config.timeout, { connect: 5000, response: 30000, idle: 60000 })
-  t.equal(pool.config.responseBuffer, 65536)
+  const config = internalPool(pool)?.config
+  t.same(config?.timeout, { connect: 5000, response: 30000, idle: 60000 })
+  t.equal(config?.responseBuffer, 65536)
   t.equal(pool.status().balancer, 'round-robin')
   await app.close()
 })

@@ -54,7 +54,9 @@ app.register(fastifyUpstream, {
   onSelect: (event) => {
     expectType<TargetView>(event.target)
     expectType<number>(event.attempt)
+    expectType<FastifyRequest>(event.request)
   },
+  onProxyError: (event) => { expectType<FastifyRequest>(event.request) },
   onTargetStateChange: (event) => { expectType<TargetState>(event.from); expectType<TargetState | 'removed'>(event.to) },
   onRetry: (event) => { expectType<number>(event.attempt) }
 })
@@ -77,6 +79,25 @@ expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], respo
 expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x' }] }))
 expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x', upstream: 'u', strictPaths: 'yes' }] }))
 expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x', upstream: 'u', bodyTimeout: '1s' }] }))
+// a mount's Fastify options are typed as Fastify types them
+app.register(fastifyUpstream, {
+  upstreams: { u: { targets: [] } },
+  routes: [{
+    prefix: '/x',
+    upstream: 'u',
+    onRequest: async (request, reply) => { expectType<FastifyRequest>(request); expectType<FastifyReply>(reply) },
+    preHandler: [async (request) => { expectType<FastifyRequest>(request) }],
+    schema: { querystring: { type: 'object' } },
+    config: {},
+    prefixTrailingSlash: 'no-slash',
+    validatorCompiler: () => () => true,
+    replyOptions: { rewriteHeaders: (headers) => headers, onError: (reply, { error }) => { reply.send(error) } }
+  }]
+})
+expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x', upstream: 'u', schema: 42 }] }))
+expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x', upstream: 'u', onRequest: 'auth' }] }))
+expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x', upstream: 'u', replyOptions: { urll: '/v1' } }] }))
+expectError(app.register(fastifyUpstream, { routes: [{ prefix: '/x', upstream: 'u', replyOptions: { retriesCount: 3 } }] }))
 
 // a discovery pool needs no targets; a pool needs one or the other
 expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { discovery: { resolve: async () => ['http://127.0.0.1:3001'] } } } })
@@ -121,14 +142,35 @@ if (pool !== undefined) {
   expectType<void>(pool.setState('http://127.0.0.1:3001', 'disabled'))
   expectError(pool.setState('http://127.0.0.1:3001', 'healthy'))
   expectType<PoolStatus>(pool.status())
+  // only what the README documents: the internals are out of reach
+  expectError(pool.panic = true)
+  expectError(pool.retriesInFlight)
+  expectError(pool.targets[0].inflight = -1)
+  expectError(pool.transition())
+  expectError(pool.refresh())
+  expectError(pool.start())
+  expectError(pool.close())
+  expectError(pool.pick({ headers: {}, url: '/' }))
+  expectError(pool.isFull())
+  expectError(pool.config)
+  expectError(pool.connections)
+  expectError(pool.detector)
+  expectError(pool.headers)
+  expectError(pool.targetList)
 }
 for (const each of app.upstreams) expectType<UpstreamPool>(each)
+expectError(app.upstreams.start())
+expectError(app.upstreams.close())
+expectType<number>(app.upstreams.size)
+expectType<IterableIterator<string>>(app.upstreams.keys())
 
 app.get('/me', (_request, reply) => {
   expectType<FastifyReply>(reply.forward('users', { url: '/v1/users/me', rewriteRequestHeaders: (_req, headers) => headers }))
   return reply.forward('users')
 })
 expectError(app.get('/x', (_request, reply) => reply.forward()))
+expectError(app.get('/x', (_request, reply) => reply.forward('users', { urll: '/v1/x' })))
+expectError(app.get('/x', (_request, reply) => reply.forward('users', { getUpstream: () => 'http://elsewhere' })))
 
 // what the upstream did for a request, for access logs
 app.addHook('onResponse', async (request) => {
