@@ -335,7 +335,7 @@ async function runProxyBench (args = {}) {
     if (opts.cpuProf !== undefined) {
       console.log(`\nCPU profiles of the proxy children in ${opts.cpuProf} ` +
         `(${profiled.map((p) => `${p.kind}: pid ${p.child.pid}, ${fmt(p.served)} requests`).join('; ')}); ` +
-        'summarise with node bench/profile-summary.js FILE --requests=N')
+        'summarise with node bench/profile-summary.js FILE:REQUESTS [FILE2:REQUESTS]')
     }
   }
 }

@@ -1,7 +1,9 @@
 'use strict'
 
 // The benchmark suite (`npm run bench` builds, then runs this file):
-//   1. proxy throughput and CPU per request, fastify-upstream against bare @fastify/reply-from
+//   1. proxy throughput and CPU per request, fastify-upstream against bare @fastify/reply-from:
+//      the plugin mounted on '/' (`plugin`) and called from a handler route with
+//      reply.forward() (`plugin-forward`), both with default options, each with its targets
 //   2. picks per second of every built-in balancer
 //
 //   node bench/run.js [--only=proxy|balancers] [options of bench/proxy.js and bench/balancers.js]
@@ -41,6 +43,7 @@ async function main () {
   const summary = []
   if (only === undefined || only === 'proxy') {
     const proxy = await runProxyBench(args)
+    // every configuration with targets (plugin, plugin-forward); the references have none
     for (const [kind, c] of Object.entries(proxy.comparisons)) {
       if (c.pass === undefined) continue
       summary.push(`proxy ${kind}/bare throughput ratio  ${c.ratios.throughput.toFixed(3)} (>= 0.95)  ${c.pass.throughput ? 'PASS' : 'FAIL'}`)

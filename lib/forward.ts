@@ -22,6 +22,28 @@ import type { Target } from './target'
 const FORWARD_OPTIONS: ReadonlyArray<keyof ForwardOptions> = [
   'url', 'queryString', 'contentType', 'onResponse', 'onError', 'body', 'rewriteHeaders', 'rewriteRequestHeaders', 'method', 'timeout'
 ]
+const FORWARD_OPTION_SET = new Set<string>(FORWARD_OPTIONS)
+
+/**
+ * Throws FST_UPSTREAM_INVALID_OPTION, naming `field`, for an option `prepare` does not
+ * know: a misspelt `url` would otherwise proxy the request's own path without a word.
+ */
+function checkForwardOptions (options: ForwardOptions, field: string): void {
+  for (const key in options) {
+    if (FORWARD_OPTION_SET.has(key)) continue
+    const guess = closest(key, FORWARD_OPTIONS)
+    const why = key === 'retriesCount' || key === 'retryDelay' || key === 'maxRetriesOn503' || key === 'getUpstream'
+      ? ': retries and the choice of target are the plugin\'s own (see the pool\'s retry option)'
+      : (guess === undefined ? '' : `, did you mean \`${guess}\`?`)
+    throw new InvalidOptionError(`${field}.${key}: unknown option${why}`)
+  }
+}
+
+/** true when `options` holds nothing but `url` (the options prepared once then serve). */
+export function onlyUrl (options: ForwardOptions): boolean {
+  for (const key in options) if (key !== 'url') return false
+  return true
+}
 
 // reply-from's hook types are generic over every server type; the plugin works with the
 // default HTTP/1 ones and hands the callbacks through untouched.
@@ -230,35 +252,30 @@ export class Forwarder implements BufferedResponseSink {
    * misspelt `url` would otherwise proxy the request's own path without a word).
    */
   prepare (options: ForwardOptions | undefined, rewriteLocation?: RewriteLocation, field = 'reply.forward options'): PreparedOptions {
-    if (options !== undefined) {
-      for (const key of Object.keys(options)) {
-        if (FORWARD_OPTIONS.includes(key as keyof ForwardOptions)) continue
-        const guess = closest(key, FORWARD_OPTIONS)
-        const why = key === 'retriesCount' || key === 'retryDelay' || key === 'maxRetriesOn503' || key === 'getUpstream'
-          ? ': retries and the choice of target are the plugin\'s own (see the pool\'s retry option)'
-          : (guess === undefined ? '' : `, did you mean \`${guess}\`?`)
-        throw new InvalidOptionError(`${field}.${key}: unknown option${why}`)
-      }
-    }
+    if (options !== undefined) checkForwardOptions(options, field)
+    // One shape for every call (no spread, no delete): reply-from reads these options of
+    // its own, and undefined is as good as absent to it. Retries and the choice of target
+    // are the plugin's, so its retry and getUpstream options are never set.
     const from: ReplyFromOptions = {
-      ...options,
+      method: options?.method,
+      timeout: options?.timeout,
+      body: options?.body,
+      contentType: options?.contentType,
+      queryString: options?.queryString,
       onResponse: this.onResponse,
       onError: this.onError,
       // the pool's header policy first, then the caller's own rewrites
       rewriteRequestHeaders: this.rewriteRequestHeaders,
       rewriteHeaders: this.rewriteHeaders
     }
-    // retries and failover are the plugin's own: reply-from would retry the same target
-    // (its own retries are off for every method, see the registration in index.ts)
-    delete from.url
-    return Object.freeze({
-      from: Object.freeze(from),
+    return {
+      from,
       onResponse: options?.onResponse as OnResponse | undefined,
       onError: options?.onError as OnError | undefined,
       rewriteRequestHeaders: options?.rewriteRequestHeaders as RewriteRequestHeaders | undefined,
       rewriteHeaders: options?.rewriteHeaders as RewriteHeaders | undefined,
       rewriteLocation
-    })
+    }
   }
 
   /**

@@ -3,7 +3,7 @@ import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
 import { UpstreamDispatcher } from './dispatcher'
 import { AlreadyRegisteredError } from './errors'
 import type { ForwardOptions } from './contracts'
-import { Forwarder, requestDecorations } from './forward'
+import { Forwarder, onlyUrl, requestDecorations } from './forward'
 import { normalizeOptions, type PluginOptions } from './options'
 import { PoolRegistry } from './registry'
 import { setUpReplyFrom } from './reply-from'
@@ -72,7 +72,9 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   fastify.decorate('upstreams', registry.api)
   for (const [key, initial] of requestDecorations) fastify.decorateRequest(key, initial as null)
   fastify.decorateReply('forward', function forward (this, name: string, options?: ForwardOptions) {
-    return forwarder.forward(this, name, options?.url, options === undefined ? forwarder.defaults : forwarder.prepare(options))
+    // the README's own usage, `reply.forward(name, { url })`, prepares nothing per call
+    const prepared = options === undefined || onlyUrl(options) ? forwarder.defaults : forwarder.prepare(options)
+    return forwarder.forward(this, name, options?.url, prepared)
   })
   config.routes.forEach((route, i) => mountRoute(fastify, route, forwarder, i, router))
   mountStatus(fastify, registry, config.statusRoute, config.metrics)
