@@ -1,3 +1,4 @@
+import type { IncomingHttpHeaders } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import type { Duplex } from 'node:stream'
 import type { Dispatcher } from 'undici'
@@ -5,6 +6,20 @@ import { countFailure, type OutlierDetector } from './outlier-detector'
 import type { Target } from './target'
 
 type Handler = Dispatcher.DispatchHandler
+type Controller = Dispatcher.DispatchController
+
+/**
+ * The deprecated handler calls, as undici 7's own handlers implement them (the one
+ * `dispatcher.request()` builds for reply-from among them).
+ */
+interface LegacyHandler {
+  onConnect?: (abort: (reason?: Error) => void, context: unknown) => void
+  onHeaders?: (statusCode: number, headers: Buffer[] | string[], resume: () => void, statusText: string) => boolean | undefined
+  onData?: (chunk: Buffer) => boolean | undefined
+  onComplete?: (trailers: Buffer[] | string[]) => void
+  onError?: (error: Error) => void
+  onUpgrade?: (statusCode: number, headers: Buffer[] | string[], socket: Duplex) => void
+}
 
 /**
  * One exchange with a target, seen from undici: wraps the handler of the request sent to
@@ -16,11 +31,19 @@ type Handler = Dispatcher.DispatchHandler
  * when a slow client has finished reading. undici reports the end of every request it was
  * given (once; a second report is ignored), so this is the single place in-flight counts
  * go down; it costs one small object per request instead of stream listeners.
+ *
+ * It speaks undici's controller API (`onRequestStart`, `onResponseStart`...), the only one
+ * left in undici 8. The handler it wraps may speak either: one with `onRequestStart` gets
+ * every call as it came; one with the deprecated calls (`onConnect`, `onHeaders`...), as
+ * undici 7's `request()` builds, gets them translated here rather than through undici's
+ * `WrapHandler`, which would add an object per request and encode the headers once more.
  */
 export class Exchange implements Handler {
   private readonly handler: Handler
   private readonly target: Target
   private readonly detector: OutlierDetector | undefined
+  /** the wrapped handler has only the deprecated calls (undici's own test: no onRequestStart) */
+  private readonly legacy: boolean
   /** the final response status, 0 until its headers arrive */
   private status = 0
   /** undici reported the end (guards against a second report) */
@@ -30,43 +53,65 @@ export class Exchange implements Handler {
     this.handler = handler
     this.target = target
     this.detector = detector
+    this.legacy = typeof handler.onRequestStart !== 'function'
   }
 
-  onConnect (abort: (err?: Error) => void): void {
-    this.handler.onConnect?.(abort)
+  onRequestStart (controller: Controller, context: unknown): void {
+    if (!this.legacy) {
+      this.handler.onRequestStart?.(controller, context)
+      return
+    }
+    // the deprecated handler calls abort() detached from any object, or with no reason
+    ;(this.handler as LegacyHandler).onConnect?.((reason) => { controller.abort(reason as Error) }, context)
   }
 
   onResponseStarted (): void {
     this.handler.onResponseStarted?.()
   }
 
-  onHeaders (statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
+  onResponseStart (controller: Controller, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
     // a 1xx (103 Early Hints, say) is not the answer: the exchange is still before headers
     if (statusCode >= 200) this.status = statusCode
-    return this.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true
+    if (!this.legacy) {
+      this.handler.onResponseStart?.(controller, statusCode, headers, statusMessage)
+      return
+    }
+    // a deprecated handler asks to stop reading by returning false, and to go on by resume()
+    const handler = this.handler as LegacyHandler
+    if (handler.onHeaders?.(statusCode, raw(controller.rawHeaders, headers), () => { controller.resume() }, statusMessage ?? '') === false) {
+      controller.pause()
+    }
   }
 
-  onData (chunk: Buffer): boolean {
-    return this.handler.onData?.(chunk) ?? true
+  onResponseData (controller: Controller, chunk: Buffer): void {
+    if (!this.legacy) {
+      this.handler.onResponseData?.(controller, chunk)
+      return
+    }
+    if ((this.handler as LegacyHandler).onData?.(chunk) === false) controller.pause()
   }
 
-  onBodySent (chunkSize: number, totalBytesSent: number): void {
-    this.handler.onBodySent?.(chunkSize, totalBytesSent)
-  }
-
-  onUpgrade (statusCode: number, headers: Buffer[] | string[] | null, socket: Duplex): void {
+  onRequestUpgrade (controller: Controller, statusCode: number, headers: IncomingHttpHeaders, socket: Duplex): void {
     this.end()
-    this.handler.onUpgrade?.(statusCode, headers, socket)
+    if (!this.legacy) {
+      this.handler.onRequestUpgrade?.(controller, statusCode, headers, socket)
+      return
+    }
+    ;(this.handler as LegacyHandler).onUpgrade?.(statusCode, raw(controller.rawHeaders, headers), socket)
   }
 
-  onComplete (trailers: string[] | null): void {
+  onResponseEnd (controller: Controller, trailers: IncomingHttpHeaders): void {
     // a status that counts as a failure was reported when it arrived (see Forwarder)
     const detector = this.detector
     if (this.end() && detector !== undefined && !detector.isFailureStatus(this.status)) detector.success(this.target)
-    this.handler.onComplete?.(trailers)
+    if (!this.legacy) {
+      this.handler.onResponseEnd?.(controller, trailers)
+      return
+    }
+    ;(this.handler as LegacyHandler).onComplete?.(raw(controller.rawTrailers, trailers))
   }
 
-  onError (error: Error): void {
+  onResponseError (controller: Controller, error: Error): void {
     const target = this.target
     const detector = this.detector
     // Before headers, the forwarder hears of the error and accounts for it (and may
@@ -77,7 +122,11 @@ export class Exchange implements Handler {
       detector?.isFailureStatus(this.status) !== true) {
       countFailure(target, detector, performance.now())
     }
-    this.handler.onError?.(error)
+    if (!this.legacy) {
+      this.handler.onResponseError?.(controller, error)
+      return
+    }
+    ;(this.handler as LegacyHandler).onError?.(error)
   }
 
   /** Takes the request out of the target's in-flight count; false if that was done already. */
@@ -87,4 +136,25 @@ export class Exchange implements Handler {
     this.target.finish()
     return true
   }
+}
+
+/**
+ * Headers or trailers as the deprecated calls take them: the raw list undici keeps on the
+ * controller (undici 7 and 8 both do), else one rebuilt from the parsed object.
+ */
+function raw (list: Controller['rawHeaders'], parsed: IncomingHttpHeaders | null | undefined): Buffer[] | string[] {
+  if (Array.isArray(list)) return list
+  const pairs: Buffer[] = []
+  if (parsed == null) return pairs
+  for (const name of Object.keys(parsed)) {
+    const value = parsed[name]
+    if (value === undefined) continue
+    const key = Buffer.from(name, 'latin1')
+    if (Array.isArray(value)) {
+      for (const item of value) pairs.push(key, Buffer.from(item, 'latin1'))
+    } else {
+      pairs.push(key, Buffer.from(value, 'latin1'))
+    }
+  }
+  return pairs
 }

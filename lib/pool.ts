@@ -184,7 +184,7 @@ export class Pool implements HealthHost {
     this.slowStart.forget(target)
     const reason = target.inflight > 0 ? `removed with ${target.inflight} request(s) still in flight` : 'removed'
     this.onStateChange({ kind: 'removed', pool: this.name, target: view, from: before, to: 'removed', reason })
-    await this.connections.release(target.origin)
+    await this.connections.release(target)
   }
 
   setWeight (url: string, weight: number): void {
@@ -308,7 +308,7 @@ export class Pool implements HealthHost {
     this.views.set(target, viewOf(target))
     this.list.push(target)
     this.viewList = Object.freeze(this.list.map((t) => this.views.get(t) as TargetView))
-    target.connection = this.connections.acquire(target.origin)
+    this.connections.acquire(target)
   }
 
   private waitIdle (target: Target): Promise<void> {

@@ -1,4 +1,6 @@
+import type { Dispatcher } from 'undici'
 import { LATENCY_MEMORY, type BalancerTarget } from './balancers/types'
+import type { TargetConnections } from './dispatcher'
 import type { TargetConfig } from './options'
 
 export type TargetState = 'healthy' | 'unhealthy' | 'ejected' | 'draining' | 'disabled'
@@ -66,8 +68,13 @@ export class Target implements BalancerTarget {
   /** when slow start began (performance.now() ms), 0 when the weight is not ramping */
   slowStartAt = 0
 
-  /** the keep-alive connection pool the target's requests go through */
-  connection: import('undici').Dispatcher | undefined = undefined
+  /**
+   * the keep-alive connection pool the target's requests go through: made by its first
+   * request and dropped after an idle spell (see TargetConnections)
+   */
+  connection: Dispatcher | undefined = undefined
+  /** the connection pools of the target's upstream pool, while the target is in it */
+  connections: TargetConnections | undefined = undefined
 
   /** resolves a pending drain when the last in-flight request ends */
   onIdle: (() => void) | undefined = undefined

@@ -4,7 +4,7 @@ import Fastify from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream from '../lib/index'
 import type { TargetState } from '../lib/index'
-import { closedPort, recorder, sleep, startGateway, startUpstream, until, type Upstream, type StateEvent } from './helpers'
+import { closedPort, recorder, resources, settledResources, sleep, startGateway, startUpstream, until, type Upstream, type StateEvent } from './helpers'
 
 // Active health checks, end to end: real upstream servers on loopback answer the probes,
 // and a real gateway proxies traffic by what the probes found.
@@ -353,22 +353,6 @@ test('all targets unhealthy: a fast 503 FST_UPSTREAM_NO_TARGET with Retry-After'
   t.equal(ups[0].traffic + ups[1].traffic, 0, 'no request reached an unhealthy target')
   t.equal(app.upstreams.status().pools.pool.available, 0)
 })
-
-function resources (): string[] {
-  return process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap' && r !== 'FSReqCallback').sort()
-}
-
-/** The resources once handles closed by earlier tests are gone (two equal samples 100 ms apart). */
-async function settledResources (): Promise<string[]> {
-  let last = resources()
-  for (let i = 0; i < 20; i++) {
-    await sleep(100)
-    const now = resources()
-    if (now.join() === last.join()) return now
-    last = now
-  }
-  return last
-}
 
 test('after close no probe is sent and no timer or socket is left', async (t) => {
   const http1 = await startProbed('http1')

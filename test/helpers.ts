@@ -252,3 +252,20 @@ export async function registerError (options: unknown): Promise<Error & { code?:
   await app.close()
   throw new Error('register did not throw')
 }
+
+/** The process's active resources (what keeps it alive), sorted. */
+export function resources (): string[] {
+  return process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap' && r !== 'FSReqCallback').sort()
+}
+
+/** The process's active resources once handles closed by earlier tests are gone (two equal samples 100 ms apart). */
+export async function settledResources (): Promise<string[]> {
+  let last = resources()
+  for (let i = 0; i < 20; i++) {
+    await sleep(100)
+    const now = resources()
+    if (now.join() === last.join()) return now
+    last = now
+  }
+  return last
+}
