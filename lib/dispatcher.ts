@@ -68,10 +68,13 @@ export class TargetConnections {
   private readonly closing = new Set<Promise<void>>()
   private sweeper: NodeJS.Timeout | undefined = undefined
   private readonly config: PoolConfig
+  /** how the pool's connections are opened: one for all its origins, and for its active checks */
+  readonly connector: buildConnector.connector
   private readonly sweepInterval: number
 
   constructor (config: PoolConfig, sweepInterval = IDLE_SWEEP_INTERVAL) {
     this.config = config
+    this.connector = connector(config)
     this.sweepInterval = sweepInterval
   }
 
@@ -109,7 +112,7 @@ export class TargetConnections {
       keepAliveTimeout: config.keepAliveTimeout,
       headersTimeout: config.timeout.response,
       bodyTimeout: config.timeout.idle,
-      connect: connector(config)
+      connect: this.connector
     })
     entry.pool = pool
     entry.requests = -1

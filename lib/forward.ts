@@ -11,6 +11,7 @@ import type { PoolRegistry } from './registry'
 import { backoff, mayRetry } from './retry'
 import { LazyBody } from './replayable-body'
 import { buffersResponse, readWhole, type BufferedResponseSink } from './response-buffer'
+import { TOKEN_CHAR } from './header-syntax'
 import { checkResponseHeaders } from './security'
 import { isSafePath, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
 import type { UpstreamDispatcher } from './dispatcher'
@@ -18,11 +19,12 @@ import type { ReplyFrom } from './reply-from'
 import { attemptAttributes, attemptOf, outcomeOf, type UpstreamAttempt, type UpstreamOutcome } from './outcome'
 import type { Target } from './target'
 
-/** The keys of ForwardOptions (see contracts.ts): what `prepare` accepts. */
-const FORWARD_OPTIONS: ReadonlyArray<keyof ForwardOptions> = [
-  'url', 'queryString', 'contentType', 'onResponse', 'onError', 'body', 'rewriteHeaders', 'rewriteRequestHeaders', 'method', 'timeout'
-]
-const FORWARD_OPTION_SET = new Set<string>(FORWARD_OPTIONS)
+/** The keys of ForwardOptions (see contracts.ts), what `prepare` accepts: the compiler holds the two to each other. */
+const FORWARD_OPTION_KEYS: Record<keyof ForwardOptions, true> = {
+  url: true, queryString: true, contentType: true, onResponse: true, onError: true, body: true, rewriteHeaders: true, rewriteRequestHeaders: true, method: true, timeout: true
+}
+const FORWARD_OPTIONS = Object.keys(FORWARD_OPTION_KEYS)
+const FORWARD_OPTION_SET = new Set(FORWARD_OPTIONS)
 
 /**
  * Throws FST_UPSTREAM_INVALID_OPTION, naming `field`, for an option `prepare` does not
@@ -144,8 +146,11 @@ const CONNECT_CODES = new Set([
   'UND_ERR_CLOSED', 'UND_ERR_DESTROYED'
 ])
 const TLS_CODE = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|HOSTNAME_MISMATCH)/
+// The client's own faults, found while its body streams to the target (413, 408): passed
+// on as they are, and the rest of that body is never read
+const CLIENT_BODY_CODES = new Set(['FST_UPSTREAM_BODY_TOO_LARGE', 'FST_UPSTREAM_BODY_TIMEOUT'])
 // undici's message for a header it refuses; only a token is taken from it into the error
-const UNDICI_BAD_HEADER = /^invalid ([!#$%&'*+.^_`|~0-9A-Za-z-]+) header$/
+const UNDICI_BAD_HEADER = new RegExp(`^invalid (${TOKEN_CHAR}+) header$`)
 
 type MappedError = Error & { code: string, statusCode: number }
 
@@ -165,7 +170,7 @@ export function upstreamError (error: Error & { cause?: unknown }): MappedError 
   const cause = (error.cause ?? error) as Error & { code?: string }
   const code = cause.code ?? ''
   // the client's own fault, found while streaming its body: not the target's
-  if (code === 'FST_UPSTREAM_BODY_TOO_LARGE' || code === 'FST_UPSTREAM_BODY_TIMEOUT') return cause as MappedError
+  if (CLIENT_BODY_CODES.has(code)) return cause as MappedError
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return new TimeoutError('no connection within the connect timeout', { cause })
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return new TimeoutError('no response within the response timeout', { cause })
   if (code === 'UND_ERR_BODY_TIMEOUT') return new TimeoutError('the response body stalled past the idle timeout', { cause })
@@ -532,7 +537,7 @@ export class Forwarder implements BufferedResponseSink {
       channels.proxyError.publish(event)
     }
     // the rest of a body that was cut off is not read: the connection cannot carry another request
-    if (mapped.code === 'FST_UPSTREAM_BODY_TIMEOUT' || mapped.code === 'FST_UPSTREAM_BODY_TOO_LARGE') reply.header('connection', 'close')
+    if (CLIENT_BODY_CODES.has(mapped.code)) reply.header('connection', 'close')
     const user = (request[kPrepared] as PreparedOptions).onError
     if (user !== undefined) user(reply, { error: mapped })
     else reply.send(mapped)

@@ -2,6 +2,7 @@ import { Type, FormatRegistry, Kind, type Static, type TSchema } from '@sinclair
 import { Value, ValueErrorType, type ValueError } from '@sinclair/typebox/value'
 import { InvalidOptionError } from './errors'
 import type { Balancer, BalancerFactory, SelectRequest } from './balancers/types'
+import { TOKEN_CHAR, VALUE_CHARS } from './header-syntax'
 
 // Options are TypeBox schemas: the TypeScript types below are derived from them, and the
 // same schemas validate at register. `errorMessage` on a schema node replaces TypeBox's
@@ -139,12 +140,12 @@ export const TlsSchema = Type.Object({
   minVersion: Type.Optional(Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')], { errorMessage: "must be 'TLSv1.2' or 'TLSv1.3'" }))
 }, { additionalProperties: false })
 
-const HeaderName = '^[!#$%&\'*+.^_`|~0-9A-Za-z-]+$'
+const HeaderName = `^${TOKEN_CHAR}+$`
 // Names and fixed values are checked once, here (Node's rules: a token; tab, visible ASCII
 // and obs-text); at request time only what a function returns is checked (see security.ts)
 const HeaderPolicySchema = Type.Object({
   set: Type.Optional(Type.Record(Type.String({ pattern: HeaderName }), Type.Union([
-    Type.String({ pattern: '^[\\t\\x20-\\x7e\\x80-\\xff]*$', errorMessage: 'must be a header value: no CR, LF, NUL or other control character, nothing above U+00FF' }),
+    Type.String({ pattern: `^[${VALUE_CHARS}]*$`, errorMessage: 'must be a header value: no CR, LF, NUL or other control character, nothing above U+00FF' }),
     Type.Function([Type.Any()], Type.Union([Type.String(), Type.Undefined()]))
   ], { errorMessage: 'must be a string or a function (request) => string | undefined' }), {
     // a name that is no token reaches this schema, whose message names it
@@ -240,6 +241,11 @@ const FastifyRouteFields = {
   exposeHeadRoute: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' }))
 }
 
+/**
+ * The status and metrics routes: `url`, and the Fastify route options that make sense for
+ * two fixed GET routes (their schema and handlers are the plugin's). A misspelt hook must
+ * fail here: otherwise the page it was meant to guard is served to anyone.
+ */
 export const StatusRouteSchema = Type.Object({
   url: Prefix,
   ...FastifyRouteFields
@@ -269,12 +275,6 @@ export const RouteSchema = Type.Object({
   logSerializers: Type.Optional(AnObject),
   prefixTrailingSlash: Type.Optional(Type.Union(['slash', 'no-slash', 'both'].map((v) => Type.Literal(v)), { errorMessage: "must be 'slash', 'no-slash' or 'both'" }))
 }, { additionalProperties: false })
-
-/**
- * The status and metrics routes: `url`, and the Fastify route options that make sense for
- * two fixed GET routes (their schema and handlers are the plugin's). A misspelt hook must
- * fail here: otherwise the page it was meant to guard is served to anyone.
- */
 
 export const OptionsSchema = Type.Object({
   upstreams: Type.Optional(Type.Record(Type.String(), PoolSchema, { errorMessage: 'must be an object of pools' })),

@@ -68,14 +68,22 @@ function count (text: string, code: number): number {
   return n
 }
 
+/**
+ * `text` percent-decoded as the router decodes params (decodeURIComponent); undefined when
+ * an escape in it is invalid (or not UTF-8).
+ */
+export function decoded (text: string): string | undefined {
+  if (!text.includes('%')) return text
+  try {
+    return decodeURIComponent(text)
+  } catch {
+    return undefined
+  }
+}
+
 /** true when every percent-escape in `text` is valid */
 function decodes (text: string): boolean {
-  try {
-    decodeURIComponent(text)
-    return true
-  } catch {
-    return false
-  }
+  return decoded(text) !== undefined
 }
 
 /**

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks'
 import { ActiveProber } from './active-prober'
 import { createBalancer, balancerName } from './balancers'
 import type { Balancer, SelectRequest } from './balancers/types'
-import { connector, TargetConnections } from './dispatcher'
+import { TargetConnections } from './dispatcher'
 import { DuplicateError, InvalidOptionError, UnknownPoolError, UnknownTargetError } from './errors'
 import type { PoolStatus, RemoveTargetOptions, UpstreamPool } from './contracts'
 import type { TargetStateEvent } from './events'
@@ -69,7 +69,7 @@ export class Pool implements HealthHost {
     }
     this.balancer = balancer
     this.detector = config.passive === undefined ? undefined : new OutlierDetector(config.passive, this)
-    this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, connector(config))
+    this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, this.connections.connector)
     this.headers = new HeaderPolicy(config.headerPolicy)
     this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
     this.discoverer = config.discovery === undefined

@@ -4,7 +4,7 @@ import type { ForwardOptions } from './contracts'
 import type { Forwarder } from './forward'
 import { kTarget } from './forward'
 import { DEFAULTS, type RouteOptions } from './options'
-import { isSafePath, isValidQuery, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
+import { decoded, isSafePath, isValidQuery, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
 import { BodyGuard } from './request-body'
 import type { Target } from './target'
 
@@ -40,16 +40,6 @@ export function routerPathOptions (fastify: FastifyInstance): RouterPathOptions 
     semicolonDelimiter: option('useSemicolonDelimiter'),
     mergeSlashes: option('ignoreDuplicateSlashes'),
     trimTrailingSlash: option('ignoreTrailingSlash')
-  }
-}
-
-/** The decoded form of a path segment, as the router gives params; undefined when it does not decode. */
-function decoded (segment: string): string | undefined {
-  if (!segment.includes('%')) return segment
-  try {
-    return decodeURIComponent(segment)
-  } catch {
-    return undefined
   }
 }
 

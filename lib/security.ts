@@ -1,6 +1,7 @@
 import { isIP } from 'node:net'
 import type { FastifyRequest } from 'fastify'
 import { BadHeaderError } from './errors'
+import { INVALID_VALUE, TOKEN } from './header-syntax'
 
 /**
  * Security policies for the hop upstream: which headers go up and come back (paths are
@@ -34,10 +35,6 @@ const CLIENT_FORWARDING = ['x-real-ip', 'true-client-ip', 'x-client-ip', 'x-forw
 // Rebuilt by the forwarding policy; with 'none', the client's copies are dropped.
 const FORWARDING = ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded']
 
-// Node's rule for a header value (http.validateHeaderValue): tab, visible ASCII and obs-text.
-// RegExp.test converts a non-string value as Node does before its own check.
-const INVALID_VALUE = /[^\t\x20-\x7e\x80-\xff]/
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 // host[:port] as a forwarding header may carry it: a DNS-style name or IPv4, or [IPv6]
 const HOST = /^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$/
 // RFC 3986 scheme (with trustProxy, Fastify takes the protocol from X-Forwarded-Proto as sent)
