@@ -1,5 +1,6 @@
 import http from 'node:http'
 import net from 'node:net'
+import { Writable } from 'node:stream'
 import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { posix } from 'node:path'
@@ -268,4 +269,14 @@ export async function settledResources (): Promise<string[]> {
     last = now
   }
   return last
+}
+
+/** One line of a Fastify (pino) log. */
+export interface LogLine { level: number, msg: string, pool?: string }
+
+/** A stream for `Fastify({ logger: { stream } })` that keeps every log line, parsed. */
+export function logCapture (): { lines: LogLine[], stream: Writable } {
+  const lines: LogLine[] = []
+  const stream = new Writable({ write (chunk, _encoding, done) { lines.push(JSON.parse(chunk.toString())); done() } })
+  return { lines, stream }
 }

@@ -1,9 +1,8 @@
 import type { AddressInfo } from 'node:net'
-import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream from '../lib/index'
-import { startGateway } from './helpers'
+import { logCapture, startGateway } from './helpers'
 import { ca, clientCert, skip, startSecure } from './private-ca'
 
 test('a target signed by a private CA: untrusted by default (502, never reached), trusted with tls.ca', { skip }, async (t) => {
@@ -69,8 +68,7 @@ test('active checks use the pool TLS settings', { skip }, async (t) => {
 
 test('opting out of verification works and logs a warning at register', { skip }, async (t) => {
   const up = await startSecure()
-  const lines: Array<{ level: number, msg: string, pool?: string }> = []
-  const stream = new Writable({ write (chunk, _encoding, done) { lines.push(JSON.parse(chunk.toString())); done() } })
+  const { lines, stream } = logCapture()
   const app = Fastify({ logger: { level: 'info', stream } })
   await app.register(fastifyUpstream, { upstreams: { lax: { targets: [up.url], tls: { rejectUnauthorized: false } } } })
   app.get('/x', (_request, reply) => reply.forward('lax'))

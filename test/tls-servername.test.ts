@@ -1,10 +1,9 @@
 import type { AddressInfo } from 'node:net'
-import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import { teardown, test } from 'tap'
 import { Agent, request } from 'undici'
 import fastifyUpstream from '../lib/index'
-import { startGateway } from './helpers'
+import { logCapture, startGateway } from './helpers'
 import { attackerCert, ca, skip, startSecure, type SecureEcho } from './private-ca'
 
 // The TLS name of a target (SNI, and the name its certificate must match) comes from the
@@ -135,8 +134,7 @@ test('active checks verify against the same name, whatever Host they send', { sk
 
 test("host: 'pass' is logged as a warning once per pool", { skip }, async (t) => {
   const up = await startSecure()
-  const lines: Array<{ level: number, msg: string, pool?: string }> = []
-  const stream = new Writable({ write (chunk, _encoding, done) { lines.push(JSON.parse(chunk.toString())); done() } })
+  const { lines, stream } = logCapture()
   const app = Fastify({ logger: { level: 'info', stream } })
   await app.register(fastifyUpstream, {
     upstreams: {
