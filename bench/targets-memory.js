@@ -41,7 +41,7 @@ function plugin () {
   return {
     Fastify: require('fastify'),
     fastifyUpstream: require('../dist/index.js'),
-    internalPool: require('../dist/pool.js').internalPool
+    internalPool: require('../dist/upstream/pool.js').internalPool
   }
 }
 

@@ -1,7 +1,7 @@
 import type { FastifyReplyFromHooks } from '@fastify/reply-from'
 import type { SelectRequest } from './balancers/types'
-import type { PoolOptions, TargetOptions } from './options'
-import type { TargetStatus, TargetView } from './target'
+import type { PoolOptions, TargetOptions } from './options/schema'
+import type { TargetStatus, TargetView } from './upstream/target'
 
 /**
  * The public face of pools and the registry: exactly what the README documents. The

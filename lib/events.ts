@@ -1,6 +1,6 @@
 import * as diagnostics from 'node:diagnostics_channel'
 import type { FastifyRequest } from 'fastify'
-import type { TargetState, TargetView } from './target'
+import type { TargetState, TargetView } from './upstream/target'
 
 /** Published after a target is selected for an attempt of a request: the first and each retry. */
 export interface SelectEvent {

@@ -1,29 +1,29 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
-import { UpstreamDispatcher } from './dispatcher'
+import { UpstreamDispatcher } from './proxy/dispatcher'
 import { AlreadyRegisteredError } from './errors'
 import type { ForwardOptions } from './contracts'
-import { Forwarder, onlyUrl, requestDecorations } from './forward'
-import { normalizeOptions, type PluginOptions } from './options'
-import { PoolRegistry } from './registry'
-import { setUpReplyFrom } from './reply-from'
-import { mountRoute, routerPathOptions } from './routes'
-import { mountStatus } from './status-route'
+import { Forwarder, onlyUrl, requestDecorations } from './proxy/forwarder'
+import { normalizeOptions, type PluginOptions } from './options/schema'
+import { PoolRegistry } from './upstream/registry'
+import { setUpReplyFrom } from './proxy/reply-from'
+import { mountRoute, routerPathOptions } from './proxy/routes'
+import { mountStatus } from './status/route'
 
 // the rest of the public API, exported as members of the plugin at the end of the file
 import type {
   PoolOptions, RouteOptions, TargetOptions, BalancerOptions, TimeoutOptions, HashKeyOption,
   ActiveCheckOptions, PassiveCheckOptions, RetryOptions, TlsOptions, DiscoveryOptions, HeaderPolicyOptions
-} from './options'
+} from './options/schema'
 import type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from './balancers/types'
-import type { TargetView, TargetState, TargetStatus } from './target'
+import type { TargetView, TargetState, TargetStatus } from './upstream/target'
 import type { UpstreamPool, UpstreamRegistry, PoolStatus, RegistryStatus, RemoveTargetOptions } from './contracts'
-import type { MetricsOptions } from './metrics'
-import { DnsSource, DnsSrvSource, type DiscoverySource, type DiscoveredTargets } from './discovery'
-import type { StatusRouteOptions } from './status-route'
-import { StatusSchema, PoolStatusSchema, TargetStatusSchema } from './status'
+import type { MetricsOptions } from './status/metrics'
+import { DnsSource, DnsSrvSource, type DiscoverySource, type DiscoveredTargets } from './upstream/discovery'
+import type { StatusRouteOptions } from './status/route'
+import { StatusSchema, PoolStatusSchema, TargetStatusSchema } from './status/page'
 import type { SelectEvent, ProxyErrorEvent, TargetStateEvent, RetryEvent } from './events'
-import type { UpstreamOutcome, UpstreamAttempt } from './outcome'
+import type { UpstreamOutcome, UpstreamAttempt } from './proxy/outcome'
 import * as errors from './errors'
 import { RoundRobinBalancer, RandomBalancer, LeastRequestBalancer, EwmaBalancer, ConsistentHashBalancer } from './balancers'
 
@@ -41,7 +41,7 @@ declare module 'fastify' {
      * What the upstream did for this request: its pool, and each attempt's target, status
      * or error, and time (built when read); null for a request not routed to a pool.
      */
-    readonly upstream: import('./outcome').UpstreamOutcome | null
+    readonly upstream: import('./proxy/outcome').UpstreamOutcome | null
   }
 }
 

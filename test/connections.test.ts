@@ -1,9 +1,9 @@
 import { test } from 'tap'
 import type { Pool as UndiciPool } from 'undici'
 import type { UpstreamPool } from '../lib/contracts'
-import { TargetConnections } from '../lib/dispatcher'
-import { internalPool, type Pool } from '../lib/pool'
-import { Target } from '../lib/target'
+import { TargetConnections } from '../lib/proxy/dispatcher'
+import { internalPool, type Pool } from '../lib/upstream/pool'
+import { Target } from '../lib/upstream/target'
 import { delayed, load, resources, settledResources, sleep, startGateway, startUpstream, startUpstreams, until, type Upstream } from './helpers'
 
 /** Counts the connections each upstream server accepts. */

@@ -3,8 +3,8 @@ import net from 'node:net'
 import type { Duplex } from 'node:stream'
 import { test } from 'tap'
 import { Pool, type Dispatcher } from 'undici'
-import { Exchange } from '../lib/exchange'
-import { Target } from '../lib/target'
+import { Exchange } from '../lib/proxy/exchange'
+import { Target } from '../lib/upstream/target'
 import { sleep, startGateway, startUpstream, until, type Upstream } from './helpers'
 
 // The Exchange that accounts for every request sent to a target: driven by undici through

@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { Target } from '../lib/target'
+import { Target } from '../lib/upstream/target'
 import type { BalancerOptions } from '../lib/index'
 import { delayed, drive, load, startGateway, startUpstream, startUpstreams, type Upstream } from './helpers'
 

@@ -2,7 +2,7 @@ import { test } from 'tap'
 import Fastify from 'fastify'
 import fastifyUpstream from '../lib/index'
 import { registerError } from './helpers'
-import { internalPool } from '../lib/pool'
+import { internalPool } from '../lib/upstream/pool'
 
 const cases: Array<[string, unknown, string]> = [
   ['target URL not http(s)', { upstreams: { users: { targets: ['http://127.0.0.1:1', 'ftp://x'] } } }, 'upstreams.users.targets[1]: must be an http(s) URL'],

@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { isSafePath } from '../lib/paths'
+import { isSafePath } from '../lib/proxy/paths'
 import { rawExchange, readings, startGateway, startUpstream } from './helpers'
 
 // The rule (see isSafePath): the path as sent, each form reached by decoding it again (up to

@@ -2,7 +2,7 @@ import net from 'node:net'
 import { test } from 'tap'
 import { closedPort, echo, sleep, startGateway, startUpstream, until, type Upstream } from './helpers'
 import type { RetryEvent, UpstreamPool } from '../lib/index'
-import { internalPool } from '../lib/pool'
+import { internalPool } from '../lib/upstream/pool'
 
 /** A server that accepts, reads the request, then resets the connection (`delay` ms later). */
 async function resetting (delay = 0): Promise<{ url: string, hits: () => number, close: () => Promise<void> }> {

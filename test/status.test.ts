@@ -2,7 +2,7 @@ import { Value } from '@sinclair/typebox/value'
 import { Registry } from 'prom-client'
 import { test } from 'tap'
 import { StatusSchema } from '../lib/index'
-import type { StatusSnapshot } from '../lib/status'
+import type { StatusSnapshot } from '../lib/status/page'
 import { load, startGateway, startUpstream, startUpstreams } from './helpers'
 
 /** Parses Prometheus text into `name{labels}` → value. */

@@ -1,4 +1,4 @@
-import type { BalancerOptions } from '../options'
+import type { BalancerOptions } from '../options/schema'
 import { ConsistentHashBalancer } from './consistent-hash'
 import { EwmaBalancer } from './ewma'
 import { LeastRequestBalancer } from './least-request'

@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream'
 import { Transform, type TransformCallback } from 'node:stream'
-import { BodyTimeoutError, BodyTooLargeError } from './errors'
+import { BodyTimeoutError, BodyTooLargeError } from '../errors'
 
 const kGuard = Symbol('fastify-upstream.body-guard')
 type Guarded = Readable & { [kGuard]?: BodyGuard }

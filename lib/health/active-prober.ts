@@ -1,10 +1,10 @@
 import net from 'node:net'
 import { Agent, type buildConnector } from 'undici'
-import { untraced } from './events'
-import type { HealthHost } from './health-host'
-import type { ActiveCheckConfig } from './options'
+import { untraced } from '../events'
+import type { HealthHost } from './host'
+import type { ActiveCheckConfig } from '../options/schema'
 import type { OutlierDetector } from './outlier-detector'
-import type { Target } from './target'
+import type { Target } from '../upstream/target'
 
 /**
  * Active health checks: probes every target on `interval` (plus up to `jitter`), by HTTP

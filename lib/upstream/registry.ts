@@ -1,7 +1,7 @@
-import { DuplicateError, UnknownPoolError } from './errors'
-import { channels, type Logger, type TargetStateEvent } from './events'
-import { checkPoolName, normalizePool, type PluginOptions, type PoolOptions } from './options'
-import type { PoolStatus, RegistryStatus, UpstreamPool, UpstreamRegistry } from './contracts'
+import { DuplicateError, UnknownPoolError } from '../errors'
+import { channels, type Logger, type TargetStateEvent } from '../events'
+import { checkPoolName, normalizePool, type PluginOptions, type PoolOptions } from '../options/schema'
+import type { PoolStatus, RegistryStatus, UpstreamPool, UpstreamRegistry } from '../contracts'
 import { Pool } from './pool'
 
 /** `fastify.upstreams`: the named pools of one plugin instance. */

@@ -1,6 +1,6 @@
 import { Registry } from 'prom-client'
-import type { PoolRegistry } from './registry'
-import { LATENCY_BUCKETS, type Target } from './target'
+import type { PoolRegistry } from '../upstream/registry'
+import { LATENCY_BUCKETS, type Target } from '../upstream/target'
 
 /**
  * Prometheus metrics through prom-client. Nothing is counted per request for them: each

@@ -1,6 +1,6 @@
 import { Resolver } from 'node:dns/promises'
-import type { Logger } from './events'
-import { normalizeTarget, type DiscoveryOptions, type TargetOptions } from './options'
+import type { Logger } from '../events'
+import { normalizeTarget, type DiscoveryOptions, type TargetOptions } from '../options/schema'
 
 /**
  * Discovery: where a pool's targets come from when they change at run time. A discovery

@@ -2,8 +2,8 @@ import type { IncomingHttpHeaders } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import type { Duplex } from 'node:stream'
 import type { Dispatcher } from 'undici'
-import { countFailure, type OutlierDetector } from './outlier-detector'
-import type { Target } from './target'
+import { countFailure, type OutlierDetector } from '../health/outlier-detector'
+import type { Target } from '../upstream/target'
 
 type Handler = Dispatcher.DispatchHandler
 type Controller = Dispatcher.DispatchController

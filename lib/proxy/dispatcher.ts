@@ -1,11 +1,11 @@
 import type { FastifyRequest } from 'fastify'
 import { buildConnector, Dispatcher, Pool } from 'undici'
-import { otel, undiciRequests, type OtelApi, type OtelContext } from './events'
+import { otel, undiciRequests, type OtelApi, type OtelContext } from '../events'
 import { Exchange } from './exchange'
-import { spanAttributes } from './forward'
-import type { PoolConfig } from './options'
-import type { OutlierDetector } from './outlier-detector'
-import type { Target } from './target'
+import { spanAttributes } from './forwarder'
+import type { PoolConfig } from '../options/schema'
+import type { OutlierDetector } from '../health/outlier-detector'
+import type { Target } from '../upstream/target'
 
 /**
  * How connections to a pool's targets are opened, shared by traffic and active checks.

@@ -1,6 +1,6 @@
-import type { HealthHost } from './health-host'
-import type { PassiveCheckConfig } from './options'
-import type { Target } from './target'
+import type { HealthHost } from './host'
+import type { PassiveCheckConfig } from '../options/schema'
+import type { Target } from '../upstream/target'
 
 /** Counts a failed exchange against `target`, and reports it to passive checks when they are on. */
 export function countFailure (target: Target, detector: OutlierDetector | undefined, now: number): void {

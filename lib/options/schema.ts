@@ -1,8 +1,8 @@
 import { Type, FormatRegistry, Kind, type Static, type TSchema } from '@sinclair/typebox'
 import { Value, ValueErrorType, type ValueError } from '@sinclair/typebox/value'
-import { InvalidOptionError } from './errors'
-import type { Balancer, BalancerFactory, SelectRequest } from './balancers/types'
-import { TOKEN_CHAR, VALUE_CHARS } from './header-syntax'
+import { InvalidOptionError } from '../errors'
+import type { Balancer, BalancerFactory, SelectRequest } from '../balancers/types'
+import { TOKEN_CHAR, VALUE_CHARS } from '../header-syntax'
 
 // Options are TypeBox schemas: the TypeScript types below are derived from them, and the
 // same schemas validate at register. `errorMessage` on a schema node replaces TypeBox's
@@ -332,18 +332,18 @@ type OwnRouteKeys = 'prefix' | 'upstream' | 'rewritePrefix' | 'methods' | 'reply
 export type RouteOptions = Pick<Static<typeof RouteSchema>, Exclude<OwnRouteKeys, 'replyOptions'>> &
 Pick<import('fastify').RouteShorthandOptions, Exclude<keyof Static<typeof RouteSchema>, OwnRouteKeys>> & {
   /** per-call options of `reply.from` for every request of the mount (as `reply.forward` takes them, without `url`) */
-  replyOptions?: Omit<import('./contracts').ForwardOptions, 'url'>
+  replyOptions?: Omit<import('../contracts').ForwardOptions, 'url'>
 }
 export type ActiveCheckOptions = Omit<Static<typeof ActiveCheckSchema>, 'check'> & {
   /** a custom probe: resolve true when the target is healthy */
-  check?: (target: import('./target').TargetView) => boolean | Promise<boolean>
+  check?: (target: import('../upstream/target').TargetView) => boolean | Promise<boolean>
 }
 export type PassiveCheckOptions = Static<typeof PassiveCheckSchema>
 export type RetryOptions = Static<typeof RetrySchema>
 export type TlsOptions = Static<typeof TlsSchema>
 export type DiscoveryOptions =
   | Extract<Static<typeof DiscoverySchema>, { type: 'dns' | 'dns-srv' }>
-  | (import('./discovery').DiscoverySource & { interval?: number })
+  | (import('../upstream/discovery').DiscoverySource & { interval?: number })
 type HeaderSetValue = string | ((request: import('fastify').FastifyRequest) => string | undefined)
 export interface HeaderPolicyOptions { set?: Record<string, HeaderSetValue>, remove?: string[] }
 
@@ -364,7 +364,7 @@ export interface ActiveCheckConfig {
   jitter: number
   healthyThreshold: number
   unhealthyThreshold: number
-  check: ((target: import('./target').TargetView) => boolean | Promise<boolean>) | undefined
+  check: ((target: import('../upstream/target').TargetView) => boolean | Promise<boolean>) | undefined
 }
 
 export interface PassiveCheckConfig {
@@ -403,7 +403,7 @@ export interface PoolConfig {
   /** responses with a Content-Length up to this many bytes are read whole before answering; 0: none */
   responseBuffer: number
   tls: TlsOptions
-  headerPolicy: import('./security').HeaderPolicyConfig
+  headerPolicy: import('../proxy/header-policy').HeaderPolicyConfig
   discovery: DiscoveryOptions | undefined
   discoveryInterval: number
 }
@@ -650,9 +650,9 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     headerPolicy: {
       host: input.host ?? DEFAULTS.host,
       forwardedHeaders: input.forwardedHeaders ?? DEFAULTS.forwardedHeaders,
-      requestSet: (input.headers?.set ?? {}) as import('./security').HeaderPolicyConfig['requestSet'],
+      requestSet: (input.headers?.set ?? {}) as import('../proxy/header-policy').HeaderPolicyConfig['requestSet'],
       requestRemove: input.headers?.remove ?? [],
-      responseSet: (input.responseHeaders?.set ?? {}) as import('./security').HeaderPolicyConfig['responseSet'],
+      responseSet: (input.responseHeaders?.set ?? {}) as import('../proxy/header-policy').HeaderPolicyConfig['responseSet'],
       responseRemove: input.responseHeaders?.remove ?? []
     }
   }
@@ -664,20 +664,20 @@ export interface PluginOptions {
   /** prefix mounts proxied to a pool */
   routes?: RouteOptions[]
   /** called after each selection (also on diagnostics channel `fastify-upstream:select`) */
-  onSelect?: (event: import('./events').SelectEvent) => void
+  onSelect?: (event: import('../events').SelectEvent) => void
   /** called when proxying fails (also on diagnostics channel `fastify-upstream:proxy-error`) */
-  onProxyError?: (event: import('./events').ProxyErrorEvent) => void
+  onProxyError?: (event: import('../events').ProxyErrorEvent) => void
   /** called when a target changes state (also on diagnostics channel `fastify-upstream:target-state`) */
-  onTargetStateChange?: (event: import('./events').TargetStateEvent) => void
+  onTargetStateChange?: (event: import('../events').TargetStateEvent) => void
   /** called before a failed request is tried again (also on diagnostics channel `fastify-upstream:retry`) */
-  onRetry?: (event: import('./events').RetryEvent) => void
+  onRetry?: (event: import('../events').RetryEvent) => void
   /** serves the status (JSON, or HTML to a browser) here, and Prometheus metrics at `/metrics` below it */
-  statusRoute?: string | import('./status-route').StatusRouteOptions
+  statusRoute?: string | import('../status/route').StatusRouteOptions
   /**
    * Prometheus metrics (default true): served at `${statusRoute}/metrics`, and added to
    * `registry` when one is given, with or without a status route; `false` turns them off
    */
-  metrics?: boolean | import('./metrics').MetricsOptions
+  metrics?: boolean | import('../status/metrics').MetricsOptions
 }
 
 export interface NormalizedOptions {
@@ -687,8 +687,8 @@ export interface NormalizedOptions {
   onProxyError: PluginOptions['onProxyError']
   onTargetStateChange: PluginOptions['onTargetStateChange']
   onRetry: PluginOptions['onRetry']
-  statusRoute: import('./status-route').StatusRouteOptions | undefined
-  metrics: import('./metrics').MetricsOptions | false
+  statusRoute: import('../status/route').StatusRouteOptions | undefined
+  metrics: import('../status/metrics').MetricsOptions | false
 }
 
 export function normalizeOptions (input: PluginOptions | undefined): NormalizedOptions {

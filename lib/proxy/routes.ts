@@ -1,12 +1,12 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions as FastifyRouteOptions } from 'fastify'
-import { BadPathError, BodyTooLargeError, InvalidOptionError } from './errors'
-import type { ForwardOptions } from './contracts'
-import type { Forwarder } from './forward'
-import { kTarget } from './forward'
-import { DEFAULTS, type RouteOptions } from './options'
+import { BadPathError, BodyTooLargeError, InvalidOptionError } from '../errors'
+import type { ForwardOptions } from '../contracts'
+import type { Forwarder } from './forwarder'
+import { kTarget } from './forwarder'
+import { DEFAULTS, type RouteOptions } from '../options/schema'
 import { decoded, isSafePath, isValidQuery, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
 import { BodyGuard } from './request-body'
-import type { Target } from './target'
+import type { Target } from '../upstream/target'
 
 /**
  * A `routes` entry mounted like an `@fastify/http-proxy` prefix: `prefix` (with `:params`)

@@ -1,4 +1,4 @@
-import type { Target, TargetView } from './target'
+import type { Target, TargetView } from '../upstream/target'
 
 /**
  * What the health parts (active prober, outlier detector) need of a pool: its targets and

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net'
 import type { FastifyRequest } from 'fastify'
-import { BadHeaderError } from './errors'
-import { INVALID_VALUE, TOKEN } from './header-syntax'
+import { BadHeaderError } from '../errors'
+import { INVALID_VALUE, TOKEN } from '../header-syntax'
 
 /**
  * Security policies for the hop upstream: which headers go up and come back (paths are

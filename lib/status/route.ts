@@ -1,9 +1,9 @@
 import type { Static } from '@sinclair/typebox'
 import type { FastifyInstance, RouteShorthandOptions } from 'fastify'
 import { UpstreamMetrics, type MetricsOptions } from './metrics'
-import type { StatusRouteSchema } from './options'
-import type { PoolRegistry } from './registry'
-import { StatusSchema, statusPage } from './status'
+import type { StatusRouteSchema } from '../options/schema'
+import type { PoolRegistry } from '../upstream/registry'
+import { StatusSchema, statusPage } from './page'
 
 /**
  * The status route: `url`, and Fastify's own route options for the keys the plugin

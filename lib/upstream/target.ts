@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici'
-import { LATENCY_MEMORY, type BalancerTarget } from './balancers/types'
-import type { TargetConnections } from './dispatcher'
-import type { TargetConfig } from './options'
+import { LATENCY_MEMORY, type BalancerTarget } from '../balancers/types'
+import type { TargetConnections } from '../proxy/dispatcher'
+import type { TargetConfig } from '../options/schema'
 
 export type TargetState = 'healthy' | 'unhealthy' | 'ejected' | 'draining' | 'disabled'
 
