@@ -18,7 +18,11 @@
 const { performance } = require('node:perf_hooks')
 const Fastify = require('fastify')
 
-const [kind, list] = process.argv.slice(2)
+// `plugin@baseline` (and the like) runs the same proxy on another build of the plugin,
+// whose entry file is the third argument (see --baseline in proxy.js)
+const [name, list, entry] = process.argv.slice(2)
+const kind = name.replace(/@baseline$/, '')
+const pluginEntry = entry ?? '../dist/index.js'
 const urls = (list ?? '').split(',').filter(Boolean)
 
 /** The route of the reply-from proxies: every method, every path. */
@@ -31,12 +35,12 @@ async function build () {
   if (kind === 'plugin-forward') {
     // the plugin as its README uses it: a route of the application's own that picks the
     // path to send (the request's query string is kept: the url has none)
-    await app.register(require('../dist/index.js'), {
+    await app.register(require(pluginEntry), {
       upstreams: { pool: { targets: urls, balancer: 'least-request' } }
     })
     app.get('/users/:id', (request, reply) => reply.forward('pool', { url: '/v1/users/' + request.params.id }))
   } else if (kind === 'plugin' || kind === 'plugin-stream' || kind === 'plugin-no-xff') {
-    const fastifyUpstream = require('../dist/index.js')
+    const fastifyUpstream = require(pluginEntry)
     const pool = { targets: urls, balancer: 'least-request' }
     if (kind === 'plugin-stream') pool.responseBuffer = 0
     if (kind === 'plugin-no-xff') pool.forwardedHeaders = 'none'

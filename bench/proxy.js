@@ -35,6 +35,9 @@
 //                       [--no-pin]             do not pin the processes to CPUs (taskset)
 //                       [--wait-quiet=SECONDS] first wait (at most that long) for an idle machine
 //                       [--cpu-prof[=DIR]]     profile every proxy process with --cpu-prof
+//                       [--baseline=DIR]       also run each plugin proxy on the build in DIR (the
+//                                              `dist/` of another commit, DIR/index.js), as
+//                                              `plugin@baseline`, ..., in the same rounds
 //
 // Needs the built plugin (npm run build). Loopback only; bounded in time (a watchdog ends
 // the run); the children are killed at the end, on error and on SIGINT/SIGTERM.
@@ -84,7 +87,8 @@ function options (args) {
     warmup: numberArg(args, 'warmup', 2),
     connections: Math.round(numberArg(args, 'connections', 50)),
     paths: typeof args.path === 'string' ? [args.path] : requestPaths(Math.round(numberArg(args, 'paths', 1000))),
-    proxies: proxyList(args.proxies),
+    proxies: proxyList(args.proxies, args.baseline),
+    baseline: baselineEntry(typeof args.baseline === 'string' ? args.baseline : undefined),
     waitQuiet: args['wait-quiet'] === undefined ? 0 : numberArg(args, 'wait-quiet', 60),
     cpus: args['no-pin'] === true ? undefined : cpuPlan(),
     cpuProf
@@ -120,10 +124,26 @@ function spreadPaths (paths, connections) {
   }
 }
 
-function proxyList (value) {
+function proxyList (value, baseline) {
   const list = typeof value === 'string' ? value.split(',').filter(Boolean) : DEFAULT_PROXIES
   for (const kind of list) if (PROXIES[kind] === undefined) throw new Error(`--proxies: unknown proxy ${kind}`)
-  return list.includes('bare') ? list : [...list, 'bare']
+  const withBare = list.includes('bare') ? list : [...list, 'bare']
+  if (baseline === undefined) return withBare
+  // each plugin proxy beside the same proxy on the baseline build
+  return withBare.flatMap((kind) => kind.startsWith('plugin') ? [kind, `${kind}@baseline`] : [kind])
+}
+
+/** What a proxy is, by its name (`plugin@baseline` is `plugin` on the baseline build). */
+function describeProxy (kind) {
+  return kind.endsWith('@baseline') ? `${PROXIES[kind.replace(/@baseline$/, '')]} [baseline build]` : PROXIES[kind]
+}
+
+/** The baseline build's entry file, checked to exist. */
+function baselineEntry (dir) {
+  if (dir === undefined) return undefined
+  const entry = path.resolve(dir, 'index.js')
+  if (!fs.existsSync(entry)) throw new Error(`--baseline: no ${entry} (give the dist/ directory of a built copy of the plugin)`)
+  return entry
 }
 
 /** A function that asks `child` for its { cpu, ... } over IPC. */
@@ -138,11 +158,12 @@ function statsOf (child) {
 
 const cpuMicros = (before, after) => (after.user - before.user) + (after.system - before.system)
 
-async function startProxy (kind, urls, { cpuProf, cpus }) {
+async function startProxy (kind, urls, { cpuProf, cpus, baseline }) {
   const execArgv = cpuProf === undefined
     ? []
     : ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`, `--cpu-prof-name=${kind}.${Date.now()}.cpuprofile`]
-  const child = spawnChild(path.join(__dirname, 'proxy-server.js'), [kind, urls.join(',')], { execArgv })
+  const argv = kind.endsWith('@baseline') ? [kind, urls.join(','), baseline] : [kind, urls.join(',')]
+  const child = spawnChild(path.join(__dirname, 'proxy-server.js'), argv, { execArgv })
   const { url } = await waitMessage(child, 'ready', 15_000)
   if (cpus !== undefined) pin(child.pid, cpus.proxy)
   return { kind, url, child, stats: statsOf(child), served: 0 }
@@ -160,7 +181,7 @@ async function check (proxy, paths, upstreams) {
     proxy.served++
     upstreams.send({ type: 'last' })
     const { url } = await waitMessage(upstreams, 'last', 5000)
-    const expected = V1.has(proxy.kind) ? '/v1' + urlPath : urlPath
+    const expected = V1.has(proxy.kind.replace(/@baseline$/, '')) ? '/v1' + urlPath : urlPath
     if (url !== expected) throw new Error(`${proxy.kind} proxy sent GET ${urlPath} upstream as ${url}, not ${expected}`)
   }
 }
@@ -307,7 +328,7 @@ async function runProxyBench (args = {}) {
     console.log('\nMedians over the measured rounds, and ratios to bare (paired: the median of per-round ratios):\n')
     printTable(['proxy', 'req/s', 'CPU µs/req', 'errors', 'throughput ratio', 'CPU ratio', 'paired'], opts.proxies.map((kind) => {
       const c = comparisons[kind]
-      return [PROXIES[kind], fmt(m[kind].rps), fmt(m[kind].cpu, 1), fmt(m[kind].errors),
+      return [describeProxy(kind), fmt(m[kind].rps), fmt(m[kind].cpu, 1), fmt(m[kind].errors),
         c === undefined ? '' : c.ratios.throughput.toFixed(3), c === undefined ? '' : c.ratios.cpu.toFixed(3),
         c === undefined ? '' : `${c.paired.throughput.toFixed(3)} / ${c.paired.cpu.toFixed(3)}`]
     }))
@@ -320,6 +341,15 @@ async function runProxyBench (args = {}) {
     }
     if (all.some((r) => r.errors > 0)) console.log('WARNING: some requests failed; the figures are suspect')
     console.log('')
+    for (const kind of opts.proxies) {
+      const base = `${kind}@baseline`
+      if (results[base] === undefined) continue
+      // this build against the baseline build, round by round as against bare
+      const cpu = median(results[kind].map((r, i) => r.cpuPerRequest / results[base][i].cpuPerRequest))
+      const throughput = median(results[kind].map((r, i) => r.rps / results[base][i].rps))
+      console.log(`${kind} against ${base}: CPU per request ${(m[kind].cpu / m[base].cpu).toFixed(3)} (paired ${cpu.toFixed(3)}), ` +
+        `throughput ${(m[kind].rps / m[base].rps).toFixed(3)} (paired ${throughput.toFixed(3)})`)
+    }
     for (const [kind, c] of Object.entries(comparisons)) {
       if (c.pass === undefined) {
         console.log(`${kind}: throughput ratio to bare ${c.ratios.throughput.toFixed(3)}, CPU per request ratio ${c.ratios.cpu.toFixed(3)} (reference)`)

@@ -1,80 +1,94 @@
-import type { FastifyReplyFromHooks } from '@fastify/reply-from'
-import type { SelectRequest } from './balancers/types'
-import type { PoolOptions, TargetOptions } from './options/schema'
-import type { TargetStatus, TargetView } from './upstream/target'
+import { Type, type Static } from '@sinclair/typebox'
 
 /**
- * The public face of pools and the registry: exactly what the README documents. The
- * plugin's own classes stay behind these (`Pool`, `PoolRegistry`); what users get are
- * frozen objects whose members reach those classes by closure, so nothing else of them
- * can be read or changed from outside, in TypeScript or in JavaScript.
+ * The public shapes every part shares: target states and views, the status snapshot, the
+ * state-change event and the logger. This module imports no other module of the plugin,
+ * so that every part may import it without making a cycle.
  */
 
 /**
- * Per-call options of `reply.forward` (and a mount's `replyOptions`): `url`, and the
- * per-call options of `reply.from` the plugin passes through. reply-from's own retries
- * (`retriesCount`, `retryDelay`) and `getUpstream` are not among them: retries and the
- * choice of target are the plugin's. Any other key is an error at run time too.
+ * The states of a target (the order of the status page and the metrics). When several
+ * apply, the most restrictive wins: draining > disabled > ejected > unhealthy > healthy.
  */
-export interface ForwardOptions extends Pick<FastifyReplyFromHooks,
-'queryString' | 'contentType' | 'onResponse' | 'onError' | 'body' | 'rewriteHeaders' | 'rewriteRequestHeaders' | 'method' | 'timeout'> {
-  /** the path (and optional query) sent upstream; default: the path the router matched */
-  url?: string
+export const TARGET_STATES = ['healthy', 'unhealthy', 'ejected', 'draining', 'disabled'] as const
+export type TargetState = typeof TARGET_STATES[number]
+
+/** The read-only face of a target that the public API hands out (live: each read is current). */
+export interface TargetView {
+  readonly url: string
+  readonly weight: number
+  readonly effectiveWeight: number
+  readonly backup: boolean
+  readonly state: TargetState
+  readonly inflight: number
+  readonly requests: number
+  readonly failures: number
+  /** requests retried away from this target */
+  readonly retries: number
+  /** times the target was ejected by passive checks */
+  readonly ejections: number
+  /** peak-EWMA latency to response headers, ms */
+  readonly latency: number
 }
 
-export interface PoolStatus {
-  name: string
-  balancer: string
+/**
+ * The status snapshot's schema: the JSON answer of `statusRoute` (validated against it) and
+ * what `fastify.upstreams.status()` returns. The types below are derived from it.
+ */
+export const TargetStatusSchema = Type.Object({
+  url: Type.String(),
+  weight: Type.Number(),
+  effectiveWeight: Type.Number(),
+  backup: Type.Boolean(),
+  state: Type.Union(TARGET_STATES.map((s) => Type.Literal(s))),
+  inflight: Type.Integer(),
+  requests: Type.Integer(),
+  failures: Type.Integer(),
+  retries: Type.Integer(),
+  ejections: Type.Integer(),
+  latency: Type.Number({ description: 'peak-EWMA latency to response headers, ms' })
+}, { additionalProperties: false })
+
+export const PoolStatusSchema = Type.Object({
+  name: Type.String(),
+  balancer: Type.String(),
   /** targets that may take requests */
-  available: number
+  available: Type.Integer(),
   /** fewer than `panicThreshold` percent of the primaries are available: balancing over all */
-  panic: boolean
-  targets: TargetStatus[]
-}
+  panic: Type.Boolean(),
+  targets: Type.Array(TargetStatusSchema)
+}, { additionalProperties: false })
 
-export interface RegistryStatus {
-  pools: Record<string, PoolStatus>
-}
+export const StatusSchema = Type.Object({
+  pools: Type.Record(Type.String(), PoolStatusSchema)
+}, { additionalProperties: false })
+
+export type TargetStatus = Static<typeof TargetStatusSchema>
+export type PoolStatus = Static<typeof PoolStatusSchema>
+export type RegistryStatus = Static<typeof StatusSchema>
 
 export interface RemoveTargetOptions {
   /** stop new requests and wait for in-flight ones (up to the pool's `drainTimeout`) */
   drain?: boolean
 }
 
-/** A pool of targets: `app.upstreams.get(name)`. */
-export interface UpstreamPool {
-  /** the pool name */
-  readonly name: string
-  /** read-only live views of every target, in the order they were added */
-  readonly targets: readonly TargetView[]
-  /** the view of the target with this URL, if any */
-  target (url: string): TargetView | undefined
-  /** the target the balancer picks for a request-like object, or undefined */
-  select (request: SelectRequest): TargetView | undefined
-  /** adds a target and returns its view */
-  addTarget (target: TargetOptions): TargetView
-  /** takes a target out of rotation at once and removes it (with `drain`, after its requests end) */
-  removeTarget (url: string, options?: RemoveTargetOptions): Promise<void>
-  /** changes a target's weight (integer 1-1000) */
-  setWeight (url: string, weight: number): void
-  /** takes a target out of rotation, or puts it back */
-  setState (url: string, state: 'disabled' | 'enabled'): void
-  /** the pool's part of `upstreams.status()` */
-  status (): PoolStatus
+/**
+ * Published on every change of a target: its state (`kind: 'state'`), and also when it is
+ * added or re-weighted (then `from` and `to` are its state, unchanged) and removed (then
+ * `from` is its state before the removal began, and `to` is `'removed'`).
+ */
+export interface TargetStateEvent {
+  kind: 'state' | 'added' | 'removed' | 'weight'
+  pool: string
+  target: TargetView
+  from: TargetState
+  to: TargetState | 'removed'
+  /** why, in words: 'active check failed 3 times', 'ejected for 30000 ms', 'disabled by the operator' */
+  reason: string
 }
 
-/** `app.upstreams`: the named pools. */
-export interface UpstreamRegistry extends Iterable<UpstreamPool> {
-  /** how many pools there are */
-  readonly size: number
-  get (name: string): UpstreamPool | undefined
-  has (name: string): boolean
-  /** adds a pool, validated as at register; works after `ready` too */
-  add (name: string, options: PoolOptions): UpstreamPool
-  /** removes a pool; its in-flight requests finish */
-  remove (name: string): Promise<void>
-  /** a JSON-serialisable snapshot of every pool and target */
-  status (): RegistryStatus
-  /** the pool names */
-  keys (): IterableIterator<string>
+/** The minimal logger the pools use (a pino or Fastify logger fits). */
+export interface Logger {
+  info: (object: object, message: string) => void
+  warn: (object: object, message: string) => void
 }

@@ -2,9 +2,10 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
 import { UpstreamDispatcher } from './proxy/dispatcher'
 import { AlreadyRegisteredError } from './errors'
-import type { ForwardOptions } from './contracts'
-import { Forwarder, onlyUrl, requestDecorations } from './proxy/forwarder'
-import { normalizeOptions, type PluginOptions } from './options/schema'
+import { onlyUrl, type ForwardOptions } from './proxy/forward-options'
+import { Forwarder } from './proxy/forwarder'
+import { requestDecorations } from './proxy/forwarding'
+import { normalizeOptions } from './options/normalize'
 import { PoolRegistry } from './upstream/registry'
 import { setUpReplyFrom } from './proxy/reply-from'
 import { mountRoute, routerPathOptions } from './proxy/routes'
@@ -12,17 +13,20 @@ import { mountStatus } from './status/route'
 
 // the rest of the public API, exported as members of the plugin at the end of the file
 import type {
-  PoolOptions, RouteOptions, TargetOptions, BalancerOptions, TimeoutOptions, HashKeyOption,
-  ActiveCheckOptions, PassiveCheckOptions, RetryOptions, TlsOptions, DiscoveryOptions, HeaderPolicyOptions
-} from './options/schema'
+  PluginOptions, PoolOptions, RouteOptions, TargetOptions, TimeoutOptions,
+  ActiveCheckOptions, PassiveCheckOptions, RetryOptions, TlsOptions, DiscoveryOptions, HeaderPolicyOptions,
+  MetricsOptions, StatusRouteOptions
+} from './options/types'
+import type { DiscoverySource, DiscoveredTargets } from './options/schema'
+import type { BalancerOptions, HashKeyOption } from './balancers/schema'
 import type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from './balancers/types'
-import type { TargetView, TargetState, TargetStatus } from './upstream/target'
-import type { UpstreamPool, UpstreamRegistry, PoolStatus, RegistryStatus, RemoveTargetOptions } from './contracts'
-import type { MetricsOptions } from './status/metrics'
-import { DnsSource, DnsSrvSource, type DiscoverySource, type DiscoveredTargets } from './upstream/discovery'
-import type { StatusRouteOptions } from './status/route'
-import { StatusSchema, PoolStatusSchema, TargetStatusSchema } from './status/page'
-import type { SelectEvent, ProxyErrorEvent, TargetStateEvent, RetryEvent } from './events'
+import {
+  StatusSchema, PoolStatusSchema, TargetStatusSchema,
+  type TargetView, type TargetState, type TargetStatus, type PoolStatus, type RegistryStatus, type RemoveTargetOptions, type TargetStateEvent
+} from './contracts'
+import type { UpstreamPool, UpstreamRegistry } from './upstream/api'
+import { DnsSource, DnsSrvSource } from './upstream/discovery'
+import type { SelectEvent, ProxyErrorEvent, RetryEvent } from './events'
 import type { UpstreamOutcome, UpstreamAttempt } from './proxy/outcome'
 import * as errors from './errors'
 import { RoundRobinBalancer, RandomBalancer, LeastRequestBalancer, EwmaBalancer, ConsistentHashBalancer } from './balancers'

@@ -1,7 +1,6 @@
 import { hashRange, hashString } from './hash'
+import type { BalancerTypeOptions, HashKeyOption } from './schema'
 import type { Balancer, BalancerTarget, SelectRequest } from './types'
-
-export type HashKey = string | ((request: SelectRequest) => string | undefined)
 
 /** Returns the hash of a request's key, or -1 when the request has no such key. */
 type KeyHasher = (request: SelectRequest) => number
@@ -36,7 +35,7 @@ function hashOf (value: unknown): number {
   return -1
 }
 
-export function keyHasher (key: HashKey): KeyHasher {
+export function keyHasher (key: HashKeyOption): KeyHasher {
   if (typeof key === 'function') return (request) => hashOf(key(request))
   if (key === 'ip') return (request) => hashOf(request.ip)
   if (key === 'url') return (request) => hashString(request.url)
@@ -75,7 +74,7 @@ export class ConsistentHashBalancer implements Balancer {
    */
   private readonly stride: number
 
-  constructor (options: { key?: HashKey, tableSize?: number } = {}) {
+  constructor (options: Omit<BalancerTypeOptions<'consistent-hash'>, 'type'> = {}) {
     this.size = options.tableSize ?? 65537
     this.stride = 7919 % this.size || 1
     this.hashKey = keyHasher(options.key ?? 'ip')

@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import { LeastRequestBalancer } from './least-request'
+import type { BalancerTypeOptions } from './schema'
 import type { BalancerTarget } from './types'
 
 /** the cost of an unmeasured target with requests in flight: above any measured one
@@ -16,7 +17,7 @@ export class EwmaBalancer extends LeastRequestBalancer {
   private readonly decay: number
   private readonly initialLatency: number
 
-  constructor (options: { decay?: number, initialLatency?: number } = {}) {
+  constructor (options: Omit<BalancerTypeOptions<'ewma'>, 'type'> = {}) {
     super({ choices: 2 })
     this.decay = options.decay ?? 10_000
     this.initialLatency = options.initialLatency ?? 1

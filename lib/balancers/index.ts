@@ -1,9 +1,9 @@
-import type { BalancerOptions } from '../options/schema'
 import { ConsistentHashBalancer } from './consistent-hash'
 import { EwmaBalancer } from './ewma'
 import { LeastRequestBalancer } from './least-request'
 import { RandomBalancer } from './random'
 import { RoundRobinBalancer } from './round-robin'
+import type { BalancerOptions } from './schema'
 import type { Balancer } from './types'
 
 export type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from './types'

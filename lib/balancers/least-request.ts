@@ -1,16 +1,13 @@
 import { performance } from 'node:perf_hooks'
 import { AliasTable } from './alias-table'
+import type { BalancerTypeOptions } from './schema'
 import { LATENCY_MEMORY, type Balancer, type BalancerTarget } from './types'
 /** Added to both latencies before comparing them (ms), so that sub-millisecond noise
  * between fast targets never makes one of them "slow". */
 const LATENCY_FLOOR = 1
 
-export interface LeastRequestOptions {
-  /** distinct targets drawn per pick (2 to 8) */
-  choices?: number
-  /** how many times slower than the other a target must be to be charged for its latency; 0: never */
-  slowRatio?: number
-}
+/** `choices`: distinct targets drawn per pick (2 to 8); `slowRatio`: how many times slower than the other a target must be to be charged for its latency (0: never). */
+export type LeastRequestOptions = Omit<BalancerTypeOptions<'least-request'>, 'type'>
 
 /**
  * Weighted power of two choices on in-flight requests (Envoy LEAST_REQUEST): draw

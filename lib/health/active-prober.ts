@@ -1,8 +1,8 @@
 import net from 'node:net'
 import { Agent, type buildConnector } from 'undici'
-import { untraced } from '../events'
+import { untraced } from '../otel'
 import type { HealthHost } from './host'
-import type { ActiveCheckConfig } from '../options/schema'
+import type { ActiveCheckConfig } from '../options/config'
 import type { OutlierDetector } from './outlier-detector'
 import type { Target } from '../upstream/target'
 

@@ -1,4 +1,5 @@
-import type { Target, TargetView } from '../upstream/target'
+import type { TargetView } from '../contracts'
+import type { Target } from '../upstream/target'
 
 /**
  * What the health parts (active prober, outlier detector) need of a pool: its targets and

@@ -1,5 +1,5 @@
 import type { HealthHost } from './host'
-import type { PassiveCheckConfig } from '../options/schema'
+import type { PassiveCheckConfig } from '../options/config'
 import type { Target } from '../upstream/target'
 
 /** Counts a failed exchange against `target`, and reports it to passive checks when they are on. */
@@ -37,10 +37,10 @@ export class OutlierDetector {
   failure (target: Target, now: number): void {
     target.consecutiveFailures++
     if (target.consecutiveFailures < this.config.consecutiveFailures || target.ejected) return
-    if (!this.mayEject()) return
+    if (!mayEject(this.host.targetList, this.config.maxEjectionPercent)) return
     // a target that stayed in for a long spell starts again from the base ejection time
     if (now - target.ejectedUntil > this.config.maxEjectionTime) target.ejectionStreak = 0
-    const duration = Math.min(this.config.ejectionTime * 2 ** target.ejectionStreak, this.config.maxEjectionTime)
+    const duration = ejectionTime(this.config, target.ejectionStreak)
     const failures = target.consecutiveFailures
     this.host.transition(target, (t) => {
       t.ejected = true
@@ -78,11 +78,20 @@ export class OutlierDetector {
     for (const timer of this.timers.values()) clearTimeout(timer)
     this.timers.clear()
   }
+}
 
-  private mayEject (): boolean {
-    const targets = this.host.targetList
-    let ejected = 0
-    for (const target of targets) if (target.ejected) ejected++
-    return ejected === 0 || ((ejected + 1) * 100) / targets.length <= this.config.maxEjectionPercent
-  }
+/**
+ * Whether one more target of `targets` may be ejected: never more than `maxPercent` of
+ * them, except that one may always be (a pool of two with the default 10% could else
+ * eject none).
+ */
+export function mayEject (targets: ReadonlyArray<{ readonly ejected: boolean }>, maxPercent: number): boolean {
+  let ejected = 0
+  for (const target of targets) if (target.ejected) ejected++
+  return ejected === 0 || ((ejected + 1) * 100) / targets.length <= maxPercent
+}
+
+/** How long an ejection lasts: `ejectionTime` doubled for each ejection in a row before it, up to `maxEjectionTime`. */
+export function ejectionTime (config: Pick<PassiveCheckConfig, 'ejectionTime' | 'maxEjectionTime'>, streak: number): number {
+  return Math.min(config.ejectionTime * 2 ** streak, config.maxEjectionTime)
 }

@@ -1,318 +1,50 @@
 import type { FastifyRequest } from 'fastify'
-import { buildConnector, Dispatcher, Pool } from 'undici'
-import { otel, undiciRequests, type OtelApi, type OtelContext } from '../events'
-import { Exchange } from './exchange'
-import { spanAttributes } from './forwarder'
-import type { PoolConfig } from '../options/schema'
-import type { OutlierDetector } from '../health/outlier-detector'
+import { Dispatcher } from 'undici'
+import { undiciRequests } from '../channels'
 import type { Target } from '../upstream/target'
-
-/**
- * How connections to a pool's targets are opened, shared by traffic and active checks.
- * TLS certificates are verified unless the pool opts out (`tls.rejectUnauthorized: false`).
- *
- * The TLS name (SNI, and the name the certificate must match) is the pool's
- * `tls.servername`, else the host of the target's URL, with no SNI for an IP address.
- * undici would take it from each request's Host header, which `host: 'pass'` lets the
- * client write: a certificate for any name the client picks would then be accepted. So
- * the name undici passes in is dropped, and undici falls back to the connector's own
- * `servername` and then to the origin's host.
- */
-export function connector (config: PoolConfig): buildConnector.connector {
-  const connect = buildConnector({
-    minVersion: 'TLSv1.2',
-    ...config.tls,
-    rejectUnauthorized: config.tls.rejectUnauthorized !== false,
-    timeout: config.timeout.connect
-  } as buildConnector.BuildOptions)
-  return (options, callback) => { connect({ ...options, servername: undefined }, callback) }
-}
-
-/**
- * How often a pool's connection pools are looked over for idle ones (ms). One that had no
- * request and no open connection for a whole period is closed: it is gone one to two
- * periods after its last use (its keep-alive connections close first, after
- * `keepAliveTimeout`), and a target that gets a request now and then keeps its own.
- */
-export const IDLE_SWEEP_INTERVAL = 60_000
-
-/** The targets of one origin in one upstream pool, and their connection pool while it lives. */
-interface OriginEntry {
-  /** the targets on this origin (more than one when their paths differ) */
-  readonly targets: Target[]
-  /** undici's pool, made by the first request; undefined until then and once idle */
-  pool: Pool | undefined
-  /** the targets' request count at the last sweep (-1: not swept since the pool was made) */
-  requests: number
-}
-
-/**
- * One upstream pool's keep-alive connection pools, one per target origin, built with that
- * pool's settings (timeouts, connection limit, TLS). Two upstream pools that list the same
- * URL have separate connections, so that each keeps its own TLS settings.
- *
- * An undici `Pool` holds about 18 KB even with no connection open, and discovery can
- * list thousands of targets that mostly sit idle, so a connection pool is made by the
- * first request to its origin (`UpstreamDispatcher.dispatch`) and closed again after an
- * idle spell. Idle pools are found by a sweep every IDLE_SWEEP_INTERVAL, run only while
- * some connection pool exists and unref'd: it reads the targets' request counters, which
- * every request bumps anyway, and undici's own counts, so a request pays nothing for it
- * (a last-use time or an idle timer per pool would cost a clock read or a timer reset per
- * request, and undici's `disconnect` events a listener and a timer per pool).
- */
-export class TargetConnections {
-  private readonly origins = new Map<string, OriginEntry>()
-  /** the entries with a connection pool: the only ones the sweep looks at */
-  private readonly live = new Set<OriginEntry>()
-  /** idle pools being closed, awaited by close() */
-  private readonly closing = new Set<Promise<void>>()
-  private sweeper: NodeJS.Timeout | undefined = undefined
-  private readonly config: PoolConfig
-  /** how the pool's connections are opened: one for all its origins, and for its active checks */
-  readonly connector: buildConnector.connector
-  private readonly sweepInterval: number
-
-  constructor (config: PoolConfig, sweepInterval = IDLE_SWEEP_INTERVAL) {
-    this.config = config
-    this.connector = connector(config)
-    this.sweepInterval = sweepInterval
-  }
-
-  /** How many connection pools exist (made and not yet closed). */
-  get size (): number {
-    return this.live.size
-  }
-
-  /**
-   * Takes `target` in: it shares its origin's connection pool with the pool's other
-   * targets on that origin. No connection pool is made here (see connect).
-   */
-  acquire (target: Target): void {
-    let entry = this.origins.get(target.origin)
-    if (entry === undefined) {
-      entry = { targets: [], pool: undefined, requests: -1 }
-      this.origins.set(target.origin, entry)
-    }
-    entry.targets.push(target)
-    target.connections = this
-    target.connection = entry.pool
-  }
-
-  /**
-   * Makes the connection pool of `target`'s origin, on its first request, and hands it to
-   * every target on that origin. Undefined for a target that has left the pool.
-   */
-  connect (target: Target): Pool | undefined {
-    const entry = this.origins.get(target.origin)
-    if (entry === undefined || !entry.targets.includes(target)) return undefined
-    if (entry.pool !== undefined) return (target.connection = entry.pool)
-    const config = this.config
-    const pool = new Pool(target.origin, {
-      connections: config.maxConnections ?? null,
-      keepAliveTimeout: config.keepAliveTimeout,
-      headersTimeout: config.timeout.response,
-      bodyTimeout: config.timeout.idle,
-      connect: this.connector
-    })
-    entry.pool = pool
-    entry.requests = -1
-    for (const other of entry.targets) other.connection = pool
-    this.live.add(entry)
-    if (this.sweeper === undefined) {
-      this.sweeper = setInterval(() => this.sweep(), this.sweepInterval)
-      this.sweeper.unref()
-    }
-    return pool
-  }
-
-  /**
-   * Closes the connection pools that had no request since the last sweep and hold no
-   * connection and no request now; the next request to their origin makes a new one.
-   */
-  sweep (): void {
-    for (const entry of this.live) {
-      const pool = entry.pool as Pool
-      let requests = 0
-      let inflight = 0
-      for (const target of entry.targets) {
-        requests += target.requests
-        inflight += target.inflight
-      }
-      const stats = pool.stats
-      if (requests !== entry.requests || inflight > 0 || stats.connected > 0 || stats.size > 0 || stats.queued > 0) {
-        entry.requests = requests
-        continue
-      }
-      this.forget(entry)
-      // nothing open and nothing queued: this settles at once, but close() waits for it
-      const closing = pool.close().catch(() => {}).finally(() => this.closing.delete(closing))
-      this.closing.add(closing)
-    }
-  }
-
-  /**
-   * Lets `target` go; the last target on its origin closes the origin's connection pool,
-   * if one was made, once its requests have finished.
-   */
-  release (target: Target): Promise<void> {
-    target.connections = undefined
-    target.connection = undefined
-    const entry = this.origins.get(target.origin)
-    const index = entry === undefined ? -1 : entry.targets.indexOf(target)
-    if (entry === undefined || index === -1) return Promise.resolve()
-    entry.targets.splice(index, 1)
-    if (entry.targets.length > 0) return Promise.resolve()
-    this.origins.delete(target.origin)
-    const pool = entry.pool
-    if (pool === undefined) return Promise.resolve()
-    this.forget(entry)
-    return pool.close()
-  }
-
-  /** Closes every connection pool: gracefully (in-flight requests finish) or at once. */
-  async close (graceful: boolean): Promise<void> {
-    const pools: Pool[] = []
-    for (const entry of this.origins.values()) {
-      for (const target of entry.targets) {
-        target.connections = undefined
-        target.connection = undefined
-      }
-      if (entry.pool !== undefined) pools.push(entry.pool)
-    }
-    this.origins.clear()
-    this.live.clear()
-    this.stopSweeping()
-    await Promise.all([...pools.map((pool) => graceful ? pool.close() : pool.destroy()), ...this.closing])
-  }
-
-  /** Takes an entry's connection pool away from it and its targets (the caller closes it). */
-  private forget (entry: OriginEntry): void {
-    entry.pool = undefined
-    entry.requests = -1
-    for (const target of entry.targets) target.connection = undefined
-    this.live.delete(entry)
-    if (this.live.size === 0) this.stopSweeping()
-  }
-
-  private stopSweeping (): void {
-    if (this.sweeper !== undefined) clearInterval(this.sweeper)
-    this.sweeper = undefined
-  }
-}
+import { Exchange } from './exchange'
+import type { Forwarding } from './forwarding'
+import { dispatchTraced, type DispatchOptions } from './tracing'
 
 /** What dispatch() throws for a request it has no connection pool for. */
 function refused (origin: unknown): Error {
   return Object.assign(new Error(`no connection pool for ${String(origin)}`), { code: 'ECONNREFUSED' })
 }
 
-/** undici's Request takes `servername`, which its types leave out. */
-type DispatchOptions = Dispatcher.DispatchOptions & { servername?: string }
-
 /**
  * The undici dispatcher handed to `@fastify/reply-from` (registered once, with no `base`):
- * it passes each request to the connection pool of the target it was sent to, wrapped in
- * an `Exchange` that accounts for it. reply-from dispatches synchronously inside
- * `reply.from()`, so the forwarder names the target in `target` for the length of the
- * call: no lookup, nothing added to the request. `dispatch()` takes it, so the forwarder
- * can tell afterwards whether the request went out at all.
+ * it passes each request to the connection pool of the target it was sent to, in an
+ * `Exchange` that records the attempt. reply-from dispatches synchronously inside
+ * `reply.from()`, so the forwarder names the request being forwarded in `forwarding`
+ * for the length of the call: no lookup, nothing added to the request.
  */
 export class UpstreamDispatcher extends Dispatcher {
-  /** the target being sent to, set by the forwarder around `reply.from()` */
-  target: Target | undefined = undefined
-  /** the passive checks of that target's pool, if any */
-  detector: OutlierDetector | undefined = undefined
-  /** the request being forwarded (read only when undici is traced) */
-  forwarded: FastifyRequest | undefined = undefined
+  /** the request being forwarded, set by the forwarder around `reply.from()` */
+  forwarding: Forwarding | undefined = undefined
+  /** that request (read only when undici is traced) */
+  forwardedRequest: FastifyRequest | undefined = undefined
 
   override dispatch (options: DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    const target = this.target
+    const forwarding = this.forwarding
     // a request from outside the forwarder: undici reports a throw from dispatch() to the
     // request's callback, like a refused connection
-    if (target === undefined) throw refused(options.origin)
+    if (forwarding === undefined) throw refused(options.origin)
+    const request = this.forwardedRequest
+    this.forwarding = undefined
+    this.forwardedRequest = undefined
+    const target = forwarding.target as Target
     // a target's first request makes its connection pool (see TargetConnections)
     const connection = target.connection ?? target.connections?.connect(target)
     if (connection === undefined) throw refused(options.origin)
-    const exchange = new Exchange(handler, target, this.detector)
-    const request = this.forwarded
-    this.target = undefined
-    this.detector = undefined
-    this.forwarded = undefined
+    const exchange = new Exchange(handler, forwarding)
     // a fixed name per target: undici reconnects when a request's servername differs from
     // the connection's, and would derive one from each request's Host header
     options.servername = target.servername
-    if (undiciRequests.hasSubscribers && request !== undefined) return dispatchTraced(connection, options, exchange, request)
+    if (undiciRequests.hasSubscribers && request !== undefined) return dispatchTraced(connection, options, exchange, request, forwarding)
     return connection.dispatch(options, exchange)
   }
 
   // the connection pools belong to the upstream pools, which close them
   override async close (): Promise<void> {}
   override async destroy (): Promise<void> {}
-}
-
-/** The trace headers every tracer hooked into undici writes (W3C Trace Context). */
-const TRACE_HEADERS = ['traceparent', 'tracestate']
-
-/**
- * Sends an attempt while something instruments undici (see undiciRequests). The tracer
- * adds its own trace headers to the request undici builds, after the forwarded ones: the
- * client's copies would reach the target beside them (two `traceparent`s, which the
- * target's tracer rejects, starting a new trace). So those headers, and the others that
- * OpenTelemetry's propagator writes, are not forwarded: the target gets the attempt's,
- * which continue the client's trace when the gateway's server span does. Without a
- * tracer on undici the client's headers pass through untouched (see dispatch).
- */
-function dispatchTraced (connection: Dispatcher, options: DispatchOptions, exchange: Exchange, request: FastifyRequest): boolean {
-  const api = otel()
-  const headers = options.headers as Record<string, unknown> | null | undefined
-  if (headers != null && !Array.isArray(headers)) {
-    // reply-from hands over a copy of its own; an undefined value is one undici leaves out
-    for (const name of TRACE_HEADERS) headers[name] = undefined
-    if (api !== null) for (const name of api.propagation.fields()) headers[name] = undefined
-  }
-  if (api === null) return connection.dispatch(options, exchange)
-  return api.context.with(new AttemptContext(api, request), connection.dispatch, connection, options, exchange)
-}
-
-/**
- * The active context while an attempt is dispatched under OpenTelemetry. undici's
- * instrumentation starts the attempt's CLIENT span in the active context and then sets it
- * into that context to inject its headers: this one hands everything to the context the
- * request runs in and, seeing the span set into it, names the pool, the attempt and why on
- * it. The instrumentation hands its spans to no one else, and this way needs no setting of it.
- */
-class AttemptContext implements OtelContext {
-  private readonly api: OtelApi
-  private readonly parent: OtelContext
-  private request: FastifyRequest | undefined
-
-  constructor (api: OtelApi, request: FastifyRequest) {
-    let parent = api.context.active()
-    // no span of the gateway's for the request (nothing traces its server side): the attempt
-    // continues the caller's trace itself, as a child of the caller's span
-    if (api.trace.getSpan(parent) === undefined) parent = api.propagation.extract(parent, request.headers)
-    this.api = api
-    this.parent = parent
-    this.request = request
-  }
-
-  getValue (key: symbol): unknown {
-    return this.parent.getValue(key)
-  }
-
-  setValue (key: symbol, value: unknown): OtelContext {
-    const next = this.parent.setValue(key, value)
-    const request = this.request
-    if (request !== undefined) {
-      const span = this.api.trace.getSpan(next)
-      if (span !== undefined && span === value && span !== this.api.trace.getSpan(this.parent)) {
-        this.request = undefined
-        span.setAttributes(spanAttributes(request))
-      }
-    }
-    return next
-  }
-
-  deleteValue (key: symbol): OtelContext {
-    return this.parent.deleteValue(key)
-  }
 }

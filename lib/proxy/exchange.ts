@@ -4,6 +4,8 @@ import type { Duplex } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { countFailure, type OutlierDetector } from '../health/outlier-detector'
 import type { Target } from '../upstream/target'
+import type { Forwarding } from './forwarding'
+import { targetsFault } from './upstream-error'
 
 type Handler = Dispatcher.DispatchHandler
 type Controller = Dispatcher.DispatchController
@@ -22,15 +24,19 @@ interface LegacyHandler {
 }
 
 /**
- * One exchange with a target, seen from undici: wraps the handler of the request sent to
- * it, and when undici reports the exchange over (the response body read to its end, an
- * error, or the body dropped by its reader) takes the request out of the target's
- * in-flight count and tells passive checks how it went.
+ * One attempt of a request at a target, seen from undici: it wraps the handler of the
+ * request sent, and is the one place that records what the attempt did. Made when the
+ * attempt is dispatched, it puts the request in the target's in-flight count; on the
+ * response headers it records the status and the latency (a status that counts as a
+ * failure counts at once); when undici reports the exchange over (the response body read
+ * to its end, an error, or the body dropped by its reader) it takes the request out of
+ * the in-flight count and tells passive checks how it went. The forwarder reads the
+ * record to decide between a retry and the answer; it counts nothing itself.
  *
  * The exchange ends when the target's part is done, as Envoy counts active requests: not
  * when a slow client has finished reading. undici reports the end of every request it was
- * given (once; a second report is ignored), so this is the single place in-flight counts
- * go down; it costs one small object per request instead of stream listeners.
+ * given (once; a second report is ignored), so in-flight counts go down in one place; it
+ * costs one small object per attempt instead of stream listeners.
  *
  * It speaks undici's controller API (`onRequestStart`, `onResponseStart`...), the only one
  * left in undici 8. The handler it wraps may speak either: one with `onRequestStart` gets
@@ -40,20 +46,28 @@ interface LegacyHandler {
  */
 export class Exchange implements Handler {
   private readonly handler: Handler
+  private readonly forwarding: Forwarding
   private readonly target: Target
   private readonly detector: OutlierDetector | undefined
   /** the wrapped handler has only the deprecated calls (undici's own test: no onRequestStart) */
   private readonly legacy: boolean
+  /** when the attempt was sent (performance.now() ms) */
+  private readonly start: number
   /** the final response status, 0 until its headers arrive */
   private status = 0
   /** undici reported the end (guards against a second report) */
   private ended = false
 
-  constructor (handler: Handler, target: Target, detector: OutlierDetector | undefined) {
+  constructor (handler: Handler, forwarding: Forwarding) {
+    const target = forwarding.target as Target
     this.handler = handler
+    this.forwarding = forwarding
     this.target = target
-    this.detector = detector
+    this.detector = forwarding.pool.detector
     this.legacy = typeof handler.onRequestStart !== 'function'
+    this.start = performance.now()
+    forwarding.exchange = this
+    target.start()
   }
 
   onRequestStart (controller: Controller, context: unknown): void {
@@ -71,7 +85,7 @@ export class Exchange implements Handler {
 
   onResponseStart (controller: Controller, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
     // a 1xx (103 Early Hints, say) is not the answer: the exchange is still before headers
-    if (statusCode >= 200) this.status = statusCode
+    if (statusCode >= 200) this.answered(statusCode)
     if (!this.legacy) {
       this.handler.onResponseStart?.(controller, statusCode, headers, statusMessage)
       return
@@ -101,7 +115,7 @@ export class Exchange implements Handler {
   }
 
   onResponseEnd (controller: Controller, trailers: IncomingHttpHeaders): void {
-    // a status that counts as a failure was reported when it arrived (see Forwarder)
+    // a status that counts as a failure was counted when it arrived (see answered)
     const detector = this.detector
     if (this.end() && detector !== undefined && !detector.isFailureStatus(this.status)) detector.success(this.target)
     if (!this.legacy) {
@@ -112,21 +126,40 @@ export class Exchange implements Handler {
   }
 
   onResponseError (controller: Controller, error: Error): void {
-    const target = this.target
     const detector = this.detector
-    // Before headers, the forwarder hears of the error and accounts for it (and may
-    // retry). After them the answer broke off, unless its reader dropped it (undici
-    // reports that as an abort, no fault of the target) or its status was counted as a
-    // failure already.
-    if (this.end() && this.status !== 0 && (error as { code?: string }).code !== 'UND_ERR_ABORTED' &&
-      detector?.isFailureStatus(this.status) !== true) {
-      countFailure(target, detector, performance.now())
+    const now = performance.now()
+    if (this.end()) {
+      if (this.status === 0) {
+        // before headers: a failure of the target's, unless the client's body or a header
+        // the gateway built was at fault (then no target would have done better)
+        if (this.forwarding.exchange === this) this.forwarding.time = now - this.start
+        if (targetsFault(error)) countFailure(this.target, detector, now)
+      } else if ((error as { code?: string }).code !== 'UND_ERR_ABORTED' && detector?.isFailureStatus(this.status) !== true) {
+        // after them the answer broke off, unless its reader dropped it (undici reports
+        // that as an abort, no fault of the target) or its status was counted already
+        countFailure(this.target, detector, now)
+      }
     }
     if (!this.legacy) {
       this.handler.onResponseError?.(controller, error)
       return
     }
     ;(this.handler as LegacyHandler).onError?.(error)
+  }
+
+  /** The final response headers arrived: the attempt's status and latency, and a failure status counted at once. */
+  private answered (status: number): void {
+    const now = performance.now()
+    const elapsed = now - this.start
+    this.status = status
+    this.target.observeLatency(elapsed, now)
+    const forwarding = this.forwarding
+    if (forwarding.exchange === this) {
+      forwarding.status = status
+      forwarding.time = elapsed
+    }
+    const detector = this.detector
+    if (detector !== undefined && detector.isFailureStatus(status)) countFailure(this.target, detector, now)
   }
 
   /** Takes the request out of the target's in-flight count; false if that was done already. */

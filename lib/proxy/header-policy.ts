@@ -2,23 +2,13 @@ import { isIP } from 'node:net'
 import type { FastifyRequest } from 'fastify'
 import { BadHeaderError } from '../errors'
 import { INVALID_VALUE, TOKEN } from '../header-syntax'
+import type { HeaderPolicyConfig, HeaderValue } from '../options/config'
 
 /**
  * Security policies for the hop upstream: which headers go up and come back (paths are
  * checked in paths.ts). Each pool compiles its options into one `HeaderPolicy` at creation;
  * the forwarder applies it to every request and response with no per-request closures.
  */
-
-type HeaderValue = string | ((request: FastifyRequest) => string | undefined)
-
-export interface HeaderPolicyConfig {
-  host: string
-  forwardedHeaders: 'x-forwarded' | 'forwarded' | 'both' | 'none'
-  requestSet: Record<string, HeaderValue>
-  requestRemove: string[]
-  responseSet: Record<string, HeaderValue>
-  responseRemove: string[]
-}
 
 type Headers = Record<string, string | string[] | number | undefined>
 

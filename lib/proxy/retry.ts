@@ -1,4 +1,4 @@
-import type { RetryConfig } from '../options/schema'
+import type { RetryConfig } from '../options/config'
 
 /**
  * The retry policy, as plain decisions: whether a failed attempt may be tried again, and

@@ -1,12 +1,12 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions as FastifyRouteOptions } from 'fastify'
 import { BadPathError, BodyTooLargeError, InvalidOptionError } from '../errors'
-import type { ForwardOptions } from '../contracts'
+import { DEFAULTS } from '../options/config'
+import type { RouteOptions } from '../options/types'
+import type { ForwardOptions } from './forward-options'
 import type { Forwarder } from './forwarder'
-import { kTarget } from './forwarder'
-import { DEFAULTS, type RouteOptions } from '../options/schema'
+import { kForwarding, type ForwardedRequest } from './forwarding'
 import { decoded, isSafePath, isValidQuery, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
 import { BodyGuard } from './request-body'
-import type { Target } from '../upstream/target'
 
 /**
  * A `routes` entry mounted like an `@fastify/http-proxy` prefix: `prefix` (with `:params`)
@@ -101,7 +101,7 @@ function restStart (path: string, depth: number): number {
 function rewriteLocation (location: string, request: FastifyRequest, mount: Mount, segments: string[] | undefined): string {
   let path = location
   if (!location.startsWith('/')) {
-    const target = (request as unknown as { [kTarget]: Target | null })[kTarget]
+    const target = (request as ForwardedRequest)[kForwarding]?.target ?? null
     if (target === null || !location.startsWith(target.origin)) return location
     path = location.slice(target.origin.length)
     if (!path.startsWith('/')) return location

@@ -1,4 +1,6 @@
 import { Registry } from 'prom-client'
+import { TARGET_STATES } from '../contracts'
+import type { MetricsOptions } from '../options/types'
 import type { PoolRegistry } from '../upstream/registry'
 import { LATENCY_BUCKETS, type Target } from '../upstream/target'
 
@@ -43,18 +45,6 @@ class Collector {
   reset (): void {}
 }
 
-const STATES = ['healthy', 'unhealthy', 'ejected', 'draining', 'disabled'] as const
-
-export interface MetricsOptions {
-  /**
-   * the prom-client registry to add the metrics to, with or without a status route
-   * (default: a registry of their own, served by the status route only)
-   */
-  registry?: Registry
-  /** metric name prefix (default `fastify_upstream_`) */
-  prefix?: string
-}
-
 /** The plugin's metrics, registered into `registry`; `close()` takes them out again. */
 export class UpstreamMetrics {
   readonly registry: Registry
@@ -76,7 +66,7 @@ export class UpstreamMetrics {
         (emit, pool, target) => emit({ value: target.weight, labels: { pool, target: target.url } })),
       new Collector(prefix + 'target_state', 'The target state: 1 for the current state, 0 for the others.', 'gauge', pools, (emit, pool, target) => {
         const current = target.state
-        for (const state of STATES) emit({ value: state === current ? 1 : 0, labels: { pool, target: target.url, state } })
+        for (const state of TARGET_STATES) emit({ value: state === current ? 1 : 0, labels: { pool, target: target.url, state } })
       }),
       new Collector(prefix + 'latency_seconds', 'Time from sending a request to the target to its response headers.', 'histogram', pools, (emit, pool, target) => {
         let cumulative = 0

@@ -1,38 +1,7 @@
-import { Type, type Static } from '@sinclair/typebox'
-
 /**
- * The status snapshot's schema (the JSON answer of `statusRoute`, and what
- * `fastify.upstreams.status()` returns), and the self-refreshing HTML page a browser gets
- * from the same route, in the spirit of HAProxy's stats page.
+ * The self-refreshing HTML page a browser gets from the status route, in the spirit of
+ * HAProxy's stats page (the JSON it shows is described by StatusSchema, in contracts.ts).
  */
-
-export const TargetStatusSchema = Type.Object({
-  url: Type.String(),
-  weight: Type.Number(),
-  effectiveWeight: Type.Number(),
-  backup: Type.Boolean(),
-  state: Type.Union(['healthy', 'unhealthy', 'ejected', 'draining', 'disabled'].map((s) => Type.Literal(s))),
-  inflight: Type.Integer(),
-  requests: Type.Integer(),
-  failures: Type.Integer(),
-  retries: Type.Integer(),
-  ejections: Type.Integer(),
-  latency: Type.Number({ description: 'peak-EWMA latency to response headers, ms' })
-}, { additionalProperties: false })
-
-export const PoolStatusSchema = Type.Object({
-  name: Type.String(),
-  balancer: Type.String(),
-  available: Type.Integer(),
-  panic: Type.Boolean(),
-  targets: Type.Array(TargetStatusSchema)
-}, { additionalProperties: false })
-
-export const StatusSchema = Type.Object({
-  pools: Type.Record(Type.String(), PoolStatusSchema)
-}, { additionalProperties: false })
-
-export type StatusSnapshot = Static<typeof StatusSchema>
 
 /** The HTML page: static, with the data fetched as JSON from the same URL every two seconds. */
 export function statusPage (title = 'fastify-upstream status'): string {

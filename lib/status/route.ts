@@ -1,19 +1,9 @@
-import type { Static } from '@sinclair/typebox'
-import type { FastifyInstance, RouteShorthandOptions } from 'fastify'
-import { UpstreamMetrics, type MetricsOptions } from './metrics'
-import type { StatusRouteSchema } from '../options/schema'
+import type { FastifyInstance } from 'fastify'
+import { StatusSchema } from '../contracts'
+import type { MetricsOptions, StatusRouteOptions } from '../options/types'
 import type { PoolRegistry } from '../upstream/registry'
-import { StatusSchema, statusPage } from './page'
-
-/**
- * The status route: `url`, and Fastify's own route options for the keys the plugin
- * accepts (hooks such as `onRequest`, `config`, `logLevel`, `constraints`, ...), typed as
- * Fastify types them. The keys come from the schema that validates them.
- */
-export interface StatusRouteOptions extends Pick<RouteShorthandOptions, Exclude<keyof Static<typeof StatusRouteSchema>, 'url'>> {
-  /** where the status is served; metrics at `${url}/metrics` */
-  url: string
-}
+import { UpstreamMetrics } from './metrics'
+import { statusPage } from './page'
 
 /**
  * Sets up the metrics and mounts the status route. Metrics exist when something reads them:

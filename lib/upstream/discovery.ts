@@ -1,27 +1,15 @@
 import { Resolver } from 'node:dns/promises'
-import type { Logger } from '../events'
-import { normalizeTarget, type DiscoveryOptions, type TargetOptions } from '../options/schema'
+import type { Logger } from '../contracts'
+import { normalizeTarget } from '../options/normalize'
+import type { DiscoveredTargets, DiscoverySource } from '../options/schema'
+import type { DiscoveryOptions, TargetOptions } from '../options/types'
 
 /**
- * Discovery: where a pool's targets come from when they change at run time. A discovery
- * source is a small interface, `resolve()` returning the current targets (and, when it
- * knows, how long they stay valid), so that DNS, Consul, Kubernetes or etcd all plug in
- * the same way. The `Discoverer` polls it and reconciles the pool: a target that appears
+ * Discovery: where a pool's targets come from when they change at run time (a
+ * `DiscoverySource`, see options/types.ts). The `Discoverer` polls one and reconciles the pool: a target that appears
  * is added (with slow start and health checks), one that disappears is drained, and when
  * a lookup fails the last known targets stay.
  */
-export interface DiscoveredTargets {
-  targets: TargetOptions[]
-  /** seconds the answer stays valid (a DNS TTL); the next lookup comes no later */
-  ttl?: number
-}
-
-export interface DiscoverySource {
-  resolve (): Promise<DiscoveredTargets | TargetOptions[]>
-  /** called on close: cancel lookups in flight */
-  close? (): void
-}
-
 /** What the discoverer needs of a pool. */
 export interface DiscoveryHost {
   readonly name: string

@@ -2,18 +2,20 @@ import { performance } from 'node:perf_hooks'
 import { ActiveProber } from '../health/active-prober'
 import { createBalancer, balancerName } from '../balancers'
 import type { Balancer, SelectRequest } from '../balancers/types'
-import { TargetConnections } from '../proxy/dispatcher'
+import { TargetConnections } from './connections'
 import { DuplicateError, InvalidOptionError, UnknownPoolError, UnknownTargetError } from '../errors'
-import type { PoolStatus, RemoveTargetOptions, UpstreamPool } from '../contracts'
-import type { TargetStateEvent } from '../events'
+import type { Logger, PoolStatus, RemoveTargetOptions, TargetStateEvent, TargetView } from '../contracts'
 import type { HealthHost } from '../health/host'
-import { normalizeTarget, type PoolConfig, type TargetOptions } from '../options/schema'
+import type { PoolConfig } from '../options/config'
+import { normalizeTarget } from '../options/normalize'
+import type { TargetOptions } from '../options/types'
 import { OutlierDetector } from '../health/outlier-detector'
 import { createSource, Discoverer } from './discovery'
-import type { Logger } from '../events'
-import { HeaderPolicy } from '../proxy/header-policy'
 import { SlowStart } from './slow-start'
-import { Target, statusOf, viewOf, type TargetView } from './target'
+import { Candidates } from './candidates'
+import { Drains } from './drains'
+import type { UpstreamPool } from './api'
+import { Target, statusOf, viewOf } from './target'
 
 const silent: Logger = { info () {}, warn () {} }
 
@@ -29,12 +31,10 @@ export type StateChangeListener = (event: TargetStateEvent) => void
 export class Pool implements HealthHost {
   readonly name: string
   readonly config: PoolConfig
-  private readonly balancer: Balancer
   /** the keep-alive connection pools of the targets */
   readonly connections: TargetConnections
   private readonly onStateChange: StateChangeListener
   readonly detector: OutlierDetector | undefined
-  readonly headers: HeaderPolicy
   private readonly prober: ActiveProber | undefined
   private readonly discoverer: Discoverer | undefined
   private readonly slowStart: SlowStart
@@ -42,13 +42,10 @@ export class Pool implements HealthHost {
   private readonly views = new Map<Target, TargetView>()
   private list: Target[] = []
   private viewList: readonly TargetView[] = []
-  private candidates: readonly Target[] = []
-  private readonly drains = new Set<{ target: Target, timer: NodeJS.Timeout, done: () => void }>()
+  private readonly candidates: Candidates
+  private readonly drains = new Drains()
   private started = false
   private closed = false
-  panic = false
-  /** retries in flight (for the retry budget) */
-  retriesInFlight = 0
 
   /** what users get for this pool (see contracts.ts) */
   readonly api: UpstreamPool = poolApi(this)
@@ -67,10 +64,9 @@ export class Pool implements HealthHost {
     if (typeof balancer?.pick !== 'function' || typeof balancer?.update !== 'function') {
       throw new InvalidOptionError(`upstreams.${name}.balancer: the factory must return an object with pick() and update()`)
     }
-    this.balancer = balancer
+    this.candidates = new Candidates(balancer, config, config.panicThreshold)
     this.detector = config.passive === undefined ? undefined : new OutlierDetector(config.passive, this)
     this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, this.connections.connector)
-    this.headers = new HeaderPolicy(config.headerPolicy)
     this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
     this.discoverer = config.discovery === undefined
       ? undefined
@@ -79,7 +75,7 @@ export class Pool implements HealthHost {
     this.refresh()
   }
 
-  /** requests in flight on all targets (for the retry budget; read only on failures) */
+  /** requests in flight on all targets (the proxy's retry budget reads it, on failures only) */
   get inflight (): number {
     let sum = 0
     for (const target of this.list) sum += target.inflight
@@ -108,36 +104,19 @@ export class Pool implements HealthHost {
     return target === undefined ? undefined : this.views.get(target)
   }
 
-  /**
-   * Hot-path selection for the forwarder. A target at its connection limit
-   * (`maxConnections` + `maxPending`) is passed over, as is any target in `exclude`
-   * (those a request already tried), when another candidate can take the request.
-   */
+  /** Hot-path selection for the forwarder (see Candidates.pick). */
   pick (request: SelectRequest, exclude?: readonly Target[]): Target | undefined {
-    const first = this.balancer.pick(request) as Target | undefined
-    if (first === undefined || (exclude === undefined && !this.isFull(first))) return first
-    if (this.usable(first, exclude)) return first
-    // the balancer's choice cannot be used: ask again a few times, then look through all
-    const candidates = this.candidates
-    for (let i = 0; i < 2 && i < candidates.length; i++) {
-      const next = this.balancer.pick(request) as Target | undefined
-      if (next !== undefined && this.usable(next, exclude)) return next
-    }
-    for (const candidate of candidates) if (this.usable(candidate, exclude)) return candidate
-    return undefined
+    return this.candidates.pick(request, exclude)
   }
 
   /** true when some target that could take requests is at its connection limit */
   get saturated (): boolean {
-    if (this.config.maxConnections === undefined) return false
-    for (const candidate of this.candidates) if (this.isFull(candidate)) return true
-    return false
+    return this.candidates.saturated
   }
 
-  /** true when the target is at its connection limit */
-  isFull (target: Target): boolean {
-    const max = this.config.maxConnections
-    return max !== undefined && target.inflight >= max + this.config.maxPending
+  /** fewer than `panicThreshold` percent of the primaries are available: balancing over all */
+  get panic (): boolean {
+    return this.candidates.panic
   }
 
   viewOf (target: Target): TargetView {
@@ -173,7 +152,7 @@ export class Pool implements HealthHost {
     if (target.draining) throw new UnknownTargetError(this.name, `${url} (already being removed)`)
     const before = target.state
     this.transition(target, (t) => { t.draining = true }, options.drain === true ? 'removed with drain' : 'removed')
-    if (options.drain === true && target.inflight > 0) await this.waitIdle(target)
+    if (options.drain === true && target.inflight > 0) await this.drains.wait(target, this.config.drainTimeout)
     const view = this.views.get(target) as TargetView
     this.byUrl.delete(target.url)
     this.views.delete(target)
@@ -266,41 +245,16 @@ export class Pool implements HealthHost {
   async close (graceful = false): Promise<void> {
     this.closed = true
     this.discoverer?.close()
-    for (const drain of this.drains) drain.done()
+    this.drains.close()
     this.detector?.close()
     this.slowStart.close()
     await this.prober?.close()
     await this.connections.close(graceful)
   }
 
-  /**
-   * Feeds the balancer: the available primaries, or else the available backups. In panic
-   * (fewer than `panicThreshold` percent of the primaries available), every primary that
-   * the operator has not taken out, healthy or not, as Envoy does.
-   */
+  /** Feeds the balancer the targets that may take requests now (see chooseCandidates). */
   refresh (): void {
-    const primaries: Target[] = []
-    const backups: Target[] = []
-    let inService = 0
-    for (const target of this.list) {
-      if (!target.backup && !target.draining && !target.disabled) inService++
-      if (!target.available) continue
-      if (target.backup) backups.push(target)
-      else primaries.push(target)
-    }
-    const threshold = this.config.panicThreshold
-    this.panic = threshold > 0 && inService > 0 && (primaries.length * 100) / inService < threshold &&
-      (primaries.length > 0 || backups.length === 0)
-    if (this.panic) {
-      this.candidates = this.list.filter((t) => !t.backup && !t.draining && !t.disabled)
-    } else {
-      this.candidates = primaries.length > 0 ? primaries : backups
-    }
-    this.balancer.update(this.candidates)
-  }
-
-  private usable (target: Target, exclude: readonly Target[] | undefined): boolean {
-    return !this.isFull(target) && (exclude === undefined || !exclude.includes(target))
+    this.candidates.update(this.list)
   }
 
   private insert (target: Target): void {
@@ -309,23 +263,6 @@ export class Pool implements HealthHost {
     this.list.push(target)
     this.viewList = Object.freeze(this.list.map((t) => this.views.get(t) as TargetView))
     this.connections.acquire(target)
-  }
-
-  private waitIdle (target: Target): Promise<void> {
-    return new Promise((resolve) => {
-      const drain = {
-        target,
-        timer: setTimeout(() => drain.done(), this.config.drainTimeout),
-        done: () => {
-          clearTimeout(drain.timer)
-          target.onIdle = undefined
-          this.drains.delete(drain)
-          resolve()
-        }
-      }
-      target.onIdle = drain.done
-      this.drains.add(drain)
-    })
   }
 
   private key (url: string): string {

@@ -1,7 +1,9 @@
 import { DuplicateError, UnknownPoolError } from '../errors'
-import { channels, type Logger, type TargetStateEvent } from '../events'
-import { checkPoolName, normalizePool, type PluginOptions, type PoolOptions } from '../options/schema'
-import type { PoolStatus, RegistryStatus, UpstreamPool, UpstreamRegistry } from '../contracts'
+import { channels } from '../channels'
+import type { Logger, PoolStatus, RegistryStatus, TargetStateEvent } from '../contracts'
+import { checkPoolName, normalizePool } from '../options/normalize'
+import type { PluginOptions, PoolOptions } from '../options/types'
+import type { UpstreamPool, UpstreamRegistry } from './api'
 import { Pool } from './pool'
 
 /** `fastify.upstreams`: the named pools of one plugin instance. */

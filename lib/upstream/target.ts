@@ -1,9 +1,12 @@
 import type { Dispatcher } from 'undici'
 import { LATENCY_MEMORY, type BalancerTarget } from '../balancers/types'
-import type { TargetConnections } from '../proxy/dispatcher'
-import type { TargetConfig } from '../options/schema'
+import type { TargetState, TargetStatus, TargetView } from '../contracts'
+import type { TargetConfig } from '../options/config'
 
-export type TargetState = 'healthy' | 'unhealthy' | 'ejected' | 'draining' | 'disabled'
+/** Where a target gets its connection pool on its first request (see TargetConnections). */
+export interface ConnectionSource {
+  connect (target: Target): Dispatcher | undefined
+}
 
 /** Peak-EWMA time constant for the latency every target keeps (ms). */
 const LATENCY_DECAY = 10_000
@@ -74,7 +77,7 @@ export class Target implements BalancerTarget {
    */
   connection: Dispatcher | undefined = undefined
   /** the connection pools of the target's upstream pool, while the target is in it */
-  connections: TargetConnections | undefined = undefined
+  connections: ConnectionSource | undefined = undefined
 
   /** resolves a pending drain when the last in-flight request ends */
   onIdle: (() => void) | undefined = undefined
@@ -139,26 +142,6 @@ export class Target implements BalancerTarget {
     this.latencyUpdatedAt = now
   }
 }
-
-/** The read-only face of a target that the public API hands out. */
-export interface TargetView {
-  readonly url: string
-  readonly weight: number
-  readonly effectiveWeight: number
-  readonly backup: boolean
-  readonly state: TargetState
-  readonly inflight: number
-  readonly requests: number
-  readonly failures: number
-  /** requests retried away from this target */
-  readonly retries: number
-  /** times the target was ejected by passive checks */
-  readonly ejections: number
-  /** peak-EWMA latency to response headers, ms */
-  readonly latency: number
-}
-
-export type TargetStatus = TargetView
 
 /** A live read-only view over a target (one per target, created once). */
 export function viewOf (target: Target): TargetView {

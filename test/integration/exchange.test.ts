@@ -4,6 +4,8 @@ import type { Duplex } from 'node:stream'
 import { test } from 'tap'
 import { Pool, type Dispatcher } from 'undici'
 import { Exchange } from '../../lib/proxy/exchange'
+import { Forwarding } from '../../lib/proxy/forwarding'
+import type { Pool as UpstreamPool } from '../../lib/upstream/pool'
 import { Target } from '../../lib/upstream/target'
 import { sleep, startGateway, startUpstream, until, type Upstream } from '../helpers'
 
@@ -269,9 +271,14 @@ function controllerHandler (recorded: Recorded, onData?: (controller: Dispatcher
 }
 
 function newTarget (url: string): Target {
-  const target = new Target({ url, weight: 1, backup: false })
-  target.start()
-  return target
+  return new Target({ url, weight: 1, backup: false })
+}
+
+/** An attempt of a request routed to a pool without passive checks: the exchange puts it in `target`'s in-flight count. */
+function attempt (handler: Dispatcher.DispatchHandler, target: Target): Exchange {
+  const forwarding = new Forwarding({ name: 'test', detector: undefined } as unknown as UpstreamPool, { headers: undefined as never, retriesInFlight: 0 })
+  forwarding.target = target
+  return new Exchange(handler, forwarding)
 }
 
 test('a handler speaking the controller API gets every call as it came, pause and resume included', async (t) => {
@@ -286,7 +293,7 @@ test('a handler speaking the controller API gets every call as it came, pause an
     const handler = controllerHandler(recorded, (c) => { if (controller === undefined) { controller = c; c.pause() } })
     const onResponseEnd = handler.onResponseEnd as NonNullable<Dispatcher.DispatchHandler['onResponseEnd']>
     handler.onResponseEnd = (c, trailers) => { onResponseEnd(c, trailers); resolve() }
-    pool.dispatch({ origin: up.url, path: '/big', method: 'GET' }, new Exchange(handler, target, undefined))
+    pool.dispatch({ origin: up.url, path: '/big', method: 'GET' }, attempt(handler, target))
   })
   await until('the first chunk', () => controller !== undefined)
   const stalled = await settled(() => progress.written)
@@ -310,7 +317,7 @@ test('an upgrade ends the exchange, for either kind of handler', async (t) => {
 
   const modern = newTarget(up.url)
   const recorded: Recorded = { calls: [], status: 0, headers: null, body: 0, error: undefined }
-  pool.dispatch({ origin: up.url, path: '/', method: 'GET', upgrade: 'x-test' }, new Exchange(controllerHandler(recorded), modern, undefined))
+  pool.dispatch({ origin: up.url, path: '/', method: 'GET', upgrade: 'x-test' }, attempt(controllerHandler(recorded), modern))
   await until('the upgrade', () => recorded.calls.includes('upgrade 101'))
   t.equal((recorded.headers as Record<string, string>)['x-seen'], 'yes')
   t.equal(modern.inflight, 0, 'a handler with the controller API: the exchange is over')
@@ -328,7 +335,7 @@ test('an upgrade ends the exchange, for either kind of handler', async (t) => {
       socket.destroy()
     }
   }
-  pool.dispatch({ origin: up.url, path: '/', method: 'GET', upgrade: 'x-test' }, new Exchange(handler as Dispatcher.DispatchHandler, legacy, undefined))
+  pool.dispatch({ origin: up.url, path: '/', method: 'GET', upgrade: 'x-test' }, attempt(handler as Dispatcher.DispatchHandler, legacy))
   await until('the upgrade', () => raw.length > 0)
   t.ok(raw.map(String).includes('X-Seen'), 'a deprecated handler gets the raw headers')
   t.equal(legacy.inflight, 0, 'a deprecated handler: the exchange is over')
@@ -366,7 +373,7 @@ test('a deprecated handler gets each call translated: abort, resume, false to pa
     onComplete (t: unknown) { trailers = t },
     onError (error: Error) { log.push(`error ${error.message}`) }
   }
-  const exchange = new Exchange(handler as Dispatcher.DispatchHandler, target, undefined)
+  const exchange = attempt(handler as Dispatcher.DispatchHandler, target)
   const controller = fakeController(log)
   exchange.onRequestStart(controller, {})
   abort?.(new Error('stop'))
@@ -404,7 +411,7 @@ test('the raw headers undici keeps on the controller are passed on as they are',
   const raw = [Buffer.from('X-Case'), Buffer.from('Kept')]
   let heard: unknown
   const handler = { onConnect () {}, onHeaders (_s: number, headers: Buffer[]) { heard = headers; return true }, onError () {} }
-  const exchange = new Exchange(handler as Dispatcher.DispatchHandler, target, undefined)
+  const exchange = attempt(handler as Dispatcher.DispatchHandler, target)
   exchange.onResponseStart(fakeController([], raw), 200, { 'x-case': 'Kept' }, 'OK')
   t.equal(heard, raw, 'the same list, names in their case')
   t.end()

@@ -2,7 +2,8 @@ import net from 'node:net'
 import { test } from 'tap'
 import { closedPort, echo, sleep, startGateway, startUpstream, until, type Upstream } from '../helpers'
 import type { RetryEvent, UpstreamPool } from '../../lib/index'
-import { internalPool } from '../../lib/upstream/pool'
+import { poolProxy } from '../../lib/proxy/forwarding'
+import { internalPool, type Pool } from '../../lib/upstream/pool'
 
 /** A server that accepts, reads the request, then resets the connection (`delay` ms later). */
 async function resetting (delay = 0): Promise<{ url: string, hits: () => number, close: () => Promise<void> }> {
@@ -40,7 +41,7 @@ test('a refused connection is retried on another target, for any method, and rep
   t.equal(good.hits, 4)
   t.ok(retries.length >= 1, 'at least one request met the dead target first')
   t.match(retries[0], { pool: 'pool', attempt: 1, from: { url: dead }, to: { url: good.url }, reason: 'FST_UPSTREAM_CONNECT_FAILED' })
-  t.equal(internalPool(app.upstreams.get('pool') as UpstreamPool)?.retriesInFlight, 0, 'the retry budget is given back')
+  t.equal(poolProxy(internalPool(app.upstreams.get('pool') as UpstreamPool) as Pool).retriesInFlight, 0, 'the retry budget is given back')
 })
 
 test('a POST that reached a target which then failed is not replayed: 502, counted once upstream', async (t) => {
@@ -193,6 +194,6 @@ test('a request whose client has gone is not retried and holds no retry budget',
     await until('the reset to end the exchange', () => first?.inflight === 0)
   }
   await sleep(50)
-  t.equal(internalPool(pool as UpstreamPool)?.retriesInFlight, 0, 'no retry budget is held by a client that left')
+  t.equal(poolProxy(internalPool(pool as UpstreamPool) as Pool).retriesInFlight, 0, 'no retry budget is held by a client that left')
   t.equal(good.hits, 0, 'and no retry went to the other target for nobody')
 })

@@ -2,7 +2,7 @@ import { Value } from '@sinclair/typebox/value'
 import { Registry } from 'prom-client'
 import { test } from 'tap'
 import { StatusSchema } from '../../lib/index'
-import type { StatusSnapshot } from '../../lib/status/page'
+import type { RegistryStatus } from '../../lib/contracts'
 import { load, startGateway, startUpstream, startUpstreams } from '../helpers'
 
 /** Parses Prometheus text into `name{labels}` → value. */
@@ -34,7 +34,7 @@ test('the status route serves a JSON snapshot that matches its schema', async (t
   const res = await fetch(`${url}/_upstreams`)
   t.equal(res.status, 200)
   t.match(res.headers.get('content-type'), /application\/json/)
-  const body = await res.json() as StatusSnapshot
+  const body = await res.json() as RegistryStatus
   t.ok(Value.Check(StatusSchema, body), [...Value.Errors(StatusSchema, body)].map((e) => `${e.path} ${e.message}`).join('; ') || 'valid')
   t.same(body, JSON.parse(JSON.stringify(app.upstreams.status())), 'the same snapshot as upstreams.status()')
   t.equal(body.pools.api.targets[0].requests + body.pools.api.targets[1].requests, 10)

@@ -1,0 +1,16 @@
+import * as diagnostics from 'node:diagnostics_channel'
+
+/** Diagnostics channels; names are part of the public contract. */
+export const channels = {
+  select: diagnostics.channel('fastify-upstream:select'),
+  proxyError: diagnostics.channel('fastify-upstream:proxy-error'),
+  targetState: diagnostics.channel('fastify-upstream:target-state'),
+  retry: diagnostics.channel('fastify-upstream:retry')
+}
+
+/**
+ * undici publishes here each request it creates. A tracer that instruments undici
+ * (OpenTelemetry's `@opentelemetry/instrumentation-undici`, or another hooked in the same
+ * way) subscribes, to start the request's span and add its trace headers to the request.
+ */
+export const undiciRequests = diagnostics.channel('undici:request:create')

@@ -1,0 +1,124 @@
+import type { FastifyRequest } from 'fastify'
+import type { BalancerOptions } from '../balancers/schema'
+import type { TargetView } from '../contracts'
+import { METHODS } from './schema'
+import type { DiscoveryOptions, TimeoutOptions, TlsOptions } from './types'
+
+/**
+ * The plugin's own form of the options, after defaults: what the parts read. The
+ * defaults have this one home (the README's tables say the same).
+ */
+
+/** A request or response header to set: a fixed value, or a function of the request. */
+export type HeaderValue = string | ((request: FastifyRequest) => string | undefined)
+
+/** The normalised header options of a pool (see HeaderPolicy). */
+export interface HeaderPolicyConfig {
+  host: string
+  forwardedHeaders: 'x-forwarded' | 'forwarded' | 'both' | 'none'
+  requestSet: Record<string, HeaderValue>
+  requestRemove: string[]
+  responseSet: Record<string, HeaderValue>
+  responseRemove: string[]
+}
+
+/** The normalised form of a target after defaults. */
+export interface TargetConfig { url: string, weight: number, backup: boolean }
+
+/** A status list (`[502, '500-599']`) compiled to a lookup over 100..599. */
+export type StatusSet = Uint8Array
+
+export interface ActiveCheckConfig {
+  type: 'http' | 'tcp'
+  path: string
+  method: string
+  headers: Record<string, string>
+  expectedStatus: StatusSet
+  interval: number
+  timeout: number
+  jitter: number
+  healthyThreshold: number
+  unhealthyThreshold: number
+  check: ((target: TargetView) => boolean | Promise<boolean>) | undefined
+}
+
+export interface PassiveCheckConfig {
+  consecutiveFailures: number
+  statusCodes: StatusSet
+  ejectionTime: number
+  maxEjectionTime: number
+  maxEjectionPercent: number
+}
+
+export interface RetryConfig {
+  attempts: number
+  methods: Set<string>
+  statusCodes: StatusSet
+  backoffBase: number
+  backoffMax: number
+  budgetPercent: number
+  budgetMinRetries: number
+}
+
+/** The normalised form of a pool after defaults. */
+export interface PoolConfig {
+  targets: TargetConfig[]
+  balancer: BalancerOptions
+  active: ActiveCheckConfig | undefined
+  passive: PassiveCheckConfig | undefined
+  retry: RetryConfig
+  timeout: Required<TimeoutOptions>
+  slowStartWindow: number
+  slowStartMinWeight: number
+  panicThreshold: number
+  maxConnections: number | undefined
+  maxPending: number
+  keepAliveTimeout: number
+  drainTimeout: number
+  /** responses with a Content-Length up to this many bytes are read whole before answering; 0: none */
+  responseBuffer: number
+  tls: TlsOptions
+  headerPolicy: HeaderPolicyConfig
+  discovery: DiscoveryOptions | undefined
+  discoveryInterval: number
+}
+
+export const DEFAULTS = {
+  weight: 1,
+  balancer: 'round-robin',
+  timeout: { connect: 5000, response: 30000, idle: 60000 },
+  active: {
+    type: 'http', path: '/', method: 'GET', expectedStatus: ['200-399'], interval: 5000, timeout: 1000, jitter: 0, healthyThreshold: 2, unhealthyThreshold: 3
+  },
+  passive: { consecutiveFailures: 5, statusCodes: [], ejectionTime: 30000, maxEjectionTime: 300000, maxEjectionPercent: 50 },
+  retry: {
+    attempts: 2,
+    methods: ['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'],
+    statusCodes: [],
+    backoff: { base: 25, max: 250 },
+    budget: { percent: 20, minRetries: 10 }
+  },
+  slowStart: { window: 0, minWeightPercent: 10 },
+  panicThreshold: 0,
+  maxPending: 0,
+  keepAliveTimeout: 4000,
+  drainTimeout: 30000,
+  responseBuffer: 65536,
+  host: 'target',
+  forwardedHeaders: 'x-forwarded',
+  discoveryInterval: 30000,
+  methods: METHODS
+} as const
+
+export function statusSet (list: ReadonlyArray<number | string>): StatusSet {
+  const set = new Uint8Array(600)
+  for (const item of list) {
+    if (typeof item === 'number') {
+      set[item] = 1
+    } else {
+      const [from, to] = item.split('-').map(Number)
+      for (let code = from; code <= to; code++) set[code] = 1
+    }
+  }
+  return set
+}

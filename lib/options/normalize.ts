@@ -1,0 +1,158 @@
+import { InvalidOptionError } from '../errors'
+import { DEFAULTS, statusSet, type ActiveCheckConfig, type HeaderPolicyConfig, type PassiveCheckConfig, type PoolConfig, type TargetConfig } from './config'
+import { OptionsSchema, PoolSchema, TargetSchema } from './schema'
+import type { MetricsOptions, PluginOptions, PoolOptions, RouteOptions, StatusRouteOptions, TargetOptions } from './types'
+import { check } from './validate'
+
+/** From the options as given to the plugin's own form (see config.ts), validated on the way. */
+
+function isPrime (n: number): boolean {
+  if (n < 2) return false
+  for (let i = 2; i * i <= n; i++) if (n % i === 0) return false
+  return true
+}
+
+export function normalizeTarget (input: TargetOptions, path: string): TargetConfig {
+  check(TargetSchema, input, path)
+  const target = typeof input === 'string' ? { url: input } : input
+  // drop a trailing slash so that `http://a/` and `http://a` are one target
+  const url = new URL(target.url)
+  const href = url.origin + (url.pathname === '/' ? '' : url.pathname.replace(/\/+$/, ''))
+  return { url: href, weight: target.weight ?? DEFAULTS.weight, backup: target.backup ?? false }
+}
+
+const POOL_NAME = /^[A-Za-z0-9_.:-]{1,128}$/
+
+/** Pool names appear in logs, metrics labels and URLs: keep them plain. */
+export function checkPoolName (name: string): void {
+  if (typeof name !== 'string' || !POOL_NAME.test(name)) {
+    throw new InvalidOptionError(`upstreams.${String(name)}: a pool name must be 1 to 128 letters, digits, _ . : or -`)
+  }
+}
+
+export function normalizePool (input: PoolOptions, path: string): PoolConfig {
+  check(PoolSchema, input, path)
+  // a pool with neither is most likely a mistake; `targets: []` says it is filled at run time
+  if (input.targets === undefined && input.discovery === undefined) {
+    throw new InvalidOptionError(`${path}.targets: is required (unless discovery is given)`)
+  }
+  const seen = new Set<string>()
+  const targets = (input.targets ?? []).map((t, i) => {
+    const target = normalizeTarget(t as TargetOptions, `${path}.targets[${i}]`)
+    if (seen.has(target.url)) throw new InvalidOptionError(`${path}.targets[${i}].url: duplicate target ${target.url}`)
+    seen.add(target.url)
+    return target
+  })
+  const balancer = input.balancer ?? DEFAULTS.balancer
+  if (typeof balancer === 'object' && 'type' in balancer && balancer.type === 'consistent-hash' &&
+      balancer.tableSize !== undefined && !isPrime(balancer.tableSize)) {
+    throw new InvalidOptionError(`${path}.balancer.tableSize: must be a prime from 7 to 1000003`)
+  }
+  const active = input.healthCheck?.active
+  const passive = input.healthCheck?.passive
+  const retry = input.retry ?? {}
+  for (const [field, list] of [['healthCheck.active.expectedStatus', active?.expectedStatus], ['healthCheck.passive.statusCodes', passive?.statusCodes], ['retry.statusCodes', retry.statusCodes]] as const) {
+    for (const [i, item] of (list ?? []).entries()) {
+      if (typeof item === 'string' && Number(item.split('-')[0]) > Number(item.split('-')[1])) {
+        throw new InvalidOptionError(`${path}.${field}[${i}]: the range ${item} runs backwards`)
+      }
+    }
+  }
+  const activeConfig: ActiveCheckConfig | undefined = active === undefined
+    ? undefined
+    : {
+        type: active.type ?? DEFAULTS.active.type,
+        path: active.path ?? DEFAULTS.active.path,
+        method: active.method ?? DEFAULTS.active.method,
+        headers: active.headers ?? {},
+        expectedStatus: statusSet(active.expectedStatus ?? DEFAULTS.active.expectedStatus),
+        interval: active.interval ?? DEFAULTS.active.interval,
+        timeout: active.timeout ?? DEFAULTS.active.timeout,
+        jitter: active.jitter ?? DEFAULTS.active.jitter,
+        healthyThreshold: active.healthyThreshold ?? DEFAULTS.active.healthyThreshold,
+        unhealthyThreshold: active.unhealthyThreshold ?? DEFAULTS.active.unhealthyThreshold,
+        check: active.check as ActiveCheckConfig['check']
+      }
+  const passiveConfig: PassiveCheckConfig | undefined = passive === undefined
+    ? undefined
+    : {
+        consecutiveFailures: passive.consecutiveFailures ?? DEFAULTS.passive.consecutiveFailures,
+        statusCodes: statusSet(passive.statusCodes ?? DEFAULTS.passive.statusCodes),
+        ejectionTime: passive.ejectionTime ?? DEFAULTS.passive.ejectionTime,
+        maxEjectionTime: Math.max(passive.maxEjectionTime ?? DEFAULTS.passive.maxEjectionTime, passive.ejectionTime ?? 0),
+        maxEjectionPercent: passive.maxEjectionPercent ?? DEFAULTS.passive.maxEjectionPercent
+      }
+  return {
+    targets,
+    balancer,
+    active: activeConfig,
+    passive: passiveConfig,
+    retry: {
+      attempts: retry.attempts ?? DEFAULTS.retry.attempts,
+      methods: new Set(retry.methods ?? DEFAULTS.retry.methods),
+      statusCodes: statusSet(retry.statusCodes ?? DEFAULTS.retry.statusCodes),
+      backoffBase: retry.backoff?.base ?? DEFAULTS.retry.backoff.base,
+      backoffMax: Math.max(retry.backoff?.max ?? DEFAULTS.retry.backoff.max, retry.backoff?.base ?? 0),
+      budgetPercent: retry.budget?.percent ?? DEFAULTS.retry.budget.percent,
+      budgetMinRetries: retry.budget?.minRetries ?? DEFAULTS.retry.budget.minRetries
+    },
+    timeout: { ...DEFAULTS.timeout, ...input.timeout },
+    slowStartWindow: input.slowStart?.window ?? DEFAULTS.slowStart.window,
+    slowStartMinWeight: (input.slowStart?.minWeightPercent ?? DEFAULTS.slowStart.minWeightPercent) / 100,
+    panicThreshold: input.panicThreshold ?? DEFAULTS.panicThreshold,
+    maxConnections: input.maxConnections,
+    maxPending: input.maxPending ?? DEFAULTS.maxPending,
+    keepAliveTimeout: input.keepAliveTimeout ?? DEFAULTS.keepAliveTimeout,
+    drainTimeout: input.drainTimeout ?? DEFAULTS.drainTimeout,
+    responseBuffer: input.responseBuffer ?? DEFAULTS.responseBuffer,
+    tls: input.tls ?? {},
+    discovery: input.discovery,
+    discoveryInterval: input.discovery?.interval ?? DEFAULTS.discoveryInterval,
+    headerPolicy: {
+      host: input.host ?? DEFAULTS.host,
+      forwardedHeaders: input.forwardedHeaders ?? DEFAULTS.forwardedHeaders,
+      requestSet: (input.headers?.set ?? {}) as HeaderPolicyConfig['requestSet'],
+      requestRemove: input.headers?.remove ?? [],
+      responseSet: (input.responseHeaders?.set ?? {}) as HeaderPolicyConfig['responseSet'],
+      responseRemove: input.responseHeaders?.remove ?? []
+    }
+  }
+}
+
+export interface NormalizedOptions {
+  pools: Map<string, PoolOptions>
+  routes: RouteOptions[]
+  onSelect: PluginOptions['onSelect']
+  onProxyError: PluginOptions['onProxyError']
+  onTargetStateChange: PluginOptions['onTargetStateChange']
+  onRetry: PluginOptions['onRetry']
+  statusRoute: StatusRouteOptions | undefined
+  metrics: MetricsOptions | false
+}
+
+export function normalizeOptions (input: PluginOptions | undefined): NormalizedOptions {
+  const options = input ?? {}
+  check(OptionsSchema, options, '')
+  // pools are normalised by the registry as it adds them; names are checked here for routes
+  const pools = new Map<string, PoolOptions>()
+  for (const [name, pool] of Object.entries(options.upstreams ?? {})) {
+    checkPoolName(name)
+    pools.set(name, pool)
+  }
+  const routes = options.routes ?? []
+  routes.forEach((route, i) => {
+    if (!pools.has(route.upstream)) {
+      throw new InvalidOptionError(`routes[${i}].upstream: unknown pool "${route.upstream}"`)
+    }
+  })
+  return {
+    pools,
+    routes,
+    onSelect: options.onSelect,
+    onProxyError: options.onProxyError,
+    onTargetStateChange: options.onTargetStateChange,
+    onRetry: options.onRetry,
+    statusRoute: typeof options.statusRoute === 'string' ? { url: options.statusRoute } : options.statusRoute,
+    metrics: options.metrics === false ? false : (options.metrics === true || options.metrics === undefined ? {} : options.metrics)
+  }
+}

@@ -1,0 +1,117 @@
+import type { Readable } from 'node:stream'
+import type { FastifyRequest } from 'fastify'
+import type { Pool } from '../upstream/pool'
+import type { Target } from '../upstream/target'
+import type { HeaderRecord, PreparedOptions } from './forward-options'
+import { HeaderPolicy } from './header-policy'
+import { attemptAttributes, attemptOf, outcomeOf, type UpstreamAttempt, type UpstreamOutcome } from './outcome'
+
+/** The one request decoration the plugin adds: the request's Forwarding, null until it is routed to a pool. */
+export const kForwarding = Symbol('fastify-upstream.forwarding')
+
+/** A request as the plugin sees it. */
+export type ForwardedRequest = FastifyRequest & { [kForwarding]: Forwarding | null }
+
+/**
+ * A pool's proxy-side state, kept beside the pool (the upstream model knows nothing of
+ * proxying): its header policy and the retries holding its budget.
+ */
+export interface PoolProxy {
+  readonly headers: HeaderPolicy
+  /** retries in flight (for the retry budget) */
+  retriesInFlight: number
+}
+
+const proxies = new WeakMap<Pool, PoolProxy>()
+
+/** The proxy-side state of `pool`, made by its first request. */
+export function poolProxy (pool: Pool): PoolProxy {
+  let proxy = proxies.get(pool)
+  if (proxy === undefined) {
+    proxy = { headers: new HeaderPolicy(pool.config.headerPolicy), retriesInFlight: 0 }
+    proxies.set(pool, proxy)
+  }
+  return proxy
+}
+
+/**
+ * The state of one request routed to a pool, made when `forward()` takes it: a fixed
+ * shape, one object per proxied request, nothing on requests the plugin does not proxy.
+ * Its current attempt's fields (target, start, status, time) are written by that
+ * attempt's Exchange; the forwarder reads them to decide between a retry and an answer.
+ */
+export class Forwarding {
+  readonly pool: Pool
+  readonly proxy: PoolProxy
+  prepared: PreparedOptions | null = null
+  /** the path (and query) sent upstream */
+  path = ''
+  /** the current attempt's target; null until one is picked */
+  target: Target | null = null
+  /** the Exchange of the current attempt (earlier attempts' late reports are theirs alone) */
+  exchange: object | null = null
+  /** when the current attempt was sent (performance.now() ms) */
+  start = 0
+  /** the current attempt's final status, 0 until its headers arrive */
+  status = 0
+  /** ms from the current attempt's start to its response headers or its failure */
+  time = 0
+  /** the current attempt's error code, '' for none */
+  error = ''
+  retries = 0
+  /** the targets tried already (only a retry makes the list) */
+  tried: Target[] | null = null
+  /** the attempts before the current one (only a retry makes the list) */
+  attempts: UpstreamAttempt[] | null = null
+  /** the client's body stream, when it is one and retries may need it again */
+  body: Readable | null = null
+  /**
+   * the response headers for the client, held until the answer is sent, or the error that
+   * makes them unsendable (see the forwarder's rewriteHeaders)
+   */
+  headers: HeaderRecord | Error | null = null
+
+  constructor (pool: Pool, proxy: PoolProxy) {
+    this.pool = pool
+    this.proxy = proxy
+  }
+
+  /** Marks the current target as tried; returns every target tried so far (for the next pick to avoid). */
+  triedTargets (): readonly Target[] {
+    const tried = this.tried ?? (this.tried = [])
+    tried.push(this.target as Target)
+    return tried
+  }
+
+  /** The current attempt becomes one of the earlier ones; the next, to `next`, starts with a clean record. */
+  nextAttempt (next: Target): void {
+    const attempts = this.attempts ?? (this.attempts = [])
+    attempts.push(attemptOf((this.target as Target).url, this.status, this.error, this.time))
+    this.target = next
+    this.exchange = null
+    this.status = 0
+    this.error = ''
+    this.time = 0
+  }
+
+  /** `request.upstream`: what the upstream did for the request. */
+  outcome (): UpstreamOutcome {
+    const target = this.target
+    const last = target === null ? undefined : attemptOf(target.url, this.status, this.error, this.time)
+    return outcomeOf(this.pool.name, this.attempts, last)
+  }
+
+  /** The tracing span attributes of the attempt being sent (see UpstreamDispatcher). */
+  spanAttributes (): Record<string, string | number> {
+    return attemptAttributes(this.pool.name, this.attempts)
+  }
+}
+
+/** `request.upstream`, built when read (nothing is spent on requests that nobody asks about). */
+function upstreamOf (this: FastifyRequest): UpstreamOutcome | null {
+  const forwarding = (this as ForwardedRequest)[kForwarding]
+  return forwarding === null ? null : forwarding.outcome()
+}
+
+/** The request decorations, with their initial values (or getter). */
+export const requestDecorations = [[kForwarding, null], ['upstream', { getter: upstreamOf }]] as const

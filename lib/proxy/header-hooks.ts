@@ -1,0 +1,63 @@
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { HeaderRecord, PreparedOptions } from './forward-options'
+import { kForwarding, type ForwardedRequest, type Forwarding } from './forwarding'
+import { checkResponseHeaders } from './header-policy'
+
+// The headers of a proxied exchange, between reply-from and the pool's header policy:
+// reply-from calls these two on every request and response (they are shared functions,
+// not closures per request), and the forwarder applies the held response headers when
+// it answers.
+
+/** What reply-from copies to the reply itself: nothing (see rewriteHeaders). */
+const NO_HEADERS: HeaderRecord = Object.freeze({})
+
+/** The request's Forwarding, once the forwarder has made it. */
+export function forwardingOf (request: FastifyRequest): Forwarding {
+  return (request as ForwardedRequest)[kForwarding] as Forwarding
+}
+
+/** reply-from's rewriteRequestHeaders: the pool's header policy, then the caller's own rewrite. */
+export function rewriteRequestHeaders (request: FastifyRequest, headers: HeaderRecord): HeaderRecord {
+  const forwarding = forwardingOf(request)
+  const policed = forwarding.proxy.headers.request(request, headers)
+  const user = (forwarding.prepared as PreparedOptions).rewriteRequestHeaders
+  return user === undefined ? policed : user(request, policed)
+}
+
+// The headers for the client are held on the request, and reply-from copies none: only
+// onResponse knows whether this answer goes out now, after its body has been read
+// whole, or not at all (a retry). Until then the reply carries nothing of it, whatever
+// else answers meanwhile (an error of the body, a handler timeout).
+//
+// reply-from calls this inside undici's callback, where nothing may throw: a rewrite that
+// throws, or yields a header Node would refuse to send (and throw from writeHead, inside
+// a stream callback), is held as the error onResponse answers with.
+export function rewriteHeaders (headers: HeaderRecord, request: FastifyRequest): HeaderRecord {
+  const forwarding = forwardingOf(request)
+  try {
+    const policed = forwarding.proxy.headers.response(request, headers)
+    const prepared = forwarding.prepared as PreparedOptions
+    const location = policed.location
+    if (prepared.rewriteLocation !== undefined && typeof location === 'string') policed.location = prepared.rewriteLocation(location, request)
+    const user = prepared.rewriteHeaders
+    if (user === undefined) {
+      forwarding.headers = policed
+    } else {
+      const rewritten = user(policed, request)
+      checkResponseHeaders(rewritten)
+      forwarding.headers = rewritten
+    }
+  } catch (error) {
+    forwarding.headers = error instanceof Error ? error : new Error(String(error))
+  }
+  return NO_HEADERS
+}
+
+/** Sets the response headers held for the request on its reply (as reply-from would have). */
+export function applyHeaders (reply: FastifyReply, forwarding: Forwarding): void {
+  const headers = forwarding.headers as HeaderRecord
+  for (const name in headers) {
+    // as reply-from: no HTTP/2 pseudo-headers
+    if (name.charCodeAt(0) !== 58) reply.header(name, headers[name])
+  }
+}

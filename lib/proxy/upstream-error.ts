@@ -1,0 +1,76 @@
+import { BadGatewayError, BadHeaderError, ConnectError, TimeoutError } from '../errors'
+import { TOKEN_CHAR } from '../header-syntax'
+
+// What went wrong with an attempt, from what reply-from or undici reported: one of the
+// plugin's stable errors, and whether it is the target's fault at all.
+
+// Error codes of the connection phase: nothing was sent to the target.
+const CONNECT_CODES = new Set([
+  'ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'UND_ERR_CONNECT',
+  // the target's connection pool closed (it was removed) before the request went out
+  'UND_ERR_CLOSED', 'UND_ERR_DESTROYED'
+])
+const TLS_CODE = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|HOSTNAME_MISMATCH)/
+// The client's own faults, found while its body streams to the target (413, 408): passed
+// on as they are, and the rest of that body is never read
+export const CLIENT_BODY_CODES = new Set(['FST_UPSTREAM_BODY_TOO_LARGE', 'FST_UPSTREAM_BODY_TIMEOUT'])
+// undici's message for a header it refuses; only a token is taken from it into the error
+const UNDICI_BAD_HEADER = new RegExp(`^invalid (${TOKEN_CHAR}+) header$`)
+
+export type MappedError = Error & { code: string, statusCode: number }
+
+/** What to set when TLS with a target fails, by Node's error code: said in the 502 and the log. */
+function tlsHint (code: string): string {
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID' || code.includes('HOSTNAME_MISMATCH')) {
+    return ": the target's certificate does not name the host it was checked against (the target URL's host): set tls.servername to a name it has"
+  }
+  if (code.startsWith('DEPTH_ZERO') || code.startsWith('SELF_SIGNED') || code.startsWith('UNABLE_TO_') || code === 'CERT_UNTRUSTED') {
+    return ": the target's certificate is not signed by a trusted CA: give its CA (PEM) in the pool's tls.ca, and tls.servername if it names another host"
+  }
+  return ': TLS with the target failed: check the pool\'s tls options (tls.ca, tls.servername, tls.minVersion)'
+}
+
+/** Maps what reply-from or undici reported to one of the plugin's stable errors. */
+export function upstreamError (error: Error & { cause?: unknown }): MappedError {
+  const cause = (error.cause ?? error) as Error & { code?: string }
+  const code = cause.code ?? ''
+  // the client's own fault, found while streaming its body: not the target's
+  if (CLIENT_BODY_CODES.has(code)) return cause as MappedError
+  if (code === 'UND_ERR_CONNECT_TIMEOUT') return new TimeoutError('no connection within the connect timeout', { cause })
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return new TimeoutError('no response within the response timeout', { cause })
+  if (code === 'UND_ERR_BODY_TIMEOUT') return new TimeoutError('the response body stalled past the idle timeout', { cause })
+  if (TLS_CODE.test(code)) return new ConnectError(code + tlsHint(code), { cause })
+  if (CONNECT_CODES.has(code)) return new ConnectError(code, { cause })
+  // undici refused, before sending anything, a request the gateway built (a header from a
+  // caller's rewriteRequestHeaders): the gateway's fault, and every target would refuse it
+  if (code === 'UND_ERR_INVALID_ARG') {
+    const header = UNDICI_BAD_HEADER.exec(cause.message)
+    return new BadHeaderError(header !== null ? `request header "${header[1]}"` : 'a request header', { cause })
+  }
+  return new BadGatewayError(code !== '' ? code : cause.message, { cause })
+}
+
+/**
+ * true for a failure that is no target's fault: the client's (its body too large, or
+ * stalled: a 4xx) or the gateway's own (a header it built). Neither counts against the
+ * target nor is retried.
+ */
+export function notTheTargets (error: MappedError): boolean {
+  return error.statusCode < 500 || error instanceof BadHeaderError
+}
+
+/** true when the failure happened before any byte of the request reached the target */
+export function neverSent (error: MappedError): boolean {
+  const code = (error.cause as { code?: string } | undefined)?.code
+  return error instanceof ConnectError || code === 'UND_ERR_CONNECT_TIMEOUT'
+}
+
+/**
+ * true when an error undici reports for an attempt counts against the target: not the
+ * client's (its body too large or stalled) nor the gateway's (a header undici refused).
+ * The same line `notTheTargets` draws, read from the raw error before it is mapped.
+ */
+export function targetsFault (error: Error & { cause?: unknown }): boolean {
+  const code = ((error.cause ?? error) as { code?: unknown }).code
+  return typeof code !== 'string' || (!CLIENT_BODY_CODES.has(code) && code !== 'UND_ERR_INVALID_ARG')
+}
