@@ -1,14 +1,14 @@
-import net from 'node:net'
-import { Agent, type buildConnector } from 'undici'
-import { untraced } from '../otel'
-import type { HealthHost } from './host'
+import type { buildConnector } from 'undici'
 import type { ActiveCheckConfig } from '../options/config'
-import type { OutlierDetector } from './outlier-detector'
+import { untraced } from '../otel'
 import type { Target } from '../upstream/target'
+import type { HealthHost } from './host'
+import type { OutlierDetector } from './outlier-detector'
+import { createProbe, type Probe } from './probes'
 
 /**
  * Active health checks: probes every target on `interval` (plus up to `jitter`), by HTTP
- * request, TCP connect or a custom function. A target turns unhealthy after
+ * request, TCP connect or a custom function (see probes.ts). A target turns unhealthy after
  * `unhealthyThreshold` failed probes in a row and healthy after `healthyThreshold`
  * passed ones. The first round runs when the app gets ready, before it serves, and its
  * result counts at once, so that a target that is down at start never gets traffic.
@@ -20,14 +20,8 @@ export class ActiveProber {
   private readonly config: ActiveCheckConfig
   private readonly host: HealthHost
   private readonly detector: OutlierDetector | undefined
-  private readonly agent: Agent | undefined
+  private readonly probe: Probe
   private readonly timers = new Map<Target, NodeJS.Timeout>()
-  /**
-   * Ends each custom or TCP probe in flight (as failed). close() calls them: a hanging
-   * custom check would otherwise hold its timeout timer, and a TCP probe its socket,
-   * past the app's close. (HTTP probes end when the agent is destroyed.)
-   */
-  private readonly cancels = new Set<() => void>()
   private started = false
   private closed = false
 
@@ -35,9 +29,7 @@ export class ActiveProber {
     this.config = config
     this.host = host
     this.detector = detector
-    if (config.type === 'http' && config.check === undefined) {
-      this.agent = new Agent({ connect, connections: 1, keepAliveTimeout: Math.max(config.interval * 2, 1000) })
-    }
+    this.probe = createProbe(config, (target) => host.viewOf(target), connect)
   }
 
   /** Runs the first round of probes and schedules the next; resolves when the round is done. */
@@ -63,8 +55,7 @@ export class ActiveProber {
     this.closed = true
     for (const timer of this.timers.values()) clearTimeout(timer)
     this.timers.clear()
-    for (const cancel of this.cancels) cancel()
-    await this.agent?.destroy()
+    await this.probe.close()
   }
 
   private schedule (target: Target): void {
@@ -81,7 +72,7 @@ export class ActiveProber {
     try {
       // probes are no traffic: a span (and a trace of its own) for each would bury the
       // requests' traces, and a target would get trace headers with them
-      healthy = await untraced(this.probe, this, target)
+      healthy = await untraced(this.probe.check, this.probe, target)
     } catch {
       healthy = false
     }
@@ -109,60 +100,6 @@ export class ActiveProber {
       }
     }
   }
-
-  private probe (target: Target): Promise<boolean> {
-    const { check, timeout } = this.config
-    if (check !== undefined) return withTimeout(Promise.resolve(check(this.host.viewOf(target))).then((ok) => ok === true), timeout, this.cancels)
-    if (this.config.type === 'tcp') return tcpProbe(target, timeout, this.cancels)
-    return this.httpProbe(target)
-  }
-
-  private async httpProbe (target: Target): Promise<boolean> {
-    const { method, headers, path, timeout, expectedStatus } = this.config
-    const response = await (this.agent as Agent).request({
-      origin: target.origin,
-      path: target.basePath + path,
-      method: method as 'GET',
-      headers,
-      signal: AbortSignal.timeout(timeout)
-    })
-    // drain the body so that the connection can be kept alive
-    await response.body.dump()
-    return expectedStatus[response.statusCode] === 1
-  }
-}
-
-function tcpProbe (target: Target, timeout: number, cancels: Set<() => void>): Promise<boolean> {
-  const url = new URL(target.origin)
-  const port = url.port !== '' ? Number(url.port) : (url.protocol === 'https:' ? 443 : 80)
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: url.hostname.replace(/^\[|\]$/g, ''), port })
-    const done = (ok: boolean): void => {
-      cancels.delete(cancel)
-      socket.destroy()
-      resolve(ok)
-    }
-    const cancel = (): void => done(false)
-    cancels.add(cancel)
-    socket.setTimeout(timeout, () => done(false))
-    socket.once('connect', () => done(true))
-    socket.once('error', () => done(false))
-  })
-}
-
-/** `promise`, or false after `ms` or when cancelled (at close), whichever comes first */
-function withTimeout (promise: Promise<boolean>, ms: number, cancels: Set<() => void>): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined
-  let cancel: () => void = ignore
-  const expired = new Promise<boolean>((resolve) => {
-    timer = setTimeout(() => resolve(false), ms)
-    cancel = () => resolve(false)
-    cancels.add(cancel)
-  })
-  return Promise.race([promise, expired]).finally(() => {
-    clearTimeout(timer)
-    cancels.delete(cancel)
-  })
 }
 
 /** run() records every failure itself and never rejects */
