@@ -1,5 +1,6 @@
 import dgram from 'node:dgram'
 import type { AddressInfo } from 'node:net'
+import type { Teardown } from './helpers'
 
 /**
  * A tiny authoritative DNS server on loopback UDP for the discovery tests: it answers A,
@@ -45,16 +46,20 @@ function answer (type: number, ttl: number, rdata: Buffer): Buffer {
   return Buffer.concat([head, rdata])
 }
 
-export async function startDnsServer (): Promise<DnsServer> {
+/** Starts a DNS server that `t` closes when the test ends (closing it sooner is fine). */
+export async function startDnsServer (t: Teardown): Promise<DnsServer> {
   const socket = dgram.createSocket('udp4')
+  // once: a second socket.close() throws
+  let closing: Promise<void> | undefined
   const server: DnsServer = {
     address: '',
     records: new Map(),
     ttl: 60,
     down: false,
     queries: 0,
-    close: () => new Promise<void>((resolve) => socket.close(() => resolve()))
+    close: () => (closing ??= new Promise<void>((resolve) => socket.close(() => resolve())))
   }
+  t.teardown(server.close)
   socket.on('message', (query, peer) => {
     server.queries++
     if (server.down) return

@@ -29,7 +29,21 @@ function defaultHandler (req: http.IncomingMessage, res: http.ServerResponse, bo
   res.end(JSON.stringify({ upstream: upstream.name, method: req.method, url: req.url, body }))
 }
 
-export async function startUpstream (name: string, handler: UpstreamHandler = defaultHandler, port = 0): Promise<Upstream> {
+/**
+ * What the helpers need of tap's test object: somewhere to register cleanup. tap runs a
+ * test's teardowns last-registered first, each awaited, so a gateway started after its
+ * upstreams closes before them (its close waits for requests still in flight).
+ */
+export interface Teardown { teardown: (fn: () => unknown) => void }
+
+/** Starts an upstream that `t` closes when the test ends (closing it sooner is fine). */
+export async function startUpstream (t: Teardown, name: string, handler?: UpstreamHandler, port?: number): Promise<Upstream> {
+  const upstream = await listenUpstream(name, handler, port)
+  t.teardown(upstream.close)
+  return upstream
+}
+
+async function listenUpstream (name: string, handler: UpstreamHandler = defaultHandler, port = 0): Promise<Upstream> {
   const upstream = { name, hits: 0, last: undefined } as unknown as Upstream
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = []
@@ -45,26 +59,41 @@ export async function startUpstream (name: string, handler: UpstreamHandler = de
   upstream.server = server
   upstream.port = (server.address() as AddressInfo).port
   upstream.url = `http://127.0.0.1:${upstream.port}`
-  upstream.close = () => new Promise<void>((resolve) => {
+  // once: tests close an upstream mid-test (a target going down) and the teardown closes it again
+  let closing: Promise<void> | undefined
+  upstream.close = () => (closing ??= new Promise<void>((resolve) => {
     server.closeAllConnections()
     server.close(() => resolve())
-  })
+  }))
   return upstream
 }
 
-export async function startUpstreams (count: number, handler?: UpstreamHandler): Promise<Upstream[]> {
+/** Starts upstreams `u0`, `u1`... that `t` closes when the test ends. */
+export async function startUpstreams (t: Teardown, count: number, handler?: UpstreamHandler): Promise<Upstream[]> {
   const list: Upstream[] = []
-  for (let i = 0; i < count; i++) list.push(await startUpstream(`u${i}`, handler))
+  for (let i = 0; i < count; i++) list.push(await startUpstream(t, `u${i}`, handler))
   return list
 }
 
-/** A Fastify app with the plugin registered, listening on loopback. */
-export async function startGateway (options: FastifyUpstreamOptions, setup?: (app: FastifyInstance) => void): Promise<{ app: FastifyInstance, url: string }> {
+/** A Fastify app with the plugin registered, listening on loopback; `t` closes it when the test ends. */
+export async function startGateway (t: Teardown, options: FastifyUpstreamOptions, setup?: (app: FastifyInstance) => void): Promise<{ app: FastifyInstance, url: string }> {
   const app = Fastify()
+  // registered before anything can fail, so a gateway that never got to listen is closed too
+  t.teardown(() => app.close())
   await app.register(fastifyUpstream, options)
   setup?.(app)
   await app.listen({ port: 0, host: '127.0.0.1' })
   return { app, url: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}` }
+}
+
+/**
+ * Listens on loopback and closes `app` when the test ends: for the apps a test builds
+ * itself (Fastify options, scopes, hooks before the plugin). Resolves with its URL.
+ */
+export async function listen (t: Teardown, app: FastifyInstance): Promise<string> {
+  t.teardown(() => app.close())
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
 }
 
 /** Sends `total` GET requests with `concurrency` clients; returns the x-upstream header counts. */
@@ -114,7 +143,7 @@ export async function within (check: () => boolean, timeout = 5000): Promise<boo
 
 /** A URL where nothing listens (a server was there and is closed): connections are refused. */
 export async function closedPort (name = 'gone'): Promise<string> {
-  const gone = await startUpstream(name)
+  const gone = await listenUpstream(name)
   await gone.close()
   return gone.url
 }

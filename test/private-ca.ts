@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { TLSSocket } from 'node:tls'
+import type { Teardown } from './helpers'
 
 // A private CA made at test time with the `openssl` command, and certificates signed by
 // it: a server certificate for `upstream.test` and 127.0.0.1, one for `attacker.test`
@@ -64,8 +65,8 @@ export interface SecureUpstream {
 /** What a SecureUpstream answers: the path, the SNI the client sent (null for none) and the Host. */
 export interface SecureEcho { url: string, sni: string | null, host: string | undefined }
 
-/** Starts a SecureUpstream serving `upstreamCert` (or the key and certificate in `options`). */
-export async function startSecure (options: https.ServerOptions = {}): Promise<SecureUpstream> {
+/** Starts a SecureUpstream serving `upstreamCert` (or the key and certificate in `options`); `t` closes it. */
+export async function startSecure (t: Teardown, options: https.ServerOptions = {}): Promise<SecureUpstream> {
   const upstream: SecureUpstream = { url: '', hits: 0, connections: 0, peers: [], close: async () => {} }
   const server = https.createServer({ ...upstreamCert, ...options }, (req, res) => {
     upstream.hits++
@@ -80,5 +81,6 @@ export async function startSecure (options: https.ServerOptions = {}): Promise<S
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   upstream.url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`
   upstream.close = () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) })
+  t.teardown(upstream.close)
   return upstream
 }

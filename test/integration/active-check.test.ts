@@ -4,7 +4,7 @@ import Fastify from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream from '../../lib/index'
 import type { TargetState } from '../../lib/index'
-import { closedPort, recorder, resources, settledResources, sleep, startGateway, startUpstream, until, type Upstream, type StateEvent } from '../helpers'
+import { closedPort, recorder, resources, settledResources, sleep, startGateway, startUpstream, until, type StateEvent, type Teardown, type Upstream } from '../helpers'
 
 // Active health checks, end to end: real upstream servers on loopback answer the probes,
 // and a real gateway proxies traffic by what the probes found.
@@ -33,9 +33,9 @@ interface Probed extends Upstream {
   hangTraffic: boolean
 }
 
-async function startProbed (name: string, options: { status?: number, delay?: number, healthPath?: string, hangTraffic?: boolean } = {}): Promise<Probed> {
+async function startProbed (t: Teardown, name: string, options: { status?: number, delay?: number, healthPath?: string, hangTraffic?: boolean } = {}): Promise<Probed> {
   const healthPath = options.healthPath ?? '/healthz'
-  const up = await startUpstream(name, (req, res, _body, upstream) => {
+  const up = await startUpstream(t, name, (req, res, _body, upstream) => {
     const self = upstream as Probed
     if (req.url === healthPath) {
       self.probes.push({ method: req.method as string, url: req.url, headers: req.headers })
@@ -76,8 +76,8 @@ async function send (url: string, n: number): Promise<Record<string, number>> {
 }
 
 test('HTTP probes use path, method, headers and the base path of the target', async (t) => {
-  const up = await startProbed('u0', { healthPath: '/base/status/ready' })
-  const { app } = await startGateway({
+  const up = await startProbed(t, 'u0', { healthPath: '/base/status/ready' })
+  const { app } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [`${up.url}/base`],
@@ -85,7 +85,6 @@ test('HTTP probes use path, method, headers and the base path of the target', as
       }
     }
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   t.ok(up.probes.length >= 1, 'the first probe ran before the gateway listened')
   t.match(up.probes[0], {
     method: 'HEAD',
@@ -101,9 +100,9 @@ test('HTTP probes use path, method, headers and the base path of the target', as
 test('expectedStatus takes codes and ranges; the default is 200-399', async (t) => {
   const statuses = [204, 299, 418, 300, 302, 500]
   const ups: Probed[] = []
-  for (const status of statuses) ups.push(await startProbed(`s${status}`, { status }))
+  for (const status of statuses) ups.push(await startProbed(t, `s${status}`, { status }))
   const { hook, events } = recorder()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       listed: { targets: ups.map((u) => u.url), healthCheck: { active: { path: '/healthz', expectedStatus: ['200-299', 418], interval: 200 } } },
       defaults: { targets: ups.map((u) => u.url), healthCheck: { active: { path: '/healthz', interval: 200 } } }
@@ -111,7 +110,6 @@ test('expectedStatus takes codes and ranges; the default is 200-399', async (t) 
     routes: [{ prefix: '/listed', upstream: 'listed' }, { prefix: '/defaults', upstream: 'defaults' }],
     onTargetStateChange: hook
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const states = (pool: string): Record<number, TargetState | undefined> =>
     Object.fromEntries(statuses.map((s, i) => [s, app.upstreams.get(pool)?.targets[i].state]))
   t.same(states('listed'), { 204: 'healthy', 299: 'healthy', 418: 'healthy', 300: 'unhealthy', 302: 'unhealthy', 500: 'unhealthy' })
@@ -133,12 +131,6 @@ test('a tcp probe: a listening port is healthy, a closed one unhealthy, and no b
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const listening = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
-  const closed = await closedPort()
-  const { hook, events } = recorder()
-  const { app } = await startGateway({
-    upstreams: { pool: { targets: [listening, closed], healthCheck: { active: { type: 'tcp', interval: 50, unhealthyThreshold: 2 } } } },
-    onTargetStateChange: hook
-  })
   let serverClosed = false
   const closeServer = (): Promise<void> => {
     if (serverClosed) return Promise.resolve()
@@ -146,7 +138,13 @@ test('a tcp probe: a listening port is healthy, a closed one unhealthy, and no b
     for (const socket of sockets) socket.destroy()
     return new Promise((resolve) => server.close(() => resolve()))
   }
-  t.teardown(async () => { await app.close(); await closeServer() })
+  t.teardown(closeServer)
+  const closed = await closedPort()
+  const { hook, events } = recorder()
+  const { app } = await startGateway(t, {
+    upstreams: { pool: { targets: [listening, closed], healthCheck: { active: { type: 'tcp', interval: 50, unhealthyThreshold: 2 } } } },
+    onTargetStateChange: hook
+  })
   const pool = app.upstreams.get('pool')
   t.equal(pool?.targets[0].state, 'healthy', 'the listening port is healthy')
   t.equal(pool?.targets[1].state, 'unhealthy', 'the closed port is unhealthy')
@@ -162,13 +160,13 @@ test('a tcp probe: a listening port is healthy, a closed one unhealthy, and no b
 
 test('a custom check decides; one that throws or outlasts the timeout fails', async (t) => {
   const ups: Probed[] = []
-  for (const name of ['yes', 'no', 'throws', 'hangs']) ups.push(await startProbed(name))
+  for (const name of ['yes', 'no', 'throws', 'hangs']) ups.push(await startProbed(t, name))
   const [yes, no, throws, hangs] = ups
   const verdict = new Map<string, boolean>([[yes.url, true], [no.url, false]])
   const seen: string[] = []
   let hangsCalls = 0
   const { hook, events } = recorder()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: ups.map((u) => u.url),
@@ -193,7 +191,6 @@ test('a custom check decides; one that throws or outlasts the timeout fails', as
     routes: [{ prefix: '/', upstream: 'pool' }],
     onTargetStateChange: hook
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const pool = app.upstreams.get('pool')
   t.same(pool?.targets.map((v) => v.state), ['healthy', 'unhealthy', 'unhealthy', 'unhealthy'])
   t.same(new Set(seen), new Set(ups.map((u) => u.url)), 'the check received the view of every target')
@@ -215,12 +212,12 @@ test('a custom check decides; one that throws or outlasts the timeout fails', as
 })
 
 test('the first round runs on ready: a target down at start gets no traffic from the very first request', async (t) => {
-  const up = await startProbed('up', { delay: 100 })
-  const failing = await startProbed('failing', { status: 503 })
+  const up = await startProbed(t, 'up', { delay: 100 })
+  const failing = await startProbed(t, 'failing', { status: 503 })
   const down = await closedPort()
   const { hook, events } = recorder()
   const app = Fastify()
-  t.teardown(async () => { await app.close(); await up.close(); await failing.close() })
+  t.teardown(() => app.close())
   await app.register(fastifyUpstream, {
     upstreams: {
       pool: {
@@ -253,11 +250,11 @@ test('the first round runs on ready: a target down at start gets no traffic from
 })
 
 test('unhealthyThreshold and healthyThreshold consecutive results flip the state', async (t) => {
-  const flaky = await startProbed('flaky')
-  const steady = await startProbed('steady')
+  const flaky = await startProbed(t, 'flaky')
+  const steady = await startProbed(t, 'steady')
   const events: Array<StateEvent & { answers: number[] }> = []
   let mark = 0
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [flaky.url, steady.url],
@@ -268,7 +265,6 @@ test('unhealthyThreshold and healthyThreshold consecutive results flip the state
     // what the flaky target had answered since the last flip, at the moment of each event
     onTargetStateChange: (e) => { events.push({ url: e.target.url, from: e.from, to: e.to, reason: e.reason, at: performance.now(), answers: flaky.answers.slice(mark) }) }
   })
-  t.teardown(async () => { await app.close(); await flaky.close(); await steady.close() })
   const pool = app.upstreams.get('pool')
   const flip = (status: number): void => { flaky.status = status; mark = flaky.answers.length }
 
@@ -307,15 +303,14 @@ test('unhealthyThreshold and healthyThreshold consecutive results flip the state
 })
 
 test('probes of one target never overlap, even when the health endpoint is slower than the interval', async (t) => {
-  const slow = await startProbed('slow', { delay: 200 })
-  const hanging = await startProbed('hanging', { delay: Infinity })
-  const { app } = await startGateway({
+  const slow = await startProbed(t, 'slow', { delay: 200 })
+  const hanging = await startProbed(t, 'hanging', { delay: Infinity })
+  const { app } = await startGateway(t, {
     upstreams: {
       slow: { targets: [slow.url], healthCheck: { active: { path: '/healthz', interval: 50, timeout: 1000 } } },
       hanging: { targets: [hanging.url], healthCheck: { active: { path: '/healthz', interval: 50, timeout: 120 } } }
     }
   })
-  t.teardown(async () => { await app.close(); await slow.close(); await hanging.close() })
   await until('five slow probes', () => slow.answers.length >= 5)
   await until('five timed-out probes', () => hanging.ended.length >= 5)
   t.equal(slow.maxOpen, 1, 'one slow probe at a time')
@@ -330,8 +325,8 @@ test('probes of one target never overlap, even when the health endpoint is slowe
 })
 
 test('all targets unhealthy: a fast 503 FST_UPSTREAM_NO_TARGET with Retry-After', async (t) => {
-  const ups = [await startProbed('a', { status: 500, hangTraffic: true }), await startProbed('b', { status: 500, hangTraffic: true })]
-  const { app, url } = await startGateway({
+  const ups = [await startProbed(t, 'a', { status: 500, hangTraffic: true }), await startProbed(t, 'b', { status: 500, hangTraffic: true })]
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: ups.map((u) => u.url),
@@ -341,7 +336,6 @@ test('all targets unhealthy: a fast 503 FST_UPSTREAM_NO_TARGET with Retry-After'
     },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   t.same(app.upstreams.get('pool')?.targets.map((v) => v.state), ['unhealthy', 'unhealthy'])
   const started = performance.now()
   const res = await fetch(`${url}/x`)
@@ -355,15 +349,13 @@ test('all targets unhealthy: a fast 503 FST_UPSTREAM_NO_TARGET with Retry-After'
 })
 
 test('after close no probe is sent and no timer or socket is left', async (t) => {
-  const http1 = await startProbed('http1')
-  const http2 = await startProbed('http2', { delay: 30 })
-  const tcp = await startProbed('tcp')
-  const custom = await startProbed('custom')
-  const ups = [http1, http2, tcp, custom]
-  t.teardown(() => Promise.all(ups.map((u) => u.close())))
+  const http1 = await startProbed(t, 'http1')
+  const http2 = await startProbed(t, 'http2', { delay: 30 })
+  const tcp = await startProbed(t, 'tcp')
+  const custom = await startProbed(t, 'custom')
   let checks = 0
   const before = await settledResources()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       http: { targets: [http1.url, http2.url], healthCheck: { active: { path: '/healthz', interval: 50 } } },
       tcp: { targets: [tcp.url], healthCheck: { active: { type: 'tcp', interval: 50 } } },
@@ -385,11 +377,10 @@ test('after close no probe is sent and no timer or socket is left', async (t) =>
 })
 
 test('closing while a custom check hangs leaves no timer behind', async (t) => {
-  const up = await startProbed('u0')
-  t.teardown(() => up.close())
+  const up = await startProbed(t, 'u0')
   let calls = 0
   const before = await settledResources()
-  const { app } = await startGateway({
+  const { app } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [up.url],
@@ -407,16 +398,15 @@ test('closing while a custom check hangs leaves no timer behind', async (t) => {
 })
 
 test('a target added to a running pool takes no traffic until its first probe passes', async (t) => {
-  const ok = await startProbed('ok')
-  const sick = await startProbed('sick', { status: 500, delay: 300 })
-  const fresh = await startProbed('fresh', { delay: 300 })
+  const ok = await startProbed(t, 'ok')
+  const sick = await startProbed(t, 'sick', { status: 500, delay: 300 })
+  const fresh = await startProbed(t, 'fresh', { delay: 300 })
   const { events, hook } = recorder()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [ok.url], healthCheck: { active: { path: '/healthz', interval: 60_000, timeout: 2000 } }, retry: { attempts: 0 } } },
     routes: [{ prefix: '/', upstream: 'pool' }],
     onTargetStateChange: hook
   })
-  t.teardown(async () => { await app.close(); await Promise.all([ok, sick, fresh].map((u) => u.close())) })
   const pool = app.upstreams.get('pool')
   if (pool === undefined) throw new Error('no pool')
   t.equal(pool.addTarget(sick.url).state, 'unhealthy', 'a newcomer waits for its first probe')

@@ -1,7 +1,7 @@
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import { test, type Test } from 'tap'
-import { startGateway } from '../helpers'
+import { startGateway, type Teardown } from '../helpers'
 
 // Hostile HTTP/1.1 requests, written as raw bytes on a fresh TCP socket each, to a real
 // gateway (mount /users -> /v1/users) in front of a real upstream that records every
@@ -19,11 +19,10 @@ interface Recorder {
   requests: Received[]
   /** every byte the upstream read, on every connection, as latin1 */
   bytes: () => string
-  close: () => Promise<void>
 }
 
-/** An upstream that records everything and answers 200 `ok` (with `headers`, if any). */
-async function startRecorder (headers: Record<string, string> = {}): Promise<Recorder> {
+/** An upstream that records everything and answers 200 `ok` (with `headers`, if any); `t` closes it. */
+async function startRecorder (t: Teardown, headers: Record<string, string> = {}): Promise<Recorder> {
   const requests: Received[] = []
   const chunks: Buffer[] = []
   const server = http.createServer((req, res) => {
@@ -42,16 +41,16 @@ async function startRecorder (headers: Record<string, string> = {}): Promise<Rec
   server.on('connection', (socket: net.Socket) => { socket.on('data', (chunk: Buffer) => chunks.push(chunk)) })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const port = (server.address() as AddressInfo).port
+  t.teardown(() => new Promise<void>((resolve) => {
+    server.closeAllConnections()
+    server.close(() => resolve())
+  }))
   return {
     host: `127.0.0.1:${port}`,
     port,
     url: `http://127.0.0.1:${port}`,
     requests,
-    bytes: () => Buffer.concat(chunks).toString('latin1'),
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections()
-      server.close(() => resolve())
-    })
+    bytes: () => Buffer.concat(chunks).toString('latin1')
   }
 }
 
@@ -90,6 +89,16 @@ function exchange (sockets: Set<net.Socket>, port: number, data: string, timeout
   })
 }
 
+/**
+ * The sockets `exchange` opens, destroyed when the test ends. Made after the gateway
+ * starts, so they go first: the gateway's close would wait for a request left half-sent.
+ */
+function clientSockets (t: Teardown): Set<net.Socket> {
+  const sockets = new Set<net.Socket>()
+  t.teardown(() => { for (const socket of sockets) socket.destroy() })
+  return sockets
+}
+
 interface Setup {
   up: Recorder
   /** the gateway's port and Host header line */
@@ -99,17 +108,12 @@ interface Setup {
 }
 
 async function setup (t: Test): Promise<Setup> {
-  const up = await startRecorder()
-  const { app, url } = await startGateway({
+  const up = await startRecorder(t)
+  const { url } = await startGateway(t, {
     upstreams: { users: { targets: [up.url] } },
     routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users' }]
   })
-  const sockets = new Set<net.Socket>()
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await app.close()
-    await up.close()
-  })
+  const sockets = clientSockets(t)
   const port = Number(new URL(url).port)
   return { up, port, host: `Host: 127.0.0.1:${port}\r\n`, send: (data) => exchange(sockets, port, data) }
 }
@@ -326,9 +330,9 @@ test('absolute-form targets: routed by their path only, never by their authority
 
 test('absolute-form targets cannot choose the value of a prefix parameter', async (t) => {
   // the upstream redirects within the tenant: the client must see it under the prefix
-  const up = await startRecorder({ location: '/tenants/acme/y' })
+  const up = await startRecorder(t, { location: '/tenants/acme/y' })
   const params: unknown[] = []
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: { t: { targets: [up.url] } },
     routes: [{
       prefix: '/t/:tenant',
@@ -338,12 +342,7 @@ test('absolute-form targets cannot choose the value of a prefix parameter', asyn
       preHandler: async (request: { params: unknown }) => { params.push(request.params) }
     }]
   })
-  const sockets = new Set<net.Socket>()
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await app.close()
-    await up.close()
-  })
+  const sockets = clientSockets(t)
   const port = Number(new URL(url).port)
   const answer = await exchange(sockets, port, `GET http://other/t/acme/x HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`)
   t.same(answer.statuses, [200])
@@ -356,17 +355,12 @@ test('absolute-form targets cannot choose the value of a prefix parameter', asyn
 })
 
 test('Expect: 100-continue is answered by the gateway, not passed on: no 502, nothing counted against the target', async (t) => {
-  const up = await startRecorder()
-  const { app, url } = await startGateway({
+  const up = await startRecorder(t)
+  const { app, url } = await startGateway(t, {
     upstreams: { users: { targets: [up.url], healthCheck: { passive: { consecutiveFailures: 2 } } } },
     routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users' }]
   })
-  const sockets = new Set<net.Socket>()
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await app.close()
-    await up.close()
-  })
+  const sockets = clientSockets(t)
   const port = Number(new URL(url).port)
   for (let i = 0; i < 3; i++) {
     const answer = await exchange(sockets, port, `POST /users/1 HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello`)

@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import type { BalancerOptions } from '../../lib/index'
-import { load, startGateway, startUpstream, type Upstream } from '../helpers'
+import { load, startGateway, startUpstream, type Teardown, type Upstream } from '../helpers'
 
 /** Sends `total` GET requests with 8 clients, each with headers from `headers()`; returns the x-upstream counts. */
 async function loadWith (url: string, total: number, headers: () => Record<string, string>): Promise<Record<string, number>> {
@@ -20,11 +20,11 @@ async function loadWith (url: string, total: number, headers: () => Record<strin
 }
 
 /** Two primaries (p0, p1) and two backups (b0, b1) behind a mount. */
-async function setup (t: { teardown: (fn: () => Promise<void>) => void }, balancer: BalancerOptions) {
+async function setup (t: Teardown, balancer: BalancerOptions) {
   const ups: Upstream[] = []
-  for (const name of ['p0', 'p1', 'b0', 'b1']) ups.push(await startUpstream(name))
+  for (const name of ['p0', 'p1', 'b0', 'b1']) ups.push(await startUpstream(t, name))
   const [p0, p1, b0, b1] = ups
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [p0.url, { url: b0.url, backup: true }, { url: p1.url, weight: 2 }, { url: b1.url, backup: true, weight: 1 }],
@@ -33,7 +33,6 @@ async function setup (t: { teardown: (fn: () => Promise<void>) => void }, balanc
     },
     routes: [{ prefix: '/api', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const pool = app.upstreams.get('pool')
   if (pool === undefined) throw new Error('pool missing')
   return { pool, url: `${url}/api/x`, p0, p1, b0, b1 }

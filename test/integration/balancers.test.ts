@@ -250,12 +250,11 @@ test('consistent-hash: requests without the key are spread, whatever the tableSi
 })
 
 test('consistent-hash tableSize through the plugin: a prime works, a non-prime fails at register', async (t) => {
-  const ups = await startUpstreams(3)
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 3)
+  const { url } = await startGateway(t, {
     upstreams: { pool: { targets: ups.map((u) => u.url), balancer: { type: 'consistent-hash', key: 'header:x-user', tableSize: 11 } } },
     routes: [{ prefix: '/api', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const counts = await load(`${url}/api/x`, 20, 2, { headers: { 'x-user': 'alice' } })
   t.equal(Object.keys(counts).length, 1, `one key, one target: ${JSON.stringify(counts)}`)
   t.ok(ups.some((u) => counts[u.name] === 20), 'answered by an upstream')
@@ -286,13 +285,12 @@ function lastOne () {
 }
 
 test('a custom balancer object passed as `balancer` chooses the target of real requests', async (t) => {
-  const ups = await startUpstreams(3)
+  const ups = await startUpstreams(t, 3)
   const { balancer, seen } = lastOne()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: ups.map((u) => u.url), balancer } },
     routes: [{ prefix: '/api', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   t.ok(seen.updates >= 1, 'update() was called at register')
   t.same(seen.candidates.map((c) => c.url), ups.map((u) => u.url), 'with every target, in order')
   t.match(seen.candidates[0], { weight: 1, inflight: 0, latency: 0 }, 'as BalancerTarget objects')
@@ -315,12 +313,11 @@ test('a custom balancer that is a class instance (methods on the prototype) is a
     update (list: readonly BalancerTarget[]): void { this.list = list }
     pick (): BalancerTarget | undefined { return this.list[1] }
   }
-  const ups = await startUpstreams(3)
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 3)
+  const { url } = await startGateway(t, {
     upstreams: { pool: { targets: ups.map((u) => u.url), balancer: new Sticky() } },
     routes: [{ prefix: '/api', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   t.same(await load(`${url}/api/x`, 12, 3), { u1: 12 }, 'the instance picks the target')
 })
 
@@ -328,24 +325,22 @@ test('a custom balancer with a `type` property of its own is still the custom ba
   // `type` is what built-in options are told by; a custom object that has one must not be
   // mistaken for them (it used to fall through to round robin, silently)
   const { balancer, seen } = lastOne()
-  const ups = await startUpstreams(3)
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 3)
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: ups.map((u) => u.url), balancer: Object.assign(balancer, { type: 'sticky-last' }) } },
     routes: [{ prefix: '/api', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   t.same(await load(`${url}/api/x`, 12, 3), { u2: 12 }, 'its pick() chooses the target')
   t.equal(seen.requests.length, 12, 'pick() was called for every request')
   t.equal(app.upstreams.status().pools.pool.balancer, 'custom', 'status() names it custom')
 })
 
 test('a custom balancer that finds no target gives a 503 with a stable code', async (t) => {
-  const ups = await startUpstreams(1)
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 1)
+  const { url } = await startGateway(t, {
     upstreams: { pool: { targets: [ups[0].url], balancer: { update () {}, pick () { return undefined } } } },
     routes: [{ prefix: '/api', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const res = await fetch(`${url}/api/x`)
   t.equal(res.status, 503)
   // no connection limit is involved, so it is not an overload
@@ -354,21 +349,20 @@ test('a custom balancer that finds no target gives a 503 with a stable code', as
 })
 
 test('a custom balancer factory builds one balancer per pool, used for real requests', async (t) => {
-  const ups = await startUpstreams(4)
+  const ups = await startUpstreams(t, 4)
   const built: Array<ReturnType<typeof lastOne>> = []
   const factory = () => {
     const made = lastOne()
     built.push(made)
     return made.balancer
   }
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       a: { targets: [ups[0].url, ups[1].url], balancer: factory },
       b: { targets: [ups[2].url, ups[3].url], balancer: factory }
     },
     routes: [{ prefix: '/a', upstream: 'a' }, { prefix: '/b', upstream: 'b' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   t.equal(built.length, 2, 'the factory was called once for each pool')
   t.same(await load(`${url}/a/x`, 10, 2), { u1: 10 }, 'pool a: its own balancer')
   t.same(await load(`${url}/b/x`, 10, 2), { u3: 10 }, 'pool b: its own balancer')

@@ -6,9 +6,9 @@ function resources (): string[] {
 }
 
 test('close() leaves no timer, socket or server behind', async (t) => {
-  const ups = await startUpstreams(3)
+  const ups = await startUpstreams(t, 3)
   const before = resources()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       a: { targets: ups.map((u) => u.url), balancer: 'least-request' },
       b: { targets: ups.map((u) => u.url), balancer: 'consistent-hash' }
@@ -21,5 +21,4 @@ test('close() leaves no timer, socket or server behind', async (t) => {
   await app.close()
   for (let i = 0; i < 50 && resources().length > before.length; i++) await new Promise((resolve) => setTimeout(resolve, 20))
   t.same(resources(), before, 'the same resources as before the gateway started')
-  await Promise.all(ups.map((u) => u.close()))
 })

@@ -1,18 +1,12 @@
-import type { AddressInfo } from 'node:net'
 import replyFrom from '@fastify/reply-from'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { test, type Test } from 'tap'
 import fastifyUpstream from '../../lib/index'
-import { echo, startUpstream, type Upstream } from '../helpers'
+import { echo, listen, startUpstream, type Upstream } from '../helpers'
 
 // The plugin beside an application's own @fastify/reply-from, in every order and scope:
 // both work, each with its own targets. A second fastify-upstream fails at ready() with
 // an error of the plugin's own that says what to do.
-
-async function listen (app: FastifyInstance): Promise<string> {
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
-}
 
 /** Checks that reply.forward reaches `pooled` and the app's own reply.from reaches `own`. */
 async function bothWork (t: Test, url: string, own: Upstream, pooled: Upstream, ownPath = '/own/x'): Promise<void> {
@@ -62,12 +56,11 @@ const ORDERS: Orders = [
 
 for (const [name, setUp] of ORDERS) {
   test(`beside @fastify/reply-from: ${name}`, async (t) => {
-    const own = await startUpstream('own')
-    const pooled = await startUpstream('pooled')
+    const own = await startUpstream(t, 'own')
+    const pooled = await startUpstream(t, 'pooled')
     const app = Fastify()
-    t.teardown(async () => { await app.close(); await own.close(); await pooled.close() })
     const ownPath = await setUp(app, own, pooled)
-    await bothWork(t, await listen(app), own, pooled, ownPath)
+    await bothWork(t, await listen(t, app), own, pooled, ownPath)
   })
 }
 
@@ -83,9 +76,8 @@ test('fastify-upstream registered twice fails at ready() with FST_UPSTREAM_ALREA
   await below.close()
   // siblings are separate applications of the plugin: each scope has its own
   const siblings = Fastify()
-  const a = await startUpstream('a')
-  const b = await startUpstream('b')
-  t.teardown(async () => { await a.close(); await b.close() })
+  const a = await startUpstream(t, 'a')
+  const b = await startUpstream(t, 'b')
   siblings.register(async (child) => {
     await child.register(fastifyUpstream, { upstreams: { p: { targets: [a.url] } } })
     child.get('/a', (_request, reply) => reply.forward('p'))
@@ -94,8 +86,7 @@ test('fastify-upstream registered twice fails at ready() with FST_UPSTREAM_ALREA
     await child.register(fastifyUpstream, { upstreams: { p: { targets: [b.url] } } })
     child.get('/b', (_request, reply) => reply.forward('p'))
   })
-  const url = await listen(siblings)
-  t.teardown(() => siblings.close())
+  const url = await listen(t, siblings)
   t.equal((await echo(fetch(`${url}/a`))).upstream, 'a')
   t.equal((await echo(fetch(`${url}/b`))).upstream, 'b')
 })

@@ -34,18 +34,17 @@ function sweeper (connections: TargetConnections): unknown {
 }
 
 test('no connection pool is made until a target gets a request', async (t) => {
-  const ups = await startUpstreams(20)
+  const ups = await startUpstreams(t, 20)
   const sockets = countSockets(ups)
   // and 1,000 targets where nothing listens, which never get a request
   const idle = Array.from({ length: 1000 }, (_, i) => `http://127.0.0.2:${20000 + i}`)
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       live: { targets: ups.map((u) => u.url), balancer: 'round-robin' },
       idle: { targets: idle }
     },
     routes: [{ prefix: '/', upstream: 'live' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const live = internal(app.upstreams.get('live'))
   const idlePool = internal(app.upstreams.get('idle'))
 
@@ -73,15 +72,14 @@ test('no connection pool is made until a target gets a request', async (t) => {
 })
 
 test('targets on one origin share one connection pool until the last leaves', async (t) => {
-  const up = await startUpstream('u0')
+  const up = await startUpstream(t, 'u0')
   const sockets = countSockets([up])
   const a = `${up.url}/a`
   const b = `${up.url}/b`
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [a, b], balancer: 'round-robin' } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const pool = internal(app.upstreams.get('pool'))
   const [ta, tb] = [targetOf(pool, a), targetOf(pool, b)]
 
@@ -107,13 +105,12 @@ test('targets on one origin share one connection pool until the last leaves', as
 })
 
 test('an idle connection pool is closed by the sweep, and the next request makes a new one', async (t) => {
-  const ups = await startUpstreams(2)
+  const ups = await startUpstreams(t, 2)
   const sockets = countSockets(ups)
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [ups[0].url, ups[1].url], balancer: 'round-robin' } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const pool = internal(app.upstreams.get('pool'))
   const [t0, t1] = [targetOf(pool, ups[0].url), targetOf(pool, ups[1].url)]
   t.same(await load(`${url}/x`, 2, 1), { u0: 1, u1: 1 })
@@ -152,12 +149,11 @@ test('an idle connection pool is closed by the sweep, and the next request makes
 })
 
 test('a slow request keeps its pool through sweeps, and drain waits for it', async (t) => {
-  const slow = await startUpstream('slow', delayed(300))
-  const { app, url } = await startGateway({
+  const slow = await startUpstream(t, 'slow', delayed(300))
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [slow.url] } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await slow.close() })
   const api = app.upstreams.get('pool') as UpstreamPool
   const pool = internal(api)
   const target = targetOf(pool, slow.url)
@@ -183,9 +179,9 @@ test('a slow request keeps its pool through sweeps, and drain waits for it', asy
 })
 
 test('app.close() leaves no timer, socket or connection pool behind', async (t) => {
-  const ups = await startUpstreams(4)
+  const ups = await startUpstreams(t, 4)
   const before = await settledResources()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: { targets: ups.map((u) => u.url), keepAliveTimeout: 60_000 },
       idle: { targets: Array.from({ length: 100 }, (_, i) => `http://127.0.0.3:${30000 + i}`) }
@@ -208,9 +204,8 @@ test('app.close() leaves no timer, socket or connection pool behind', async (t) 
 })
 
 test('the sweep runs on its own timer, unref\'d, while connection pools exist', async (t) => {
-  const up = await startUpstream('u0')
-  const { app } = await startGateway({ upstreams: { pool: { targets: [up.url] } } })
-  t.teardown(async () => { await app.close(); await up.close() })
+  const up = await startUpstream(t, 'u0')
+  const { app } = await startGateway(t, { upstreams: { pool: { targets: [up.url] } } })
   const config = internal(app.upstreams.get('pool')).config
   const connections = new TargetConnections(config, 50)
   const target = new Target({ url: up.url, weight: 1, backup: false })

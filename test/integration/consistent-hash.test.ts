@@ -1,11 +1,10 @@
 import http from 'node:http'
 import net from 'node:net'
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyServerOptions } from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream, { type HashKeyOption, type SelectRequest } from '../../lib/index'
-import { startGateway, startUpstreams, type Upstream } from '../helpers'
+import { listen, startGateway, startUpstreams, type Teardown, type Upstream } from '../helpers'
 
-interface Teardown { teardown: (fn: () => Promise<void>) => void }
 /** tap's test object */
 type Tap = Parameters<Parameters<typeof test>[0]>[0]
 
@@ -36,22 +35,14 @@ async function mapLimit<T, R> (items: readonly T[], concurrency: number, fn: (it
 }
 
 async function setup (t: Teardown, key: HashKeyOption, count = 4, fastifyOptions?: FastifyServerOptions) {
-  const ups = await startUpstreams(count)
-  const options = {
-    upstreams: { pool: { targets: ups.map((u) => u.url), balancer: { type: 'consistent-hash' as const, key } } },
+  const ups = await startUpstreams(t, count)
+  // built here rather than by startGateway(), which takes no Fastify options
+  const app = Fastify(fastifyOptions)
+  await app.register(fastifyUpstream, {
+    upstreams: { pool: { targets: ups.map((u) => u.url), balancer: { type: 'consistent-hash', key } } },
     routes: [{ prefix: '/api', upstream: 'pool' }]
-  }
-  let app: FastifyInstance
-  let url: string
-  if (fastifyOptions === undefined) {
-    ({ app, url } = await startGateway(options))
-  } else {
-    // startGateway() takes no Fastify options; this is the same, with them
-    app = Fastify(fastifyOptions)
-    await app.register(fastifyUpstream, options)
-    url = await app.listen({ port: 0, host: '127.0.0.1' })
-  }
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
+  })
+  const url = await listen(t, app)
   const pool = app.upstreams.get('pool')
   if (pool === undefined) throw new Error('pool missing')
   const nameOf = new Map(ups.map((u) => [u.url, u.name]))
@@ -197,8 +188,8 @@ test('removing one of four targets moves under 10% of the keys that were not on 
 })
 
 test('weights shift the share of keys: weight 3 vs 1 gives about 75/25 of 4000 keys', async (t) => {
-  const ups = await startUpstreams(2)
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 2)
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [{ url: ups[0].url, weight: 3 }, { url: ups[1].url, weight: 1 }],
@@ -207,7 +198,6 @@ test('weights shift the share of keys: weight 3 vs 1 gives about 75/25 of 4000 k
     },
     routes: [{ prefix: '/api', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const pool = app.upstreams.get('pool')
   if (pool === undefined) throw new Error('pool missing')
   const all = keys(4000)

@@ -5,22 +5,22 @@ import { startDnsServer } from '../dns-server'
 import { load, startGateway, startUpstream, startUpstreams, within } from '../helpers'
 
 test('dns discovery: A records become targets; added, changed and removed records follow; a dead resolver keeps the last targets', async (t) => {
-  const dns = await startDnsServer()
+  const dns = await startDnsServer(t)
   // the same port on two loopback addresses: DNS names addresses, the port is the pool's
-  const up = await startUpstream('u0', undefined)
+  const up = await startUpstream(t, 'u0')
   const twin = http.createServer((_req, res) => { res.setHeader('x-upstream', 'u0-twin'); res.end('twin') })
   await new Promise<void>((resolve, reject) => { twin.once('error', reject); twin.listen(up.port, '127.0.0.2', resolve) })
+  t.teardown(() => { twin.closeAllConnections(); twin.close() })
   dns.records.set('api.test', { A: ['127.0.0.1'] })
   dns.ttl = 1
   const events: TargetStateEvent[] = []
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       api: { targets: [], discovery: { type: 'dns', hostname: 'api.test', port: up.port, servers: [dns.address], interval: 200, timeout: 300 } }
     },
     routes: [{ prefix: '/', upstream: 'api' }],
     onTargetStateChange: (event) => events.push(event)
   })
-  t.teardown(async () => { await app.close(); await up.close(); twin.closeAllConnections(); twin.close(); await dns.close() })
   const pool = app.upstreams.get('api')
   if (pool === undefined) throw new Error('no pool')
   t.same(pool.targets.map((v) => v.url), [`http://127.0.0.1:${up.port}`], 'the first lookup ran before the app served')
@@ -50,8 +50,8 @@ test('dns discovery: A records become targets; added, changed and removed record
 })
 
 test('dns-srv discovery: host and port from each record, weights, and higher priorities as backups', async (t) => {
-  const dns = await startDnsServer()
-  const ups = await startUpstreams(3)
+  const dns = await startDnsServer(t)
+  const ups = await startUpstreams(t, 3)
   dns.records.set('_http._tcp.api.test', {
     SRV: [
       { priority: 10, weight: 3, port: ups[0].port, target: 'localhost' },
@@ -59,11 +59,10 @@ test('dns-srv discovery: host and port from each record, weights, and higher pri
       { priority: 20, weight: 1, port: ups[2].port, target: 'localhost' }
     ]
   })
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { api: { targets: [], discovery: { type: 'dns-srv', name: '_http._tcp.api.test', servers: [dns.address], interval: 200 } } },
     routes: [{ prefix: '/', upstream: 'api' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())); await dns.close() })
   const pool = app.upstreams.get('api')
   if (pool === undefined) throw new Error('no pool')
   t.same(pool.targets.map((v) => [v.url, v.weight, v.backup]), [
@@ -84,10 +83,10 @@ test('dns-srv discovery: host and port from each record, weights, and higher pri
 })
 
 test('a custom discovery source plugs in with resolve()', async (t) => {
-  const ups = await startUpstreams(2)
+  const ups = await startUpstreams(t, 2)
   let current = [ups[0].url]
   let calls = 0
-  const { app } = await startGateway({
+  const { app } = await startGateway(t, {
     upstreams: {
       api: {
         targets: [],
@@ -101,7 +100,6 @@ test('a custom discovery source plugs in with resolve()', async (t) => {
       }
     }
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const pool = app.upstreams.get('api')
   if (pool === undefined) throw new Error('no pool')
   t.same(pool.targets.map((v) => v.url), [ups[0].url])
@@ -115,12 +113,11 @@ test('a custom discovery source plugs in with resolve()', async (t) => {
 })
 
 test('a pool may be discovery alone, with no targets option', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const up = await startUpstream(t, 'u0')
+  const { app, url } = await startGateway(t, {
     upstreams: { api: { discovery: { resolve: async () => [up.url] } } },
     routes: [{ prefix: '/', upstream: 'api' }]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   t.same(app.upstreams.get('api')?.targets.map((v) => v.url), [up.url])
   const res = await fetch(`${url}/x`)
   t.equal(res.status, 200)

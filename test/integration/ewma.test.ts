@@ -21,13 +21,12 @@ function tally (balancer: Balancer, n: number): Record<string, number> {
 }
 
 test('ewma sends at most 5% of requests to an upstream 80 ms slower than the others', async (t) => {
-  const ups = await startUpstreams(2)
-  ups.push(await startUpstream('slow', delayed(SLOW_MS)))
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 2)
+  ups.push(await startUpstream(t, 'slow', delayed(SLOW_MS)))
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: ups.map((u) => u.url), balancer: 'ewma' } },
     routes: [{ prefix: '/api', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const total = 1500
   // no warm-up: the count includes the cold start, when no target has been measured yet and
   // the slow one must not take every pick until its first answer comes back

@@ -7,7 +7,7 @@ import { Exchange } from '../../lib/proxy/exchange'
 import { Forwarding } from '../../lib/proxy/forwarding'
 import type { Pool as UpstreamPool } from '../../lib/upstream/pool'
 import { Target } from '../../lib/upstream/target'
-import { sleep, startGateway, startUpstream, until, type Upstream } from '../helpers'
+import { sleep, startGateway, startUpstream, until, type Teardown, type Upstream } from '../helpers'
 
 // The Exchange that accounts for every request sent to a target: driven by undici through
 // its controller API, passing each call on to the handler it wraps (reply-from's, which
@@ -18,20 +18,16 @@ const DEPRECATED_API = ['onConnect', 'onHeaders', 'onData', 'onComplete', 'onErr
 
 type Methods = Record<string, (...args: unknown[]) => unknown>
 
-/** The part of a tap test these helpers need. */
-interface Teardown { teardown: (fn: () => Promise<void>) => void }
-
 /** What the tests read of the target. */
 interface TargetFigures { inflight: number, failures: number, state: string, requests: number }
 
 /** A gateway with one pool of one target (no retries) and `paths` forwarded to it. */
 async function gateway (t: Teardown, up: Upstream, passive: Record<string, unknown>, paths: string[]): Promise<{ url: string, target: () => TargetFigures }> {
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [up.url], retry: { attempts: 0 }, healthCheck: { passive } } }
   }, (app) => {
     for (const path of paths) app.get(path, (_request, reply) => reply.forward('pool'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const target = (): TargetFigures => {
     const view = app.upstreams.get('pool')?.targets[0]
     if (view === undefined) throw new Error('no target')
@@ -71,7 +67,7 @@ test('the Exchange speaks the controller API only, and undici drives it through 
     }
     t.teardown(() => { proto[name] = original })
   }
-  const up = await startUpstream('u0')
+  const up = await startUpstream(t, 'u0')
   const { url, target } = await gateway(t, up, {}, ['/x'])
   const res = await fetch(`${url}/x`)
   t.equal(res.status, 200)
@@ -85,7 +81,7 @@ test('the Exchange speaks the controller API only, and undici drives it through 
 })
 
 test('in-flight goes back to 0 after a success, and the success resets the failure streak', async (t) => {
-  const up = await startUpstream('u0', (req, res) => {
+  const up = await startUpstream(t, 'u0', (req, res) => {
     if (req.url === '/reset') {
       res.writeHead(200, { 'content-length': '100000' })
       res.write('x'.repeat(1000), () => { res.socket?.resetAndDestroy() })
@@ -110,7 +106,7 @@ test('in-flight goes back to 0 after a success, and the success resets the failu
 })
 
 test('in-flight goes back to 0 after a reset mid-body, counted once', async (t) => {
-  const up = await startUpstream('u0', (_req, res) => {
+  const up = await startUpstream(t, 'u0', (_req, res) => {
     res.writeHead(200, { 'content-length': '100000' })
     res.write('x'.repeat(1000), () => { res.socket?.resetAndDestroy() })
   })
@@ -123,7 +119,7 @@ test('in-flight goes back to 0 after a reset mid-body, counted once', async (t) 
 
 test('in-flight goes back to 0 after the client aborts, which is no failure of the target', async (t) => {
   let closed = false
-  const up = await startUpstream('u0', (_req, res) => {
+  const up = await startUpstream(t, 'u0', (_req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain' })
     const timer = setInterval(() => res.write('tick\n'), 10)
     res.on('close', () => { clearInterval(timer); closed = true })
@@ -138,7 +134,7 @@ test('in-flight goes back to 0 after the client aborts, which is no failure of t
 })
 
 test('in-flight goes back to 0 after a 103 Early Hints then a 200, counted as a success', async (t) => {
-  const up = await startUpstream('u0', (req, res) => {
+  const up = await startUpstream(t, 'u0', (req, res) => {
     if (req.url === '/fail') {
       res.statusCode = 503
       res.end('no')
@@ -160,7 +156,7 @@ test('in-flight goes back to 0 after a 103 Early Hints then a 200, counted as a 
 })
 
 test('in-flight goes back to 0 after a failure status, counted once and not as a success', async (t) => {
-  const up = await startUpstream('u0', (_req, res) => {
+  const up = await startUpstream(t, 'u0', (_req, res) => {
     res.statusCode = 503
     res.end('x'.repeat(50_000))
   })
@@ -218,7 +214,7 @@ async function settled (read: () => number, quiet = 300, timeout = 10_000): Prom
 
 test('a large body keeps backpressure: the gateway stops reading the upstream while the client does not read', async (t) => {
   const progress = { written: 0, finished: false }
-  const up = await startUpstream('u0', flood(progress))
+  const up = await startUpstream(t, 'u0', flood(progress))
   const { url, target } = await gateway(t, up, {}, ['/big'])
   let received = 0
   let paused = false
@@ -283,9 +279,9 @@ function attempt (handler: Dispatcher.DispatchHandler, target: Target): Exchange
 
 test('a handler speaking the controller API gets every call as it came, pause and resume included', async (t) => {
   const progress = { written: 0, finished: false }
-  const up = await startUpstream('u0', flood(progress))
+  const up = await startUpstream(t, 'u0', flood(progress))
   const pool = new Pool(up.url)
-  t.teardown(async () => { await pool.close(); await up.close() })
+  t.teardown(() => pool.close())
   const target = newTarget(up.url)
   const recorded: Recorded = { calls: [], status: 0, headers: null, body: 0, error: undefined }
   let controller: Dispatcher.DispatchController | undefined
@@ -308,12 +304,12 @@ test('a handler speaking the controller API gets every call as it came, pause an
 })
 
 test('an upgrade ends the exchange, for either kind of handler', async (t) => {
-  const up = await startUpstream('u0')
+  const up = await startUpstream(t, 'u0')
   up.server.on('upgrade', (_req: http.IncomingMessage, socket: Duplex) => {
     socket.end('HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-test\r\nConnection: Upgrade\r\nX-Seen: yes\r\n\r\n')
   })
   const pool = new Pool(up.url)
-  t.teardown(async () => { await pool.close(); await up.close() })
+  t.teardown(() => pool.close())
 
   const modern = newTarget(up.url)
   const recorded: Recorded = { calls: [], status: 0, headers: null, body: 0, error: undefined }

@@ -2,7 +2,7 @@ import http from 'node:http'
 import net from 'node:net'
 import { performance } from 'node:perf_hooks'
 import { test } from 'tap'
-import { sleep, startGateway, startUpstream, startUpstreams, within, type Upstream } from '../helpers'
+import { sleep, startGateway, startUpstream, startUpstreams, within } from '../helpers'
 import type { TargetStateEvent } from '../../lib/index'
 
 // Fault injection against real loopback servers: targets die, come back, hang, flap,
@@ -35,9 +35,9 @@ function clients (url: string, count: number): { stop: () => Promise<Record<stri
 }
 
 test('a target killed under load: no failed idempotent request, out of rotation within 1 s, back when restarted', async (t) => {
-  const ups = await startUpstreams(3)
+  const ups = await startUpstreams(t, 3)
   const events: Array<TargetStateEvent & { at: number }> = []
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: ups.map((u) => u.url),
@@ -46,12 +46,6 @@ test('a target killed under load: no failed idempotent request, out of rotation 
     },
     routes: [{ prefix: '/', upstream: 'pool' }],
     onTargetStateChange: (event) => events.push({ ...event, at: performance.now() })
-  })
-  const again: { server?: Upstream } = {}
-  t.teardown(async () => {
-    await app.close()
-    await Promise.all(ups.map((u) => u.close()))
-    await again.server?.close()
   })
   const load = clients(`${url}/x`, 8)
   await sleep(300)
@@ -62,7 +56,7 @@ test('a target killed under load: no failed idempotent request, out of rotation 
   t.equal(ejection.target.url, ups[1].url)
   t.ok(ejection.at - killedAt < 1000, `out of rotation ${Math.round(ejection.at - killedAt)} ms after the kill`)
   await sleep(200)
-  const restarted = again.server = await startUpstream('u1-again', undefined, ups[1].port)
+  const restarted = await startUpstream(t, 'u1-again', undefined, ups[1].port)
   t.ok(await within(() => restarted.hits > 0, 3000), 'the restarted target serves again')
   const counts = await load.stop()
   t.same(Object.keys(counts), ['200'], `every request succeeded: ${JSON.stringify(counts)}`)
@@ -73,17 +67,15 @@ test('a target that accepts and never answers: GETs fail over after the response
   const sockets = new Set<net.Socket>()
   const silent = net.createServer((socket) => { sockets.add(socket) })
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
-  const silentUrl = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`
-  const good = await startUpstream('good')
-  const { app, url } = await startGateway({
-    upstreams: { pool: { targets: [silentUrl, good.url], balancer: 'round-robin', timeout: { response: 300 }, retry: { backoff: { base: 0 } } } },
-    routes: [{ prefix: '/', upstream: 'pool' }]
-  })
   t.teardown(async () => {
-    await app.close()
-    await good.close()
     for (const socket of sockets) socket.destroy()
     await new Promise((resolve) => silent.close(resolve))
+  })
+  const silentUrl = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`
+  const good = await startUpstream(t, 'good')
+  const { url } = await startGateway(t, {
+    upstreams: { pool: { targets: [silentUrl, good.url], balancer: 'round-robin', timeout: { response: 300 }, retry: { backoff: { base: 0 } } } },
+    routes: [{ prefix: '/', upstream: 'pool' }]
   })
   const get = await fetch(`${url}/a`)
   t.equal(get.status, 200, 'the GET that met the silent target first was retried')
@@ -105,9 +97,10 @@ test('a target that resets mid-body: the client sees a broken response, the targ
     res.write('x'.repeat(1000), () => { res.socket?.resetAndDestroy() })
   })
   await new Promise<void>((resolve) => breaker.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { breaker.closeAllConnections(); breaker.close() })
   const breakerUrl = `http://127.0.0.1:${(breaker.address() as net.AddressInfo).port}`
-  const good = await startUpstream('good')
-  const { app, url } = await startGateway({
+  const good = await startUpstream(t, 'good')
+  const { app, url } = await startGateway(t, {
     upstreams: {
       broken: { targets: [breakerUrl], healthCheck: { passive: { consecutiveFailures: 2 } } },
       good: { targets: [good.url] }
@@ -116,7 +109,6 @@ test('a target that resets mid-body: the client sees a broken response, the targ
     app.get('/broken', (_request, reply) => reply.forward('broken'))
     app.get('/good', (_request, reply) => reply.forward('good'))
   })
-  t.teardown(async () => { await app.close(); await good.close(); breaker.closeAllConnections(); breaker.close() })
   for (let i = 0; i < 2; i++) {
     const outcome = await fetch(`${url}/broken`).then(async (res) => { await res.arrayBuffer(); return 'complete' }, () => 'broken')
       .catch(() => 'broken')
@@ -134,14 +126,14 @@ test('a flapping target and 5xx bursts: retries on 5xx keep clients whole, passi
   let broken = false
   const flap = setInterval(() => { broken = !broken }, 150)
   t.teardown(() => clearInterval(flap))
-  const flapping = await startUpstream('flapping', (_req, res, _body, upstream) => {
+  const flapping = await startUpstream(t, 'flapping', (_req, res, _body, upstream) => {
     res.setHeader('x-upstream', upstream.name)
     res.statusCode = broken ? 503 : 200
     res.end(broken ? 'burst' : 'ok')
   })
-  const steady = await startUpstreams(2)
+  const steady = await startUpstreams(t, 2)
   const events: TargetStateEvent[] = []
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [flapping.url, ...steady.map((u) => u.url)],
@@ -152,7 +144,6 @@ test('a flapping target and 5xx bursts: retries on 5xx keep clients whole, passi
     routes: [{ prefix: '/', upstream: 'pool' }],
     onTargetStateChange: (event) => events.push(event)
   })
-  t.teardown(async () => { await app.close(); await flapping.close(); await Promise.all(steady.map((u) => u.close())) })
   const load = clients(`${url}/x`, 8)
   await sleep(1500)
   const counts = await load.stop()
@@ -163,15 +154,14 @@ test('a flapping target and 5xx bursts: retries on 5xx keep clients whole, passi
 })
 
 test('all targets down: 502s until they are ejected, then fast 503s with Retry-After', async (t) => {
-  const a = await startUpstream('a')
-  const b = await startUpstream('b')
+  const a = await startUpstream(t, 'a')
+  const b = await startUpstream(t, 'b')
   await a.close()
   await b.close()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [a.url, b.url], healthCheck: { passive: { consecutiveFailures: 1, ejectionTime: 5000, maxEjectionPercent: 100 } } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(() => app.close())
   const first = await fetch(`${url}/x`)
   t.equal(first.status, 502)
   t.match(await first.json(), { code: 'FST_UPSTREAM_CONNECT_FAILED' })
@@ -188,13 +178,13 @@ test('all targets down: 502s until they are ejected, then fast 503s with Retry-A
 
 test('close() during probes and in-flight retries leaves nothing running', async (t) => {
   const before = process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap').sort()
-  const dead = await startUpstream('dead')
+  const dead = await startUpstream(t, 'dead')
   await dead.close()
-  const slow = await startUpstream('slow', (req, res) => {
+  const slow = await startUpstream(t, 'slow', (req, res) => {
     if (req.url === '/health') res.end('ok')
     else setTimeout(() => res.end('late'), 200)
   })
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [dead.url, slow.url],

@@ -6,13 +6,12 @@ import fastifyUpstream from '../../lib/index'
 import { echo, startGateway, startUpstream, startUpstreams } from '../helpers'
 
 test('reply.forward proxies to the pool, with options.url overriding the path and the query kept', async (t) => {
-  const ups = await startUpstreams(2)
-  const { app, url } = await startGateway({ upstreams: { users: { targets: ups.map((u) => u.url) } } }, (app) => {
+  const ups = await startUpstreams(t, 2)
+  const { url } = await startGateway(t, { upstreams: { users: { targets: ups.map((u) => u.url) } } }, (app) => {
     app.get('/me', (_request, reply) => reply.forward('users', { url: '/v1/users/me' }))
     app.get('/same/*', (_request, reply) => reply.forward('users'))
     app.post('/echo', (_request, reply) => reply.forward('users'))
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
 
   const me = await echo(fetch(`${url}/me?lang=en`))
   t.equal(me.url, '/v1/users/me?lang=en')
@@ -28,8 +27,8 @@ test('reply.forward proxies to the pool, with options.url overriding the path an
 })
 
 test('reply-from per-call options pass through', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({ upstreams: { users: { targets: [up.url] } } }, (app) => {
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, { upstreams: { users: { targets: [up.url] } } }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('users', {
       rewriteRequestHeaders: (_req, headers) => ({ ...headers, 'x-added': 'yes' }),
       rewriteHeaders: (headers) => ({ ...headers, 'x-rewritten': '1' })
@@ -38,7 +37,6 @@ test('reply-from per-call options pass through', async (t) => {
       onResponse: (_req, reply, res) => { reply.header('x-custom', String(res.statusCode)).send(res.stream) }
     }))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const res = await fetch(`${url}/x`)
   t.equal(res.headers.get('x-rewritten'), '1')
   await res.arrayBuffer()
@@ -49,12 +47,11 @@ test('reply-from per-call options pass through', async (t) => {
 })
 
 test('an unknown pool is a 500 with a stable code, and the server keeps serving', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({ upstreams: { users: { targets: [up.url] } } }, (app) => {
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, { upstreams: { users: { targets: [up.url] } } }, (app) => {
     app.get('/nope', (_request, reply) => reply.forward('orders'))
     app.get('/ok', (_request, reply) => reply.forward('users'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const res = await fetch(`${url}/nope`)
   t.equal(res.status, 500)
   t.match(await res.json(), { code: 'FST_UPSTREAM_UNKNOWN_POOL', statusCode: 500 })
@@ -62,26 +59,24 @@ test('an unknown pool is a 500 with a stable code, and the server keeps serving'
 })
 
 test('no available target is a fast 503 with a stable code', async (t) => {
-  const { app, url } = await startGateway({ upstreams: { empty: { targets: [] } } }, (app) => {
+  const { url } = await startGateway(t, { upstreams: { empty: { targets: [] } } }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('empty'))
   })
-  t.teardown(() => app.close())
   const res = await fetch(`${url}/x`)
   t.equal(res.status, 503)
   t.match(await res.json(), { code: 'FST_UPSTREAM_NO_TARGET', statusCode: 503 })
 })
 
 test('a refused connection is a 502 FST_UPSTREAM_CONNECT_FAILED and is counted', async (t) => {
-  const closed = await startUpstream('gone')
+  const closed = await startUpstream(t, 'gone')
   await closed.close()
   const errors: unknown[] = []
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { users: { targets: [closed.url] } },
     onProxyError: (event) => errors.push(event)
   }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('users'))
   })
-  t.teardown(() => app.close())
   const res = await fetch(`${url}/x`)
   t.equal(res.status, 502)
   t.match(await res.json(), { code: 'FST_UPSTREAM_CONNECT_FAILED', statusCode: 502 })
@@ -94,11 +89,10 @@ test('a refused connection is a 502 FST_UPSTREAM_CONNECT_FAILED and is counted',
 
 test('a target that answers too late is a 504 FST_UPSTREAM_TIMEOUT', async (t) => {
   // undici checks timeouts on a timer wheel of about half a second: leave room for it
-  const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('late'), 3000) })
-  const { app, url } = await startGateway({ upstreams: { users: { targets: [slow.url], timeout: { response: 200 } } } }, (app) => {
+  const slow = await startUpstream(t, 'slow', (_req, res) => { setTimeout(() => res.end('late'), 3000) })
+  const { url } = await startGateway(t, { upstreams: { users: { targets: [slow.url], timeout: { response: 200 } } } }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('users'))
   })
-  t.teardown(async () => { await app.close(); await slow.close() })
   const started = Date.now()
   const res = await fetch(`${url}/x`)
   t.equal(res.status, 504)
@@ -109,33 +103,32 @@ test('a target that answers too late is a 504 FST_UPSTREAM_TIMEOUT', async (t) =
 test('a target that resets the connection is a 502 FST_UPSTREAM_BAD_GATEWAY', async (t) => {
   const server = net.createServer((socket) => { socket.once('data', () => socket.resetAndDestroy()) })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => server.close(resolve)))
   const port = (server.address() as net.AddressInfo).port
-  const { app, url } = await startGateway({ upstreams: { users: { targets: [`http://127.0.0.1:${port}`] } } }, (app) => {
+  const { url } = await startGateway(t, { upstreams: { users: { targets: [`http://127.0.0.1:${port}`] } } }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('users'))
   })
-  t.teardown(async () => { await app.close(); await new Promise((resolve) => server.close(resolve)) })
   const res = await fetch(`${url}/x`)
   t.equal(res.status, 502)
   t.match(await res.json(), { code: 'FST_UPSTREAM_BAD_GATEWAY' })
 })
 
 test('a user onError receives the mapped error', async (t) => {
-  const closed = await startUpstream('gone')
+  const closed = await startUpstream(t, 'gone')
   await closed.close()
-  const { app, url } = await startGateway({ upstreams: { users: { targets: [closed.url] } } }, (app) => {
+  const { url } = await startGateway(t, { upstreams: { users: { targets: [closed.url] } } }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('users', {
       onError: (reply, { error }) => { reply.code(599).send({ seen: (error as Error & { code: string }).code }) }
     }))
   })
-  t.teardown(() => app.close())
   const res = await fetch(`${url}/x`)
   t.equal(res.status, 599)
   t.same(await res.json(), { seen: 'FST_UPSTREAM_CONNECT_FAILED' })
 })
 
 test('onSelect and the diagnostics channels see each selection and error', async (t) => {
-  const up = await startUpstream('u0')
-  const closed = await startUpstream('gone')
+  const up = await startUpstream(t, 'u0')
+  const closed = await startUpstream(t, 'gone')
   await closed.close()
   const selected: string[] = []
   const published: string[] = []
@@ -144,18 +137,16 @@ test('onSelect and the diagnostics channels see each selection and error', async
   const onError = (message: unknown): void => { errors.push((message as { error: { code: string } }).error.code) }
   diagnostics.subscribe('fastify-upstream:select', onSelect)
   diagnostics.subscribe('fastify-upstream:proxy-error', onError)
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: { users: { targets: [up.url] }, dead: { targets: [closed.url] } },
     onSelect: (event) => selected.push(`${event.pool} ${event.target.url}`)
   }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('users'))
     app.get('/dead', (_request, reply) => reply.forward('dead'))
   })
-  t.teardown(async () => {
+  t.teardown(() => {
     diagnostics.unsubscribe('fastify-upstream:select', onSelect)
     diagnostics.unsubscribe('fastify-upstream:proxy-error', onError)
-    await app.close()
-    await up.close()
   })
   await (await fetch(`${url}/x`)).arrayBuffer()
   await (await fetch(`${url}/dead`)).arrayBuffer()
@@ -167,11 +158,10 @@ test('onSelect and the diagnostics channels see each selection and error', async
 test('in-flight counts rise while requests are open and return to zero', async (t) => {
   let release: () => void = () => {}
   const gate = new Promise<void>((resolve) => { release = resolve })
-  const up = await startUpstream('u0', (_req, res) => { gate.then(() => res.end('ok'), () => {}) })
-  const { app, url } = await startGateway({ upstreams: { users: { targets: [up.url] } } }, (app) => {
+  const up = await startUpstream(t, 'u0', (_req, res) => { gate.then(() => res.end('ok'), () => {}) })
+  const { app, url } = await startGateway(t, { upstreams: { users: { targets: [up.url] } } }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('users'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const pending = [fetch(`${url}/x`), fetch(`${url}/x`), fetch(`${url}/x`)]
   const pool = app.upstreams.get('users')
   for (let i = 0; i < 100 && up.hits < 3; i++) await new Promise((resolve) => setTimeout(resolve, 10))
@@ -187,14 +177,13 @@ test('in-flight counts rise while requests are open and return to zero', async (
 test('a client that leaves mid-body is no failure of the target', async (t) => {
   // the upstream sends headers and a first chunk, then holds the rest for good: only the
   // client leaving can end the exchange
-  const up = await startUpstream('u0', (_req, res) => {
+  const up = await startUpstream(t, 'u0', (_req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain' })
     res.write('first chunk')
   })
-  const { app, url } = await startGateway({ upstreams: { users: { targets: [up.url], healthCheck: { passive: { consecutiveFailures: 1 } } } } }, (app) => {
+  const { app, url } = await startGateway(t, { upstreams: { users: { targets: [up.url], healthCheck: { passive: { consecutiveFailures: 1 } } } } }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('users'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const controller = new AbortController()
   const res = await fetch(`${url}/x`, { signal: controller.signal })
   const reader = (res.body as ReadableStream<Uint8Array>).getReader()
@@ -208,13 +197,12 @@ test('a client that leaves mid-body is no failure of the target', async (t) => {
 })
 
 test('a request that never went out leaves the in-flight count at once', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({ upstreams: { users: { targets: [up.url] } } }, (app) => {
+  const up = await startUpstream(t, 'u0')
+  const { app, url } = await startGateway(t, { upstreams: { users: { targets: [up.url] } } }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('users', {
       rewriteRequestHeaders: () => { throw new Error('no headers for you') }
     }))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const res = await fetch(`${url}/x`)
   t.equal(res.status, 500, 'the rewrite threw: a 500 from the route')
   await res.arrayBuffer()
@@ -224,11 +212,10 @@ test('a request that never went out leaves the in-flight count at once', async (
 })
 
 test('a client that aborts does not leave the target in flight', async (t) => {
-  const up = await startUpstream('u0', (_req, res) => { setTimeout(() => res.end('late'), 150) })
-  const { app, url } = await startGateway({ upstreams: { users: { targets: [up.url] } } }, (app) => {
+  const up = await startUpstream(t, 'u0', (_req, res) => { setTimeout(() => res.end('late'), 150) })
+  const { app, url } = await startGateway(t, { upstreams: { users: { targets: [up.url] } } }, (app) => {
     app.get('/x', (_request, reply) => reply.forward('users'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const controller = new AbortController()
   const request = fetch(`${url}/x`, { signal: controller.signal }).catch((error: Error) => error)
   for (let i = 0; i < 100 && up.hits < 1; i++) await new Promise((resolve) => setTimeout(resolve, 5))
@@ -240,13 +227,12 @@ test('a client that aborts does not leave the target in flight', async (t) => {
 })
 
 test('an unknown reply.forward option is an error, not ignored; so is one in a mount\'s replyOptions', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({ upstreams: { u: { targets: [up.url] } } }, (app) => {
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, { upstreams: { u: { targets: [up.url] } } }, (app) => {
     app.get('/typo', (_request, reply) => reply.forward('u', { urll: '/v1/x' } as never))
     app.get('/retries', (_request, reply) => reply.forward('u', { retriesCount: 3 } as never))
     app.get('/fine', (_request, reply) => reply.forward('u', { url: '/v1/x', method: 'GET', timeout: 1000 }))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const typo = await fetch(`${url}/typo`)
   t.equal(typo.status, 500)
   t.match(await typo.json(), { code: 'FST_UPSTREAM_INVALID_OPTION', message: /reply\.forward options\.urll: unknown option, did you mean `url`\?/ })
@@ -262,9 +248,9 @@ test('an unknown reply.forward option is an error, not ignored; so is one in a m
 })
 
 test('a mount passes newer Fastify route options through (prefixTrailingSlash, validatorCompiler)', async (t) => {
-  const up = await startUpstream('u0')
+  const up = await startUpstream(t, 'u0')
   let compiled = 0
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: { u: { targets: [up.url] } },
     routes: [{
       prefix: '/m',
@@ -274,7 +260,6 @@ test('a mount passes newer Fastify route options through (prefixTrailingSlash, v
       prefixTrailingSlash: 'no-slash'
     }]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   t.equal((await echo(fetch(`${url}/m/a?n=1`))).url, '/a?n=1')
   t.ok(compiled > 0, 'the route\'s own validatorCompiler was used')
 })

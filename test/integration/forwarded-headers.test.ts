@@ -2,7 +2,7 @@ import net from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream, { type PoolOptions } from '../../lib/index'
-import { startUpstream, type Upstream } from '../helpers'
+import { listen, startUpstream, type Teardown, type Upstream } from '../helpers'
 
 // What a client may claim about itself through forwarding headers, and what of it the
 // upstream gets under each `forwardedHeaders` mode and `trustProxy` setting.
@@ -25,16 +25,15 @@ const FORGED: Record<string, string> = {
   forwarded: 'for=6.6.6.6;host=evil.example'
 }
 
-/** A gateway with one pool per mode, mounted at /<mode>. */
-async function gateway (up: Upstream, trustProxy: boolean | string, extra: Partial<PoolOptions> = {}): Promise<{ app: FastifyInstance, url: string }> {
+/** A gateway with one pool per mode, mounted at /<mode>; `t` closes it. */
+async function gateway (t: Teardown, up: Upstream, trustProxy: boolean | string, extra: Partial<PoolOptions> = {}): Promise<{ app: FastifyInstance, url: string }> {
   const app = Fastify({ trustProxy })
   const modes = ['x-forwarded', 'forwarded', 'both', 'none'] as const
   await app.register(fastifyUpstream, {
     upstreams: Object.fromEntries(modes.map((mode) => [mode, { targets: [up.url], forwardedHeaders: mode, ...extra }])),
     routes: modes.map((mode) => ({ prefix: `/${mode}`, upstream: mode }))
   })
-  const url = await app.listen({ port: 0, host: '127.0.0.1' })
-  return { app, url }
+  return { app, url: await listen(t, app) }
 }
 
 /** Sends raw header lines (no client-side tidying of Host); resolves with the status code. */
@@ -58,18 +57,16 @@ async function send (url: string, headers: Record<string, string>): Promise<void
 }
 
 test("'none' forwards none of the client's forwarding headers", async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await gateway(up, false)
-  t.teardown(async () => { await app.close(); await up.close() })
+  const up = await startUpstream(t, 'u0')
+  const { url } = await gateway(t, up, false)
   await send(`${url}/none/x`, FORGED)
   for (const name of Object.keys(FORGED)) t.equal(up.last?.headers[name], undefined, name)
 })
 
 test("the client's X-Real-IP, True-Client-IP, X-Client-IP, X-Forwarded-Port/-Prefix, X-Original-URL, X-Rewrite-URL are dropped in every mode", async (t) => {
-  const up = await startUpstream('u0')
-  const untrusted = await gateway(up, false)
-  const trusted = await gateway(up, true)
-  t.teardown(async () => { await untrusted.app.close(); await trusted.app.close(); await up.close() })
+  const up = await startUpstream(t, 'u0')
+  const untrusted = await gateway(t, up, false)
+  const trusted = await gateway(t, up, true)
   for (const { url } of [untrusted, trusted]) {
     for (const mode of ['x-forwarded', 'forwarded', 'both', 'none']) {
       await send(`${url}/${mode}/x`, CLIENT_COPIES)
@@ -79,9 +76,8 @@ test("the client's X-Real-IP, True-Client-IP, X-Client-IP, X-Forwarded-Port/-Pre
 })
 
 test("a pool's headers.set may still set them (it runs after the forwarding policy)", async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await gateway(up, false, { headers: { set: { 'x-real-ip': (request) => request.ip, 'x-forwarded-prefix': '/api' } } })
-  t.teardown(async () => { await app.close(); await up.close() })
+  const up = await startUpstream(t, 'u0')
+  const { url } = await gateway(t, up, false, { headers: { set: { 'x-real-ip': (request) => request.ip, 'x-forwarded-prefix': '/api' } } })
   for (const mode of ['x-forwarded', 'none']) {
     await send(`${url}/${mode}/x`, CLIENT_COPIES)
     t.equal(up.last?.headers['x-real-ip'], '127.0.0.1', mode)
@@ -90,10 +86,9 @@ test("a pool's headers.set may still set them (it runs after the forwarding poli
 })
 
 test('X-Forwarded-Host and host= carry only a valid host[:port], whatever the client wrote', async (t) => {
-  const up = await startUpstream('u0')
-  const untrusted = await gateway(up, false)
-  const trusted = await gateway(up, true)
-  t.teardown(async () => { await untrusted.app.close(); await trusted.app.close(); await up.close() })
+  const up = await startUpstream(t, 'u0')
+  const untrusted = await gateway(t, up, false)
+  const trusted = await gateway(t, up, true)
   const bad = ['a.example, evil.example', '"evil.example"', 'a.example evil', 'a.example;for=1.2.3.4', 'a.example:80:80', 'a/b', '[::1', '']
   for (const host of bad) {
     t.equal(await raw(untrusted.url, '/both/x', [`Host: ${host}`]), 200, `Host: ${host}`)
@@ -113,9 +108,8 @@ test('X-Forwarded-Host and host= carry only a valid host[:port], whatever the cl
 })
 
 test('trusted X-Forwarded-For entries become valid RFC 7239 nodes in Forwarded', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await gateway(up, true)
-  t.teardown(async () => { await app.close(); await up.close() })
+  const up = await startUpstream(t, 'u0')
+  const { url } = await gateway(t, up, true)
   await send(`${url}/forwarded/x`, {
     'x-forwarded-for': '203.0.113.7, x;host=evil.example, "quoted", 2001:db8::1, [2001:db8::2], _hidden-1, unknown, not an address, 10.0.0.1',
     'x-forwarded-host': 'shop.example'

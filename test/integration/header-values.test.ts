@@ -1,7 +1,7 @@
 import Fastify, { type FastifyRequest } from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream, { type ForwardOptions, type ProxyErrorEvent, type RetryEvent } from '../../lib/index'
-import { closedPort, startGateway, startUpstream, until, type Upstream } from '../helpers'
+import { closedPort, startGateway, startUpstream, until, type Teardown, type Upstream } from '../helpers'
 
 // Header values the gateway itself produces (a pool's `set` functions, a caller's
 // rewrites) that Node or undici would refuse: the gateway's own 500, never a crash, a
@@ -21,8 +21,8 @@ function queryValue (request: { query: unknown } | undefined): string | undefine
 }
 
 /** A target whose answer carries headers of its own (none may reach the client on a gateway error). */
-function startTarget (name: string): Promise<Upstream> {
-  return startUpstream(name, (_req, res, _body, upstream) => {
+function startTarget (t: Teardown, name: string): Promise<Upstream> {
+  return startUpstream(t, name, (_req, res, _body, upstream) => {
     res.setHeader('content-type', 'text/plain')
     res.setHeader('x-upstream', upstream.name)
     res.setHeader('x-target-secret', 'internal')
@@ -50,18 +50,17 @@ function totals (app: Awaited<ReturnType<typeof startGateway>>['app'], pool: str
 }
 
 test('a responseHeaders.set function returning an invalid value: 500 FST_UPSTREAM_BAD_HEADER, buffered or streamed, and the server keeps serving', async (t) => {
-  const ups = [await startTarget('u0'), await startTarget('u1')]
+  const ups = [await startTarget(t, 'u0'), await startTarget(t, 'u1')]
   const pool = {
     targets: ups.map((u) => u.url),
     responseHeaders: { set: { 'x-echo': queryValue } },
     healthCheck: { passive: { consecutiveFailures: 1 } },
     retry: { attempts: 2, backoff: { base: 0 } }
   }
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { buffered: pool, streamed: { ...pool, responseBuffer: 0 } },
     routes: [{ prefix: '/buffered', upstream: 'buffered' }, { prefix: '/streamed', upstream: 'streamed' }]
   })
-  t.teardown(async () => { await app.close(); for (const u of ups) await u.close() })
   for (const mode of ['buffered', 'streamed']) {
     for (const value of BAD_VALUES) {
       const hits = ups[0].hits + ups[1].hits
@@ -84,7 +83,7 @@ test('a responseHeaders.set function returning an invalid value: 500 FST_UPSTREA
 })
 
 test('a function that throws, or a response rewrite yielding an invalid header: a 500, never a crash', async (t) => {
-  const up = await startTarget('u0')
+  const up = await startTarget(t, 'u0')
   const rewriteHeaders: NonNullable<ForwardOptions['rewriteHeaders']> = (headers, request) => {
     const v = queryValue(request)
     if (v === 'throw') throw new Error('rewrite failed')
@@ -92,7 +91,7 @@ test('a function that throws, or a response rewrite yielding an invalid header: 
     if (v === 'array') return { ...headers, 'x-list': ['ok', 'a\nb'] as unknown as string }
     return { ...headers, 'x-echo': v }
   }
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       plain: { targets: [up.url], retry: { attempts: 0 } },
       plainStreamed: { targets: [up.url], responseBuffer: 0 },
@@ -104,7 +103,6 @@ test('a function that throws, or a response rewrite yielding an invalid header: 
     app.get('/call-streamed', (_request, reply) => reply.forward('plainStreamed', { rewriteHeaders }))
     app.get('/throwing', (_request, reply) => reply.forward('throwing'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   for (const path of ['/mount/x', '/call', '/call-streamed']) {
     for (const value of BAD_VALUES) {
       const answer = await ask(`${url}${path}?v=${encodeURIComponent(value)}`)
@@ -133,9 +131,9 @@ test('a function that throws, or a response rewrite yielding an invalid header: 
 })
 
 test('a headers.set function returning an invalid value: 500 FST_UPSTREAM_BAD_HEADER, nothing sent, no retry, no target charged', async (t) => {
-  const ups = [await startTarget('u0'), await startTarget('u1'), await startTarget('u2'), await startTarget('u3')]
+  const ups = [await startTarget(t, 'u0'), await startTarget(t, 'u1'), await startTarget(t, 'u2'), await startTarget(t, 'u3')]
   const retries: RetryEvent[] = []
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       u: {
         targets: ups.map((u) => u.url),
@@ -147,7 +145,6 @@ test('a headers.set function returning an invalid value: 500 FST_UPSTREAM_BAD_HE
     routes: [{ prefix: '/', upstream: 'u' }],
     onRetry: (event) => retries.push(event)
   })
-  t.teardown(async () => { await app.close(); for (const u of ups) await u.close() })
   for (let i = 0; i < 10; i++) {
     const value = BAD_VALUES[i % BAD_VALUES.length]
     const answer = await ask(`${url}/x?v=${encodeURIComponent(value)}`)
@@ -165,12 +162,12 @@ test('a headers.set function returning an invalid value: 500 FST_UPSTREAM_BAD_HE
 })
 
 test("undici refusing a caller's rewriteRequestHeaders: the gateway's 500, not a 502 retried and charged to every target", async (t) => {
-  const ups = [await startTarget('u0'), await startTarget('u1')]
+  const ups = [await startTarget(t, 'u0'), await startTarget(t, 'u1')]
   const retries: RetryEvent[] = []
   const errors: ProxyErrorEvent[] = []
   const rewriteRequestHeaders: NonNullable<ForwardOptions['rewriteRequestHeaders']> = (request, headers) =>
     ({ ...headers, 'x-user': queryValue(request) })
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       u: { targets: ups.map((u) => u.url), healthCheck: { passive: { consecutiveFailures: 1, maxEjectionPercent: 100 } }, retry: { attempts: 3, backoff: { base: 0 } } }
     },
@@ -180,7 +177,6 @@ test("undici refusing a caller's rewriteRequestHeaders: the gateway's 500, not a
   }, (app) => {
     app.get('/call', (_request, reply) => reply.forward('u', { rewriteRequestHeaders }))
   })
-  t.teardown(async () => { await app.close(); for (const u of ups) await u.close() })
   for (const path of ['/call', '/mount/x']) {
     for (const value of BAD_VALUES) {
       const answer = await ask(`${url}${path}?v=${encodeURIComponent(value)}`)
@@ -207,14 +203,13 @@ test('a header policy refusing a value on a retry (sent from a callback or a tim
     calls.set(request, n)
     return n === 1 ? 'ok' : 'a\r\nb'
   }
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       now: { targets: dead, headers: { set: { 'x-attempt': secondBad } }, retry: { attempts: 1, backoff: { base: 0 } } },
       later: { targets: dead, headers: { set: { 'x-attempt': secondBad } }, retry: { attempts: 1, backoff: { base: 5, max: 10 } } }
     },
     routes: [{ prefix: '/now', upstream: 'now' }, { prefix: '/later', upstream: 'later' }]
   })
-  t.teardown(() => app.close())
   for (const path of ['/now/x', '/later/x', '/now/y', '/later/y']) {
     const answer = await ask(url + path)
     t.equal(answer.status, 500, path)

@@ -2,7 +2,7 @@ import net from 'node:net'
 import Fastify from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream from '../../lib/index'
-import { rawRequest, startGateway, startUpstream, type Upstream } from '../helpers'
+import { listen, rawRequest, startGateway, startUpstream, type Upstream } from '../helpers'
 
 /** Sends a request and returns the response headers (the upstream's view is in `up.last`). */
 async function headersSeen (url: string, path: string, headers: Record<string, string> = {}): Promise<Headers> {
@@ -12,8 +12,8 @@ async function headersSeen (url: string, path: string, headers: Record<string, s
 }
 
 test('Host: the target by default, the client\'s with "pass", or a fixed name', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, {
     upstreams: {
       target: { targets: [up.url] },
       pass: { targets: [up.url], host: 'pass' },
@@ -22,7 +22,6 @@ test('Host: the target by default, the client\'s with "pass", or a fixed name', 
   }, (app) => {
     for (const name of ['target', 'pass', 'fixed']) app.get(`/${name}`, (_request, reply) => reply.forward(name))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   await headersSeen(url, '/target')
   t.equal(up.last?.headers.host, `127.0.0.1:${up.port}`)
   await headersSeen(url, '/pass')
@@ -32,9 +31,8 @@ test('Host: the target by default, the client\'s with "pass", or a fixed name', 
 })
 
 test('X-Forwarded-*: client-sent values are replaced unless trustProxy trusts the sender', async (t) => {
-  const up = await startUpstream('u0')
-  const untrusted = await startGateway({ upstreams: { u: { targets: [up.url] } }, routes: [{ prefix: '/', upstream: 'u' }] })
-  t.teardown(async () => { await untrusted.app.close(); await up.close() })
+  const up = await startUpstream(t, 'u0')
+  const untrusted = await startGateway(t, { upstreams: { u: { targets: [up.url] } }, routes: [{ prefix: '/', upstream: 'u' }] })
   await headersSeen(untrusted.url, '/x', { 'x-forwarded-for': '6.6.6.6', 'x-forwarded-host': 'evil.example', 'x-forwarded-proto': 'https', forwarded: 'for=6.6.6.6' })
   t.equal(up.last?.headers['x-forwarded-for'], '127.0.0.1', 'the spoofed address is gone')
   t.equal(up.last?.headers['x-forwarded-host'], new URL(untrusted.url).host)
@@ -43,8 +41,7 @@ test('X-Forwarded-*: client-sent values are replaced unless trustProxy trusts th
 
   const trusted = Fastify({ trustProxy: true })
   await trusted.register(fastifyUpstream, { upstreams: { u: { targets: [up.url], forwardedHeaders: 'both' } }, routes: [{ prefix: '/', upstream: 'u' }] })
-  const address = await trusted.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(() => trusted.close())
+  const address = await listen(t, trusted)
   await headersSeen(address, '/x', { 'x-forwarded-for': '203.0.113.7, 10.1.2.3', 'x-forwarded-host': 'shop.example', 'x-forwarded-proto': 'https' })
   t.equal(up.last?.headers['x-forwarded-for'], '203.0.113.7, 10.1.2.3, 127.0.0.1', 'a trusted chain is kept and the sender appended')
   t.equal(up.last?.headers['x-forwarded-host'], 'shop.example')
@@ -53,8 +50,7 @@ test('X-Forwarded-*: client-sent values are replaced unless trustProxy trusts th
 
   const onlyLocal = Fastify({ trustProxy: '127.0.0.1' })
   await onlyLocal.register(fastifyUpstream, { upstreams: { u: { targets: [up.url], forwardedHeaders: 'forwarded' } }, routes: [{ prefix: '/', upstream: 'u' }] })
-  const local = await onlyLocal.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(() => onlyLocal.close())
+  const local = await listen(t, onlyLocal)
   await headersSeen(local, '/x', { 'x-forwarded-for': '6.6.6.6, 198.51.100.9' })
   t.equal(up.last?.headers.forwarded, 'for=198.51.100.9, for=127.0.0.1;proto=http;host="' + new URL(local).host + '"',
     'only the hops trustProxy trusts are kept: the address beyond them is the client')
@@ -62,13 +58,13 @@ test('X-Forwarded-*: client-sent values are replaced unless trustProxy trusts th
 })
 
 test('header policy: set (values or functions of the request) and remove, both ways', async (t) => {
-  const up = await startUpstream('u0', (_req, res) => {
+  const up = await startUpstream(t, 'u0', (_req, res) => {
     res.setHeader('x-powered-by', 'secret-stack 1.2')
     res.setHeader('server', 'internal')
     res.setHeader('x-upstream', 'u0')
     res.end('ok')
   })
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: {
       u: {
         targets: [up.url],
@@ -81,7 +77,6 @@ test('header policy: set (values or functions of the request) and remove, both w
     },
     routes: [{ prefix: '/', upstream: 'u' }]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const back = await headersSeen(url, '/x', { cookie: 'sid=1', 'x-session': 'abc' })
   t.equal(up.last?.headers['x-api-key'], 'k-123')
   t.equal(up.last?.headers['x-user'], 'ada')
@@ -101,15 +96,15 @@ test('hop-by-hop headers and those named in Connection are stripped both ways', 
     })
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
   const rawUrl = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`
-  const upstream: Upstream = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const upstream: Upstream = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, {
     upstreams: { raw: { targets: [rawUrl] }, echo: { targets: [upstream.url] } }
   }, (app) => {
     app.get('/raw', (_request, reply) => reply.forward('raw'))
     app.get('/echo', (_request, reply) => reply.forward('echo'))
   })
-  t.teardown(async () => { await app.close(); await upstream.close(); server.close() })
   const res = await fetch(`${url}/raw`)
   t.equal(await res.text(), 'ok')
   t.equal(res.headers.get('x-internal-route'), null, 'a header named in the upstream Connection header is not passed back')
@@ -133,12 +128,11 @@ test('hop-by-hop headers and those named in Connection are stripped both ways', 
 })
 
 test('a proxied body over the route bodyLimit gets 413 and never reaches the upstream in full; the target is not blamed', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const up = await startUpstream(t, 'u0')
+  const { app, url } = await startGateway(t, {
     upstreams: { u: { targets: [up.url], healthCheck: { passive: { consecutiveFailures: 1 } } } },
     routes: [{ prefix: '/upload', upstream: 'u', bodyLimit: 1000 }]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const small = await fetch(`${url}/upload`, { method: 'POST', body: 'x'.repeat(1000) })
   t.equal(small.status, 200)
   await small.arrayBuffer()
@@ -163,11 +157,10 @@ test('a proxied body over the route bodyLimit gets 413 and never reaches the ups
 })
 
 test('reply.forward refuses a path that climbs out, whoever built it', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({ upstreams: { u: { targets: [up.url] } } }, (app) => {
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, { upstreams: { u: { targets: [up.url] } } }, (app) => {
     app.get('/files/*', (request, reply) => reply.forward('u', { url: `/v1/files/${(request.params as { '*': string })['*']}` }))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const ok = await fetch(`${url}/files/a/b.txt`)
   t.equal(ok.status, 200)
   await ok.arrayBuffer()

@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { Target } from '../../lib/upstream/target'
 import type { BalancerOptions } from '../../lib/index'
-import { delayed, drive, load, startGateway, startUpstream, startUpstreams, type Upstream } from '../helpers'
+import { delayed, drive, load, startGateway, startUpstream, startUpstreams, type Teardown, type Upstream } from '../helpers'
 
 const SLOW_MS = 80
 const TOTAL = 1500
@@ -9,18 +9,14 @@ const CONCURRENCY = 16
 /** requests sent before measuring: JIT, keep-alive connections and counters settle */
 const WARMUP = 300
 
-/** The part of a tap test these helpers need. */
-interface Teardown { teardown: (fn: () => Promise<void>) => void }
-
 /** Two fast upstreams (u0, u1) and one `delay` ms slower (slow), behind a mount. */
 async function slowSetup (t: Teardown, balancer: BalancerOptions, delay = SLOW_MS): Promise<{ url: string, ups: Upstream[] }> {
-  const ups = await startUpstreams(2)
-  ups.push(await startUpstream('slow', delayed(delay)))
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 2)
+  ups.push(await startUpstream(t, 'slow', delayed(delay)))
+  const { url } = await startGateway(t, {
     upstreams: { pool: { targets: ups.map((u) => u.url), balancer } },
     routes: [{ prefix: '/api', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   return { url, ups }
 }
 
@@ -69,12 +65,11 @@ test('least-request keeps a 100 ms target out of the p99 (one of three slow, 8 c
 // weights can decide. 16 clients: in-flight counts decide, per unit of weight.
 for (const concurrency of [1, CONCURRENCY]) {
   test(`weighted least-request respects weights 3:1 between equally fast upstreams (${concurrency} client${concurrency > 1 ? 's' : ''})`, async (t) => {
-    const ups = await startUpstreams(2)
-    const { app, url } = await startGateway({
+    const ups = await startUpstreams(t, 2)
+    const { url } = await startGateway(t, {
       upstreams: { pool: { targets: [{ url: ups[0].url, weight: 3 }, ups[1].url], balancer: { type: 'least-request' } } },
       routes: [{ prefix: '/api', upstream: 'pool' }]
     })
-    t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
     const total = 1200
     const counts = await load(`${url}/api/x`, total, concurrency)
     const heavy = (counts.u0 ?? 0) / total

@@ -1,12 +1,16 @@
 import { performance } from 'node:perf_hooks'
 import type http from 'node:http'
 import { test } from 'tap'
-import { sleep, startGateway, startUpstream, until, type Upstream } from '../helpers'
+import { sleep, startGateway, startUpstream, until, type Teardown, type Upstream } from '../helpers'
 
 // Connection limits, end to end: real upstream servers on loopback that hold each request
 // until the test lets it go, and a real gateway in front of them.
 
-/** An upstream that holds every request until `release()`; `open` counts the held ones. */
+/**
+ * An upstream that holds every request until `release()`; `open` counts the held ones.
+ * `t` closes it; a test releases it in a teardown of its own, registered after the
+ * gateway's so that it runs first: the gateway's close waits for the held requests.
+ */
 interface Held extends Upstream {
   held: http.ServerResponse[]
   open: number
@@ -14,8 +18,8 @@ interface Held extends Upstream {
   release: () => void
 }
 
-async function startHeld (name: string): Promise<Held> {
-  const up = await startUpstream(name, (_req, res, _body, upstream) => {
+async function startHeld (t: Teardown, name: string): Promise<Held> {
+  const up = await startUpstream(t, name, (_req, res, _body, upstream) => {
     const self = upstream as Held
     self.open++
     self.maxOpen = Math.max(self.maxOpen, self.open)
@@ -45,12 +49,12 @@ async function request (url: string, headers?: Record<string, string>): Promise<
 }
 
 test('maxConnections 1 and maxPending 0: a second concurrent request to a busy single target is a 503 at once', async (t) => {
-  const slow = await startHeld('slow')
-  const { app, url } = await startGateway({
+  const slow = await startHeld(t, 'slow')
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [slow.url], maxConnections: 1, maxPending: 0, retry: { attempts: 0 } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { slow.release(); await app.close(); await slow.close() })
+  t.teardown(slow.release)
   const target = app.upstreams.get('pool')?.targets[0]
 
   const first = request(`${url}/one`)
@@ -79,18 +83,18 @@ test('maxConnections 1 and maxPending 0: a second concurrent request to a busy s
 
 test('with two targets, a request the balancer would send to a full target goes to the other', async (t) => {
   // two pairs of servers (two pools sharing a target would share its connection pool)
-  const ups = [await startHeld('slow'), await startHeld('other'), await startHeld('slow'), await startHeld('other')]
+  const ups = [await startHeld(t, 'slow'), await startHeld(t, 'other'), await startHeld(t, 'slow'), await startHeld(t, 'other')]
   const [slow, other, freeSlow, freeOther] = ups
   // the balancer strongly prefers the slow target: it would pick it for the second request too
   const targets = (a: Held, b: Held) => [{ url: a.url, weight: 100 }, b.url]
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       limited: { targets: targets(slow, other), maxConnections: 1, maxPending: 0, retry: { attempts: 0 } },
       unlimited: { targets: targets(freeSlow, freeOther), retry: { attempts: 0 } }
     },
     routes: [{ prefix: '/limited', upstream: 'limited' }, { prefix: '/unlimited', upstream: 'unlimited' }]
   })
-  t.teardown(async () => { for (const up of ups) up.release(); await app.close(); await Promise.all(ups.map((u) => u.close())) })
+  t.teardown(() => { for (const up of ups) up.release() })
 
   // without limits, both concurrent requests go to the preferred target
   const free = [request(`${url}/unlimited/a`)]
@@ -118,8 +122,8 @@ test('with two targets, a request the balancer would send to a full target goes 
 })
 
 test('consistent hashing: a key whose target is full goes to another target while it is', async (t) => {
-  const ups = [await startHeld('a'), await startHeld('b')]
-  const { app, url } = await startGateway({
+  const ups = [await startHeld(t, 'a'), await startHeld(t, 'b')]
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: ups.map((u) => u.url),
@@ -130,7 +134,7 @@ test('consistent hashing: a key whose target is full goes to another target whil
     },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { for (const up of ups) up.release(); await app.close(); await Promise.all(ups.map((u) => u.close())) })
+  t.teardown(() => { for (const up of ups) up.release() })
   const hits = (): number => ups[0].hits + ups[1].hits
   const alice = { 'x-user': 'alice' }
 
@@ -153,12 +157,12 @@ test('consistent hashing: a key whose target is full goes to another target whil
 })
 
 test('maxPending lets that many requests wait for a connection before the target is full', async (t) => {
-  const slow = await startHeld('slow')
-  const { app, url } = await startGateway({
+  const slow = await startHeld(t, 'slow')
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [slow.url], maxConnections: 1, maxPending: 1, retry: { attempts: 0 } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { slow.release(); await app.close(); await slow.close() })
+  t.teardown(slow.release)
   const target = app.upstreams.get('pool')?.targets[0]
 
   const first = request(`${url}/one`)

@@ -1,27 +1,23 @@
 import Fastify from 'fastify'
-import type { AddressInfo } from 'node:net'
 import { Registry } from 'prom-client'
 import { test } from 'tap'
 import fastifyUpstream from '../../lib/index'
-import { startUpstream } from '../helpers'
+import { startGateway, startUpstream } from '../helpers'
 
 test('metrics: { registry } without statusRoute: the metrics go into the registry the app serves itself, and leave it on close', async (t) => {
-  const up = await startUpstream('u0')
+  const up = await startUpstream(t, 'u0')
   const registry = new Registry()
-  const app = Fastify()
-  await app.register(fastifyUpstream, {
+  const { app, url } = await startGateway(t, {
     upstreams: { api: { targets: [up.url] } },
     routes: [{ prefix: '/api', upstream: 'api' }],
     metrics: { registry }
+  }, (app) => {
+    // the application's own metrics route, as with prom-client or fastify-metrics
+    app.get('/metrics', async (_request, reply) => {
+      reply.type(registry.contentType)
+      return await registry.metrics()
+    })
   })
-  // the application's own metrics route, as with prom-client or fastify-metrics
-  app.get('/metrics', async (_request, reply) => {
-    reply.type(registry.contentType)
-    return await registry.metrics()
-  })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
-  t.teardown(async () => { await app.close(); await up.close() })
 
   const proxied = await fetch(`${url}/api/x`)
   t.equal(proxied.status, 200)
@@ -37,8 +33,7 @@ test('metrics: { registry } without statusRoute: the metrics go into the registr
 })
 
 test('with neither statusRoute nor a registry, no metrics are created', async (t) => {
-  const up = await startUpstream('u0')
-  t.teardown(() => up.close())
+  const up = await startUpstream(t, 'u0')
   const registered = t.capture(Registry.prototype, 'registerMetric')
   const app = Fastify()
   await app.register(fastifyUpstream, { upstreams: { api: { targets: [up.url] } }, metrics: true })

@@ -1,5 +1,4 @@
 import http from 'node:http'
-import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import { test } from 'tap'
 import { context, propagation, SpanKind, trace } from '@opentelemetry/api'
@@ -7,7 +6,7 @@ import { InMemorySpanExporter, NodeTracerProvider, SimpleSpanProcessor, type Rea
 import { UndiciInstrumentation } from '@opentelemetry/instrumentation-undici'
 import { FastifyOtelInstrumentation } from '@fastify/otel'
 import fastifyUpstream, { type FastifyUpstreamOptions } from '../../lib/index'
-import { startGateway, startUpstream, until, type Upstream } from '../helpers'
+import { listen, startGateway, startUpstream, until, type Teardown, type Upstream } from '../helpers'
 
 // The caller's trace context: what a traced client sends to the gateway.
 const TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736'
@@ -25,10 +24,10 @@ function linesOf (req: http.IncomingMessage, name: string): string[] {
   return lines
 }
 
-/** A target that records the trace headers of each request, answering `status`. */
-async function recording (name: string, status = 200): Promise<Upstream & { seen: Seen[] }> {
+/** A target that records the trace headers of each request, answering `status`; `t` closes it. */
+async function recording (t: Teardown, name: string, status = 200): Promise<Upstream & { seen: Seen[] }> {
   const seen: Seen[] = []
-  const upstream = await startUpstream(name, (req, res) => {
+  const upstream = await startUpstream(t, name, (req, res) => {
     seen.push({ path: req.url as string, traceparent: linesOf(req, 'traceparent'), tracestate: linesOf(req, 'tracestate') })
     res.statusCode = status
     res.setHeader('x-upstream', name)
@@ -53,9 +52,8 @@ function call (url: string): Promise<{ status: number, body: string }> {
 }
 
 test('without tracing in the gateway, the caller\'s trace context passes through unchanged', async (t) => {
-  const target = await recording('plain')
-  const { app, url } = await startGateway({ upstreams: { api: { targets: [target.url] } }, routes: [{ prefix: '/', upstream: 'api' }] })
-  t.teardown(async () => { await app.close(); await target.close() })
+  const target = await recording(t, 'plain')
+  const { url } = await startGateway(t, { upstreams: { api: { targets: [target.url] } }, routes: [{ prefix: '/', upstream: 'api' }] })
   t.equal((await call(`${url}/a`)).status, 200)
   t.same(target.seen, [{ path: '/a', traceparent: [CALLER], tracestate: [CALLER_STATE] }])
 })
@@ -75,21 +73,19 @@ test('traced with OpenTelemetry (undici instrumentation, @fastify/otel)', async 
     propagation.disable()
   })
 
-  async function gateway (options: FastifyUpstreamOptions): Promise<{ url: string, close: () => Promise<void> }> {
+  async function gateway (t: Teardown, options: FastifyUpstreamOptions): Promise<{ url: string }> {
     const app = Fastify()
     await app.register(fastifyOtel.plugin())
     await app.register(fastifyUpstream, options)
-    await app.listen({ port: 0, host: '127.0.0.1' })
-    return { url: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, close: () => app.close() }
+    return { url: await listen(t, app) }
   }
 
   const clientSpans = (): ReadableSpan[] => exporter.getFinishedSpans().filter((span) => span.kind === SpanKind.CLIENT)
 
   t.test('the target gets one traceparent, the attempt\'s, in the caller\'s trace', async (t) => {
     exporter.reset()
-    const target = await recording('one')
-    const gw = await gateway({ upstreams: { api: { targets: [target.url] } }, routes: [{ prefix: '/', upstream: 'api' }] })
-    t.teardown(async () => { await gw.close(); await target.close() })
+    const target = await recording(t, 'one')
+    const gw = await gateway(t, { upstreams: { api: { targets: [target.url] } }, routes: [{ prefix: '/', upstream: 'api' }] })
     t.equal((await call(`${gw.url}/a`)).status, 200)
     await until('the attempt\'s span', () => clientSpans().length === 1)
     const [span] = clientSpans()
@@ -103,9 +99,8 @@ test('traced with OpenTelemetry (undici instrumentation, @fastify/otel)', async 
 
   t.test('with undici traced but not the server side, the attempt is a child of the caller\'s span', async (t) => {
     exporter.reset()
-    const target = await recording('child')
-    const { app, url } = await startGateway({ upstreams: { api: { targets: [target.url] } }, routes: [{ prefix: '/', upstream: 'api' }] })
-    t.teardown(async () => { await app.close(); await target.close() })
+    const target = await recording(t, 'child')
+    const { url } = await startGateway(t, { upstreams: { api: { targets: [target.url] } }, routes: [{ prefix: '/', upstream: 'api' }] })
     t.equal((await call(`${url}/c`)).status, 200)
     await until('the attempt\'s span', () => clientSpans().length === 1)
     const [span] = clientSpans()
@@ -117,13 +112,12 @@ test('traced with OpenTelemetry (undici instrumentation, @fastify/otel)', async 
 
   t.test('a retry: one span per attempt under the same parent, named by pool, attempt and reason', async (t) => {
     exporter.reset()
-    const busy = await recording('busy', 503)
-    const good = await recording('good')
-    const gw = await gateway({
+    const busy = await recording(t, 'busy', 503)
+    const good = await recording(t, 'good')
+    const gw = await gateway(t, {
       upstreams: { api: { targets: [busy.url, good.url], balancer: 'round-robin', retry: { statusCodes: [503], backoff: { base: 0 } } } },
       routes: [{ prefix: '/', upstream: 'api' }]
     })
-    t.teardown(async () => { await gw.close(); await busy.close(); await good.close() })
     const res = await call(`${gw.url}/r`)
     t.same(res, { status: 200, body: 'good' })
     await until('both attempts\' spans', () => clientSpans().length === 2)
@@ -145,9 +139,8 @@ test('traced with OpenTelemetry (undici instrumentation, @fastify/otel)', async 
 
   t.test('active health-check probes are not traced and send no trace headers', async (t) => {
     exporter.reset()
-    const target = await recording('probed')
-    const gw = await gateway({ upstreams: { api: { targets: [target.url], healthCheck: { active: { path: '/health', interval: 20, jitter: 0 } } } } })
-    t.teardown(async () => { await gw.close(); await target.close() })
+    const target = await recording(t, 'probed')
+    await gateway(t, { upstreams: { api: { targets: [target.url], healthCheck: { active: { path: '/health', interval: 20, jitter: 0 } } } } })
     await until('a few probes', () => target.seen.length >= 5)
     t.ok(target.seen.every((s) => s.path === '/health' && s.traceparent.length === 0 && s.tracestate.length === 0), 'no trace headers on probes')
     t.same(exporter.getFinishedSpans().map((span) => span.name), [], 'no span for any probe')

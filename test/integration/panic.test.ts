@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { startGateway, startUpstream, until, type Upstream } from '../helpers'
+import { startGateway, startUpstream, until, type Teardown, type Upstream } from '../helpers'
 
 // Panic mode, end to end: real upstream servers on loopback whose health endpoint fails
 // (so that active checks find them unhealthy) while they still answer real traffic.
@@ -7,8 +7,8 @@ import { startGateway, startUpstream, until, type Upstream } from '../helpers'
 interface Checked extends Upstream { health: number }
 
 /** An upstream whose /healthz answers `health` and whose other paths answer 200 with its name. */
-async function startChecked (name: string, health: number): Promise<Checked> {
-  const up = await startUpstream(name, (req, res, _body, upstream) => {
+async function startChecked (t: Teardown, name: string, health: number): Promise<Checked> {
+  const up = await startUpstream(t, name, (req, res, _body, upstream) => {
     res.statusCode = req.url === '/healthz' ? (upstream as Checked).health : 200
     res.setHeader('x-upstream', upstream.name)
     res.end(upstream.name)
@@ -40,19 +40,18 @@ function near (counts: Record<string, number>, expected: Record<string, number>)
   return [...names].every((name) => Math.abs((counts[name] ?? 0) - (expected[name] ?? 0)) <= 1)
 }
 
-async function setup (t: { teardown: (fn: () => Promise<void>) => void }) {
-  const ups = [await startChecked('u0', 200), await startChecked('u1', 500), await startChecked('u2', 500)]
+async function setup (t: Teardown) {
+  const ups = [await startChecked(t, 'u0', 200), await startChecked(t, 'u1', 500), await startChecked(t, 'u2', 500)]
   const pool = (panicThreshold?: number) => ({
     targets: ups.map((u) => u.url),
     panicThreshold,
     retry: { attempts: 0 },
     healthCheck: { active: { path: '/healthz', interval: 100, healthyThreshold: 1 } }
   })
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { panicky: pool(50), calm: pool(undefined) },
     routes: [{ prefix: '/panicky', upstream: 'panicky' }, { prefix: '/calm', upstream: 'calm' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   return { app, url, ups }
 }
 

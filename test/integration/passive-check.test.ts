@@ -1,14 +1,14 @@
 import { performance } from 'node:perf_hooks'
 import { test } from 'tap'
 import type { TargetState } from '../../lib/index'
-import { closedPort, recorder, sleep, startGateway, startUpstream, until, type StateEvent, type Upstream } from '../helpers'
+import { closedPort, recorder, sleep, startGateway, startUpstream, until, type StateEvent, type Teardown, type Upstream } from '../helpers'
 
 // Passive health checks (outlier ejection), end to end: real traffic through a real
 // gateway to real upstream servers on loopback, some of them refusing or failing.
 
 /** An upstream that answers every request with `status()` and its name in x-upstream. */
-function startStatus (name: string, status: () => number): Promise<Upstream> {
-  return startUpstream(name, (_req, res, _body, upstream) => {
+function startStatus (t: Teardown, name: string, status: () => number): Promise<Upstream> {
+  return startUpstream(t, name, (_req, res, _body, upstream) => {
     res.statusCode = status()
     res.setHeader('x-upstream', upstream.name)
     res.end(upstream.name)
@@ -38,10 +38,10 @@ async function drive (url: string, what: string, done: () => boolean, timeout = 
 }
 
 test('consecutive refused connections eject a target, which returns after ejectionTime', async (t) => {
-  const good = await startUpstream('good')
+  const good = await startUpstream(t, 'good')
   const dead = await closedPort()
   const { hook, events } = recorder()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [good.url, dead],
@@ -52,7 +52,6 @@ test('consecutive refused connections eject a target, which returns after ejecti
     routes: [{ prefix: '/', upstream: 'pool' }],
     onTargetStateChange: hook
   })
-  t.teardown(async () => { await app.close(); await good.close() })
   const pool = app.upstreams.get('pool')
   const target = pool?.target(dead)
 
@@ -82,7 +81,7 @@ test('consecutive refused connections eject a target, which returns after ejecti
 test('a repeated ejection lasts twice as long, up to maxEjectionTime; a quiet spell resets it', async (t) => {
   const dead = await closedPort()
   const { hook, events } = recorder()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [dead],
@@ -93,7 +92,6 @@ test('a repeated ejection lasts twice as long, up to maxEjectionTime; a quiet sp
     routes: [{ prefix: '/', upstream: 'pool' }],
     onTargetStateChange: hook
   })
-  t.teardown(() => app.close())
   const target = app.upstreams.get('pool')?.target(dead)
   const ejections = (): StateEvent[] => events.filter((e) => e.to === 'ejected')
   const returns = (): StateEvent[] => events.filter((e) => e.from === 'ejected')
@@ -124,14 +122,13 @@ test('a repeated ejection lasts twice as long, up to maxEjectionTime; a quiet sp
 test('maxEjectionPercent caps how much of the pool is ejected, but one target may always be', async (t) => {
   const dead: string[] = []
   for (let i = 0; i < 4; i++) dead.push(await closedPort(`gone${i}`))
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       half: { targets: dead, retry: { attempts: 0 }, healthCheck: { passive: { consecutiveFailures: 2, ejectionTime: 60_000, maxEjectionPercent: 50 } } },
       none: { targets: dead.slice(0, 2), retry: { attempts: 0 }, healthCheck: { passive: { consecutiveFailures: 2, ejectionTime: 60_000, maxEjectionPercent: 0 } } }
     },
     routes: [{ prefix: '/half', upstream: 'half' }, { prefix: '/none', upstream: 'none' }]
   })
-  t.teardown(() => app.close())
   const states = (pool: string): TargetState[] => app.upstreams.get(pool)?.targets.map((v) => v.state) ?? []
   const count = (pool: string, state: TargetState): number => states(pool).filter((s) => s === state).length
 
@@ -152,14 +149,13 @@ test('maxEjectionPercent caps how much of the pool is ejected, but one target ma
 
 test('statusCodes makes chosen answers count as failures; without it answers never eject', async (t) => {
   let mixed = 0
-  const e500 = await startStatus('e500', () => 500)
-  const e503 = await startStatus('e503', () => 503)
+  const e500 = await startStatus(t, 'e500', () => 500)
+  const e503 = await startStatus(t, 'e503', () => 503)
   // 500, 500, 200, 500, 500, 200, ...: never three failures in a row
-  const flaky = await startStatus('flaky', () => (mixed++ % 3 === 2 ? 200 : 500))
-  const ups = [e500, e503, flaky]
+  const flaky = await startStatus(t, 'flaky', () => (mixed++ % 3 === 2 ? 200 : 500))
   const { hook, events } = recorder()
   const passive = { consecutiveFailures: 3, ejectionTime: 60_000, maxEjectionPercent: 100 }
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       strict: { targets: [e500.url, e503.url], retry: { attempts: 0 }, healthCheck: { passive: { ...passive, statusCodes: [500] } } },
       lenient: { targets: [e500.url], retry: { attempts: 0 }, healthCheck: { passive } },
@@ -168,7 +164,6 @@ test('statusCodes makes chosen answers count as failures; without it answers nev
     routes: [{ prefix: '/strict', upstream: 'strict' }, { prefix: '/lenient', upstream: 'lenient' }, { prefix: '/flaky', upstream: 'flaky' }],
     onTargetStateChange: hook
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const strict = app.upstreams.get('strict')
 
   const answers = await drive(`${url}/strict/x`, 'the 500 target to be ejected', () => strict?.target(e500.url)?.state === 'ejected')
@@ -195,14 +190,14 @@ test('statusCodes makes chosen answers count as failures; without it answers nev
 
 test('an ejected target comes back early when an active check passes', async (t) => {
   // traffic gets 500 answers, the health endpoint says 200
-  const sick = await startUpstream('sick', (req, res, _body, upstream) => {
+  const sick = await startUpstream(t, 'sick', (req, res, _body, upstream) => {
     res.statusCode = req.url === '/healthz' ? 200 : 500
     res.setHeader('x-upstream', upstream.name)
     res.end()
   })
-  const good = await startUpstream('good')
+  const good = await startUpstream(t, 'good')
   const { hook, events } = recorder()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [sick.url, good.url],
@@ -216,7 +211,6 @@ test('an ejected target comes back early when an active check passes', async (t)
     routes: [{ prefix: '/', upstream: 'pool' }],
     onTargetStateChange: hook
   })
-  t.teardown(async () => { await app.close(); await sick.close(); await good.close() })
   const target = app.upstreams.get('pool')?.target(sick.url)
   await drive(`${url}/x`, 'the ejection', () => target?.state === 'ejected')
   t.match(events, [{ url: sick.url, from: 'healthy', to: 'ejected', reason: 'ejected for 30000 ms after 2 consecutive failures' }])
@@ -230,12 +224,11 @@ test('an ejected target comes back early when an active check passes', async (t)
 test('Retry-After on the 503 is the time left of the soonest ejection when every target is ejected', async (t) => {
   const dead = await closedPort()
   const { hook, events } = recorder()
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: { pool: { targets: [dead], retry: { attempts: 0 }, healthCheck: { passive: { consecutiveFailures: 1, ejectionTime: 10_000 } } } },
     routes: [{ prefix: '/', upstream: 'pool' }],
     onTargetStateChange: hook
   })
-  t.teardown(() => app.close())
   const first = await request(`${url}/x`)
   t.equal(first.status, 502)
   t.equal(events.length, 1)
@@ -264,7 +257,7 @@ test('Retry-After on the 503 is the time left of the soonest ejection when every
 
 test('a failure status whose body then breaks off counts once; so does a 103 followed by a reset', async (t) => {
   // /503: a 503 (a failure status here) whose body is cut off; /103: early hints, then a reset
-  const up = await startUpstream('u0', (req, res) => {
+  const up = await startUpstream(t, 'u0', (req, res) => {
     if (req.url === '/103') {
       res.writeEarlyHints({ link: '</style.css>; rel=preload' })
       setTimeout(() => res.socket?.resetAndDestroy(), 20)
@@ -274,13 +267,12 @@ test('a failure status whose body then breaks off counts once; so does a 103 fol
     res.write('partial')
     setTimeout(() => res.socket?.destroy(), 20)
   })
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [up.url], retry: { attempts: 0 }, healthCheck: { passive: { consecutiveFailures: 5, statusCodes: [503] } } } }
   }, (app) => {
     app.get('/503', (_request, reply) => reply.forward('pool'))
     app.get('/103', (_request, reply) => reply.forward('pool'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const target = app.upstreams.get('pool')?.targets[0]
   await fetch(`${url}/503`).then(async (res) => { await res.arrayBuffer() }, () => {}).catch(() => {})
   await until('the broken 503 to end', () => target?.inflight === 0)

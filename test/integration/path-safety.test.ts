@@ -62,16 +62,15 @@ test('isSafePath: what is fine stays fine', async (t) => {
 
 test('through a mount: every spelling gets 400, and a target that decodes and normalises never leaves its prefix', async (t) => {
   let escaped: string[] = []
-  const up = await startUpstream('files', (req, res) => {
+  const up = await startUpstream(t, 'files', (req, res) => {
     const url = req.url as string
     if (readings(url).some((read) => !read.startsWith('/v1/files'))) escaped.push(url)
     res.end('ok')
   })
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: { files: { targets: [up.url] } },
     routes: [{ prefix: '/files', upstream: 'files', rewritePrefix: '/v1/files' }, { prefix: '/orgs/:org', upstream: 'files', rewritePrefix: '/v1/files/:org' }]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   for (const path of climbs()) {
     t.equal((await rawExchange(url, '/files' + path)).status, 400, `/files${path}`)
     t.equal((await rawExchange(url, '/orgs' + path)).status, 400, `/orgs${path} (through a param)`)

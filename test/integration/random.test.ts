@@ -2,8 +2,8 @@ import { test } from 'tap'
 import { load, startGateway, startUpstreams } from '../helpers'
 
 test('weighted random stays within 4% of the weights over 4000 requests', async (t) => {
-  const ups = await startUpstreams(3)
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 3)
+  const { url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [{ url: ups[0].url, weight: 3 }, { url: ups[1].url, weight: 2 }, ups[2].url],
@@ -12,7 +12,6 @@ test('weighted random stays within 4% of the weights over 4000 requests', async 
     },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const total = 4000
   const counts = await load(`${url}/x`, total, 8)
   t.comment(`counts ${JSON.stringify(counts)}`)
@@ -27,12 +26,11 @@ test('weighted random stays within 4% of the weights over 4000 requests', async 
 test('random is not a rotation: the sequence of targets differs from round robin', async (t) => {
   // guards against a "random" balancer that degrades into a fixed cycle: with equal weights
   // a rotation repeats u0,u1,u2 exactly; a random draw breaks that pattern within 60 requests
-  const ups = await startUpstreams(3)
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 3)
+  const { url } = await startGateway(t, {
     upstreams: { pool: { targets: ups.map((u) => u.url), balancer: { type: 'random' } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const sequence: string[] = []
   for (let i = 0; i < 60; i++) {
     const res = await fetch(`${url}/seq`)

@@ -36,6 +36,7 @@ import { join } from 'node:path'
 import { test, type Test } from 'tap'
 import ts from 'typescript'
 import { startDnsServer } from '../dns-server'
+import type { Teardown } from '../helpers'
 
 const root = join(__dirname, '..', '..')
 const built = existsSync(join(root, 'dist', 'index.js'))
@@ -50,16 +51,14 @@ interface Upstream {
   port: number
   /** the request targets (path and query) it received */
   hits: string[]
-  close: () => Promise<void>
 }
 
-interface Context {
+interface Context extends Teardown {
   upstreams: Upstream[]
   /** [text of the block, replacement] */
   substitutions: Array<[string, string]>
   env: Record<string, string>
   start: (label: string, handler?: http.RequestListener) => Promise<Upstream>
-  teardown: (fn: () => Promise<void> | void) => void
 }
 
 interface Check {
@@ -117,8 +116,7 @@ const PROGRAMS: Program[] = [
     name: 'DNS discovery',
     marker: "type: 'dns-srv'",
     async setup (ctx) {
-      const dns = await startDnsServer()
-      ctx.teardown(() => dns.close())
+      const dns = await startDnsServer(ctx)
       const api = await ctx.start('api.internal')
       const search = await ctx.start('_http._tcp.search.internal')
       dns.records.set('api.internal', { A: ['127.0.0.1'] })
@@ -203,7 +201,8 @@ function extractBlocks (markdown: string): Block[] {
 
 // ---------------------------------------------------------------- running a block
 
-async function startUpstream (label: string, handler?: http.RequestListener): Promise<Upstream> {
+/** An upstream that records what it received; `t` closes it. */
+async function startUpstream (t: Teardown, label: string, handler?: http.RequestListener): Promise<Upstream> {
   const hits: string[] = []
   const server = http.createServer((req, res) => {
     hits.push(req.url ?? '')
@@ -213,13 +212,8 @@ async function startUpstream (label: string, handler?: http.RequestListener): Pr
   })
   await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(0, '127.0.0.1', resolve) })
   const port = (server.address() as AddressInfo).port
-  return {
-    label,
-    url: `http://127.0.0.1:${port}`,
-    port,
-    hits,
-    close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) })
-  }
+  t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
+  return { label, url: `http://127.0.0.1:${port}`, port, hits }
 }
 
 /** node_modules of the temp directory: this package by name, every other one from the repository */
@@ -287,13 +281,12 @@ function runBlock (block: Block, spec: Program, tmp: string, index: number): (t:
       substitutions: [],
       env: {},
       start: async (label, handler) => {
-        const upstream = await startUpstream(label, handler)
+        const upstream = await startUpstream(t, label, handler)
         ctx.upstreams.push(upstream)
         return upstream
       },
       teardown: (fn) => { t.teardown(fn) }
     }
-    t.teardown(async () => { for (const upstream of ctx.upstreams) await upstream.close() })
     await spec.setup?.(ctx)
 
     // addresses only: the named ones, then every other origin, then the listening port

@@ -1,6 +1,6 @@
 import net from 'node:net'
 import { test } from 'tap'
-import { startGateway, startUpstream, until, type Upstream } from '../helpers'
+import { startGateway, startUpstream, until, type Teardown, type Upstream } from '../helpers'
 
 /** Starts a POST with `sent` bytes of a `length`-byte body, then stalls; resolves with the status line once answered (or the socket ends). */
 function slowUpload (url: string, path: string, length: number, sent: number): { answer: Promise<string>, socket: net.Socket } {
@@ -18,9 +18,9 @@ function slowUpload (url: string, path: string, length: number, sent: number): {
 }
 
 test('bodyTimeout: slow uploads get 408 and free the target\'s connections; the target is not blamed', async (t) => {
-  const up = await startUpstream('u0')
+  const up = await startUpstream(t, 'u0')
   const pool = { targets: [up.url], maxConnections: 2, retry: { attempts: 0 }, healthCheck: { passive: { consecutiveFailures: 1 } } }
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { guarded: pool, open: pool },
     routes: [
       { prefix: '/guarded', upstream: 'guarded', bodyTimeout: 300 },
@@ -29,11 +29,8 @@ test('bodyTimeout: slow uploads get 408 and free the target\'s connections; the 
   })
   const uploads = [slowUpload(url, '/guarded/up', 1000, 10), slowUpload(url, '/guarded/up', 1000, 10)]
   const unguarded = [slowUpload(url, '/open/up', 1000, 10), slowUpload(url, '/open/up', 1000, 10)]
-  t.teardown(async () => {
-    for (const { socket } of [...uploads, ...unguarded]) socket.destroy()
-    await app.close()
-    await up.close()
-  })
+  // before the gateway closes (registered after it): its close would wait for the stalled uploads
+  t.teardown(() => { for (const { socket } of [...uploads, ...unguarded]) socket.destroy() })
   await until('four connections held', () => app.upstreams.get('guarded')?.targets[0].inflight === 2 && app.upstreams.get('open')?.targets[0].inflight === 2)
   t.equal((await fetch(`${url}/guarded/x`)).status, 503, 'while the slow uploads hold both connections, others are refused')
   const started = Date.now()
@@ -53,9 +50,9 @@ test('bodyTimeout: slow uploads get 408 and free the target\'s connections; the 
   t.equal((await fetch(`${url}/open/x`)).status, 503, 'without bodyTimeout the slow uploads still hold every connection')
 })
 
-/** A target that reads request bodies only after `delay` ms. */
-async function lateReader (delay: number): Promise<Upstream> {
-  const up = await startUpstream('late')
+/** A target that reads request bodies only after `delay` ms; `t` closes it. */
+async function lateReader (t: Teardown, delay: number): Promise<Upstream> {
+  const up = await startUpstream(t, 'late')
   up.server.removeAllListeners('request')
   up.server.on('request', (req, res) => {
     up.hits++
@@ -71,12 +68,11 @@ async function lateReader (delay: number): Promise<Upstream> {
 }
 
 test('bodyTimeout counts only the client\'s silence, not a target that reads slowly or a wait for a connection', async (t) => {
-  const up = await lateReader(600)
-  const { app, url } = await startGateway({
+  const up = await lateReader(t, 600)
+  const { url } = await startGateway(t, {
     upstreams: { u: { targets: [up.url], maxConnections: 1, maxPending: 5 } },
     routes: [{ prefix: '/up', upstream: 'u', bodyTimeout: 200 }]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const body = Buffer.alloc(4 * 1024 * 1024, 1)
   // two at once: the second waits for the only connection while the first is read late
   const [first, second] = await Promise.all([

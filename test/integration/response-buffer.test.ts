@@ -4,7 +4,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { test } from 'tap'
 import { request } from 'undici'
 import type { FastifyUpstreamOptions, PoolOptions, RetryEvent, ProxyErrorEvent } from '../../lib/index'
-import { startGateway, startUpstream, until, within, type Upstream } from '../helpers'
+import { startGateway, startUpstream, until, within, type Teardown, type Upstream } from '../helpers'
 
 // Response buffering (`responseBuffer`): a response of known size up to the limit is read
 // whole from the target before the client gets any of it; anything else streams. Real
@@ -18,11 +18,11 @@ interface Held {
   release: () => void
 }
 
-/** An upstream that sends `headers` and 'abc', then holds 'def' until released. */
-async function startHeld (headers: http.OutgoingHttpHeaders): Promise<Held> {
+/** An upstream that sends `headers` and 'abc', then holds 'def' until released; `t` closes it. */
+async function startHeld (t: Teardown, headers: http.OutgoingHttpHeaders): Promise<Held> {
   let sent = false
   const waiting: Array<() => void> = []
-  const upstream = await startUpstream('held', (_req, res) => {
+  const upstream = await startUpstream(t, 'held', (_req, res) => {
     res.writeHead(200, { 'x-upstream': 'held', ...headers })
     res.write('abc')
     sent = true
@@ -31,9 +31,9 @@ async function startHeld (headers: http.OutgoingHttpHeaders): Promise<Held> {
   return { upstream, partSent: () => sent, release: () => { for (const send of waiting.splice(0)) send() } }
 }
 
-/** A gateway over `targets` with a mount on '/'. */
-function gateway (targets: string[], pool: Partial<PoolOptions> = {}, extra: Partial<FastifyUpstreamOptions> = {}): ReturnType<typeof startGateway> {
-  return startGateway({ upstreams: { pool: { targets, ...pool } }, routes: [{ prefix: '/', upstream: 'pool' }], ...extra })
+/** A gateway over `targets` with a mount on '/'; `t` closes it. */
+function gateway (t: Teardown, targets: string[], pool: Partial<PoolOptions> = {}, extra: Partial<FastifyUpstreamOptions> = {}): ReturnType<typeof startGateway> {
+  return startGateway(t, { upstreams: { pool: { targets, ...pool } }, routes: [{ prefix: '/', upstream: 'pool' }], ...extra })
 }
 
 interface Watched {
@@ -53,9 +53,8 @@ function watch (url: string, signal?: AbortSignal): Watched {
 }
 
 test('a small response is read whole before the client gets any of it', async (t) => {
-  const held = await startHeld({ 'content-type': 'text/plain', 'content-length': 6 })
-  const { app, url } = await gateway([held.upstream.url])
-  t.teardown(async () => { await app.close(); await held.upstream.close() })
+  const held = await startHeld(t, { 'content-type': 'text/plain', 'content-length': 6 })
+  const { app, url } = await gateway(t, [held.upstream.url])
   const target = app.upstreams.get('pool')?.targets[0]
 
   const answer = watch(`${url}/x`)
@@ -73,9 +72,8 @@ test('a small response is read whole before the client gets any of it', async (t
 })
 
 test('with responseBuffer: 0 the same response streams: headers come while the target holds the rest', async (t) => {
-  const held = await startHeld({ 'content-type': 'text/plain', 'content-length': 6 })
-  const { app, url } = await gateway([held.upstream.url], { responseBuffer: 0 })
-  t.teardown(async () => { await app.close(); await held.upstream.close() })
+  const held = await startHeld(t, { 'content-type': 'text/plain', 'content-length': 6 })
+  const { url } = await gateway(t, [held.upstream.url], { responseBuffer: 0 })
 
   const answer = watch(`${url}/x`)
   await until('the response headers before the end of the body', answer.headers)
@@ -91,9 +89,8 @@ const streamed: Array<[string, http.OutgoingHttpHeaders, Partial<PoolOptions>]> 
 
 for (const [name, headers, pool] of streamed) {
   test(`a response with ${name} streams as it comes`, async (t) => {
-    const held = await startHeld(headers)
-    const { app, url } = await gateway([held.upstream.url], pool)
-    t.teardown(async () => { await app.close(); await held.upstream.close() })
+    const held = await startHeld(t, headers)
+    const { url } = await gateway(t, [held.upstream.url], pool)
 
     const answer = watch(`${url}/x`)
     await until('the response headers before the end of the body', answer.headers)
@@ -106,7 +103,7 @@ for (const [name, headers, pool] of streamed) {
 
 test('a body that arrives in many chunks reaches the client whole and unchanged', async (t) => {
   const body = randomBytes(60_000)
-  const upstream = await startUpstream('chunks', (_req, res) => {
+  const upstream = await startUpstream(t, 'chunks', (_req, res) => {
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length })
     let at = 0
     const next = (): void => {
@@ -118,8 +115,7 @@ test('a body that arrives in many chunks reaches the client whole and unchanged'
     }
     next()
   })
-  const { app, url } = await gateway([upstream.url])
-  t.teardown(async () => { await app.close(); await upstream.close() })
+  const { url } = await gateway(t, [upstream.url])
 
   const res = await request(`${url}/x`)
   const received = Buffer.from(await res.body.arrayBuffer())
@@ -129,7 +125,7 @@ test('a body that arrives in many chunks reaches the client whole and unchanged'
 })
 
 test('HEAD and 204 answers keep their headers and carry no body', async (t) => {
-  const upstream = await startUpstream('empty', (req, res) => {
+  const upstream = await startUpstream(t, 'empty', (req, res) => {
     if (req.method === 'HEAD') {
       res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 100 })
       res.end()
@@ -138,8 +134,7 @@ test('HEAD and 204 answers keep their headers and carry no body', async (t) => {
       res.end()
     }
   })
-  const { app, url } = await gateway([upstream.url])
-  t.teardown(async () => { await app.close(); await upstream.close() })
+  const { url } = await gateway(t, [upstream.url])
 
   const head = await request(`${url}/x`, { method: 'HEAD' })
   t.equal(head.statusCode, 200)
@@ -150,9 +145,9 @@ test('HEAD and 204 answers keep their headers and carry no body', async (t) => {
   t.equal(await empty.body.text(), '')
 })
 
-/** An upstream that announces 10 bytes, sends 3 and then breaks the connection. */
-function startBreaking (name: string): Promise<Upstream> {
-  return startUpstream(name, (_req, res, _body, upstream) => {
+/** An upstream that announces 10 bytes, sends 3 and then breaks the connection; `t` closes it. */
+function startBreaking (t: Teardown, name: string): Promise<Upstream> {
+  return startUpstream(t, name, (_req, res, _body, upstream) => {
     res.writeHead(200, {
       'content-type': 'text/plain',
       'content-length': 10,
@@ -166,14 +161,13 @@ function startBreaking (name: string): Promise<Upstream> {
 }
 
 test('a body that breaks off is a 502 with the plugin\'s code, not a truncated answer', async (t) => {
-  const broken = await startBreaking('broken')
+  const broken = await startBreaking(t, 'broken')
   const errors: ProxyErrorEvent[] = []
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [broken.url], retry: { attempts: 0 }, responseHeaders: { set: { 'cache-control': 'public, max-age=3600' } } } },
     routes: [{ prefix: '/', upstream: 'pool', onRequest: async (_request: FastifyRequest, reply: FastifyReply) => { reply.header('access-control-allow-origin', '*') } }],
     onProxyError: (event) => errors.push(event)
   })
-  t.teardown(async () => { await app.close(); await broken.close() })
   const target = app.upstreams.get('pool')?.targets[0]
 
   const res = await request(`${url}/x`)
@@ -192,11 +186,10 @@ test('a body that breaks off is a 502 with the plugin\'s code, not a truncated a
 })
 
 test('with retries, a GET whose body broke off is answered by another target', async (t) => {
-  const broken = await startBreaking('broken')
-  const good = await startUpstream('good')
+  const broken = await startBreaking(t, 'broken')
+  const good = await startUpstream(t, 'good')
   const retries: RetryEvent[] = []
-  const { app, url } = await gateway([broken.url, good.url], { retry: { attempts: 1, backoff: { base: 0 } } }, { onRetry: (event) => retries.push(event) })
-  t.teardown(async () => { await app.close(); await broken.close(); await good.close() })
+  const { url } = await gateway(t, [broken.url, good.url], { retry: { attempts: 1, backoff: { base: 0 } } }, { onRetry: (event) => retries.push(event) })
 
   for (let i = 0; i < 4; i++) {
     const res = await request(`${url}/x`)
@@ -210,12 +203,11 @@ test('with retries, a GET whose body broke off is answered by another target', a
 })
 
 test('a body that stalls past timeout.idle is a 504', async (t) => {
-  const stalled = await startUpstream('stalled', (_req, res) => {
+  const stalled = await startUpstream(t, 'stalled', (_req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 10 })
     res.write('abc')
   })
-  const { app, url } = await gateway([stalled.url], { retry: { attempts: 0 }, timeout: { idle: 200 } })
-  t.teardown(async () => { await app.close(); await stalled.close() })
+  const { url } = await gateway(t, [stalled.url], { retry: { attempts: 0 }, timeout: { idle: 200 } })
 
   const res = await request(`${url}/x`)
   const body = await res.body.json() as { code: string }
@@ -224,13 +216,12 @@ test('a body that stalls past timeout.idle is a 504', async (t) => {
 })
 
 test('a client that leaves while the body is read ends the exchange at once, at no cost to the target', async (t) => {
-  const held = await startHeld({ 'content-type': 'text/plain', 'content-length': 6 })
+  const held = await startHeld(t, { 'content-type': 'text/plain', 'content-length': 6 })
   const errors: ProxyErrorEvent[] = []
-  const { app, url } = await gateway([held.upstream.url], {
+  const { app, url } = await gateway(t, [held.upstream.url], {
     healthCheck: { passive: { consecutiveFailures: 1 } },
     timeout: { idle: 30_000 }
   }, { onProxyError: (event) => errors.push(event) })
-  t.teardown(async () => { await app.close(); await held.upstream.close() })
   const target = app.upstreams.get('pool')?.targets[0]
 
   const controller = new AbortController()
@@ -253,16 +244,15 @@ test('a client that leaves while the body is read ends the exchange at once, at 
 })
 
 test('whatever else answers while the body is read sends none of its headers, and the body is then dropped', async (t) => {
-  const slow = await startUpstream('slow', (_req, res) => {
+  const slow = await startUpstream(t, 'slow', (_req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 6, 'set-cookie': 'session=of-the-late-answer' })
     res.write('abc')
     setTimeout(() => res.end('def'), 600)
   })
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [slow.url], timeout: { idle: 30_000 } } },
     routes: [{ prefix: '/', upstream: 'pool', handlerTimeout: 150 }]
   })
-  t.teardown(async () => { await app.close(); await slow.close() })
   const target = app.upstreams.get('pool')?.targets[0]
 
   const res = await request(`${url}/x`)
@@ -275,13 +265,12 @@ test('whatever else answers while the body is read sends none of its headers, an
 })
 
 test('a caller\'s own onResponse gets the response stream', async (t) => {
-  const upstream = await startUpstream('plain')
-  const { app, url } = await startGateway({ upstreams: { pool: { targets: [upstream.url] } } }, (app) => {
+  const upstream = await startUpstream(t, 'plain')
+  const { url } = await startGateway(t, { upstreams: { pool: { targets: [upstream.url] } } }, (app) => {
     app.get('/own', (_request, reply) => reply.forward('pool', {
       onResponse: (_req, own, res) => { own.header('x-piped', String(typeof res.stream.pipe === 'function')).send(res.stream) }
     }))
   })
-  t.teardown(async () => { await app.close(); await upstream.close() })
 
   const res = await request(`${url}/own`)
   t.equal(res.headers['x-piped'], 'true')

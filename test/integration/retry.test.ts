@@ -24,15 +24,14 @@ async function resetting (delay = 0): Promise<{ url: string, hits: () => number,
 }
 
 test('a refused connection is retried on another target, for any method, and reported', async (t) => {
-  const good = await startUpstream('good')
+  const good = await startUpstream(t, 'good')
   const dead = await closedPort()
   const retries: RetryEvent[] = []
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [dead, good.url], retry: { attempts: 1, backoff: { base: 0 } } } },
     routes: [{ prefix: '/', upstream: 'pool' }],
     onRetry: (event) => retries.push(event)
   })
-  t.teardown(async () => { await app.close(); await good.close() })
   for (let i = 0; i < 4; i++) {
     const res = await fetch(`${url}/x`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: `post ${i}` })
     t.equal(res.status, 200)
@@ -46,12 +45,12 @@ test('a refused connection is retried on another target, for any method, and rep
 
 test('a POST that reached a target which then failed is not replayed: 502, counted once upstream', async (t) => {
   const reset = await resetting()
-  const good = await startUpstream('good')
-  const { app, url } = await startGateway({
+  t.teardown(reset.close)
+  const good = await startUpstream(t, 'good')
+  const { url } = await startGateway(t, {
     upstreams: { pool: { targets: [reset.url, good.url], balancer: 'round-robin', retry: { attempts: 2, backoff: { base: 0 } } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await good.close(); await reset.close() })
   const res = await fetch(`${url}/order`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"n":1}' })
   t.equal(res.status, 502)
   t.match(await res.json(), { code: 'FST_UPSTREAM_BAD_GATEWAY' })
@@ -65,15 +64,15 @@ test('a POST that reached a target which then failed is not replayed: 502, count
 
 test('retry.methods decides which methods are replayed after reaching a target', async (t) => {
   const reset = await resetting()
-  const good = await startUpstream('good')
-  const { app, url } = await startGateway({
+  t.teardown(reset.close)
+  const good = await startUpstream(t, 'good')
+  const { url } = await startGateway(t, {
     upstreams: { pool: { targets: [reset.url, good.url], retry: { methods: ['POST'], backoff: { base: 0 } } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   }, (app) => {
     // a parsed body can be sent again; a streamed one cannot once it was read
     app.post('/parsed', (_request, reply) => reply.forward('pool', { url: '/parsed' }))
   })
-  t.teardown(async () => { await app.close(); await good.close(); await reset.close() })
   const parsed = await fetch(`${url}/parsed`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"n":2}' })
   t.equal(parsed.status, 200)
   t.same(JSON.parse((await echo(parsed)).body), { n: 2 })
@@ -83,17 +82,16 @@ test('retry.methods decides which methods are replayed after reaching a target',
 })
 
 test('retry on chosen status codes goes to another target; the discarded answer leaves nothing behind', async (t) => {
-  const busy = await startUpstream('busy', (_req, res) => {
+  const busy = await startUpstream(t, 'busy', (_req, res) => {
     res.statusCode = 503
     res.setHeader('x-busy-only', 'yes')
     res.end('busy')
   })
-  const good = await startUpstream('good')
-  const { app, url } = await startGateway({
+  const good = await startUpstream(t, 'good')
+  const { url } = await startGateway(t, {
     upstreams: { pool: { targets: [busy.url, good.url], retry: { statusCodes: [503], backoff: { base: 0 } } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await good.close(); await busy.close() })
   for (let i = 0; i < 6; i++) {
     const res = await fetch(`${url}/x`)
     t.equal(res.status, 200)
@@ -105,13 +103,12 @@ test('retry on chosen status codes goes to another target; the discarded answer 
 })
 
 test('without a retry status list, a 503 from the target is passed through', async (t) => {
-  const busy = await startUpstream('busy', (_req, res) => { res.statusCode = 503; res.end('busy') })
-  const good = await startUpstream('good')
-  const { app, url } = await startGateway({
+  const busy = await startUpstream(t, 'busy', (_req, res) => { res.statusCode = 503; res.end('busy') })
+  const good = await startUpstream(t, 'good')
+  const { url } = await startGateway(t, {
     upstreams: { pool: { targets: [busy.url, good.url] } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await good.close(); await busy.close() })
   const statuses = []
   for (let i = 0; i < 4; i++) {
     const res = await fetch(`${url}/x`)
@@ -124,9 +121,9 @@ test('without a retry status list, a 503 from the target is passed through', asy
 
 test('attempts bound the retries, each on a target not tried yet', async (t) => {
   const deads = [await closedPort(), await closedPort(), await closedPort()]
-  const good = await startUpstream('good')
+  const good = await startUpstream(t, 'good')
   const retries: RetryEvent[] = []
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: {
       one: { targets: [...deads, good.url], balancer: 'round-robin', retry: { attempts: 1, backoff: { base: 0 } } },
       all: { targets: [...deads, good.url], balancer: 'round-robin', retry: { attempts: 3, backoff: { base: 1, max: 5 } } }
@@ -136,7 +133,6 @@ test('attempts bound the retries, each on a target not tried yet', async (t) => 
     app.get('/one', (_request, reply) => reply.forward('one'))
     app.get('/all', (_request, reply) => reply.forward('all'))
   })
-  t.teardown(async () => { await app.close(); await good.close() })
   // round robin starts at the first dead target: one retry reaches only the second dead one
   const one = await fetch(`${url}/one`)
   t.equal(one.status, 502)
@@ -152,8 +148,8 @@ test('attempts bound the retries, each on a target not tried yet', async (t) => 
 
 test('the retry budget caps concurrent retries', async (t) => {
   const dead = await closedPort()
-  const slowGood: Upstream = await startUpstream('good', (_req, res) => { setTimeout(() => res.end('ok'), 150) })
-  const { app, url } = await startGateway({
+  const slowGood: Upstream = await startUpstream(t, 'good', (_req, res) => { setTimeout(() => res.end('ok'), 150) })
+  const { url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [dead, slowGood.url],
@@ -163,7 +159,6 @@ test('the retry budget caps concurrent retries', async (t) => {
     },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await slowGood.close() })
   const statuses = (await Promise.all(Array.from({ length: 6 }, () => fetch(`${url}/x`).then(async (res) => {
     await res.arrayBuffer()
     return res.status
@@ -175,14 +170,14 @@ test('the retry budget caps concurrent retries', async (t) => {
 test('a request whose client has gone is not retried and holds no retry budget', async (t) => {
   // the first target reads the request, then resets it 150 ms later
   const slowReset = await resetting(150)
+  t.teardown(slowReset.close)
   const resetUrl = slowReset.url
-  const good = await startUpstream('good')
-  const { app, url } = await startGateway({
+  const good = await startUpstream(t, 'good')
+  const { app, url } = await startGateway(t, {
     // weights 1000:1: the first requests all go to the resetting target
     upstreams: { pool: { targets: [{ url: resetUrl, weight: 1000 }, good.url], retry: { attempts: 1, backoff: { base: 0 } } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await good.close(); await slowReset.close() })
   const pool = app.upstreams.get('pool')
   const first = pool?.targets.find((target) => target.url === resetUrl)
   for (let i = 1; i <= 3; i++) {

@@ -2,8 +2,8 @@ import { test } from 'tap'
 import { load, startGateway, startUpstreams } from '../helpers'
 
 test('weighted round robin stays within 2% of the weights over 600 requests', async (t) => {
-  const ups = await startUpstreams(3)
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 3)
+  const { url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [{ url: ups[0].url, weight: 3 }, { url: ups[1].url, weight: 2 }, ups[2].url]
@@ -11,7 +11,6 @@ test('weighted round robin stays within 2% of the weights over 600 requests', as
     },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const counts = await load(`${url}/x`, 600, 4)
   const expected = { u0: 3 / 6, u1: 2 / 6, u2: 1 / 6 }
   for (const [name, share] of Object.entries(expected)) {

@@ -1,8 +1,7 @@
-import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream, { type RouteOptions } from '../../lib/index'
-import { rawExchange } from '../helpers'
+import { listen, rawExchange, type Teardown } from '../helpers'
 
 // The path a mount sends upstream is the path Fastify's router matched, under every router
 // option: what a route's hooks check is what the target gets. Each request carries its
@@ -12,15 +11,14 @@ import { rawExchange } from '../helpers'
 interface Routed { mount: string, params: Record<string, string>, query: unknown }
 interface Received { url: string, query: unknown }
 
-async function upstreamApp (): Promise<{ app: FastifyInstance, url: string, seen: Map<string, Received> }> {
+async function upstreamApp (t: Teardown): Promise<{ app: FastifyInstance, url: string, seen: Map<string, Received> }> {
   const seen = new Map<string, Received>()
   const app = Fastify()
   app.all('/*', async (request) => {
     seen.set(String(request.headers['x-case']), { url: request.raw.url as string, query: request.query })
     return { url: request.raw.url }
   })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  return { app, url: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, seen }
+  return { app, url: await listen(t, app), seen }
 }
 
 const REWRITES: Record<string, string> = { public: '/v1', admin: '/v1/admin', orgs: '/tenants/:org', root: '' }
@@ -40,11 +38,10 @@ function mounts (routed: Map<string, Routed>, extra: Partial<RouteOptions> = {})
   ]
 }
 
-async function gateway (serverOptions: FastifyServerOptions, target: string, routed: Map<string, Routed>, extra?: Partial<RouteOptions>): Promise<{ app: FastifyInstance, url: string }> {
+async function gateway (t: Teardown, serverOptions: FastifyServerOptions, target: string, routed: Map<string, Routed>, extra?: Partial<RouteOptions>): Promise<{ app: FastifyInstance, url: string }> {
   const app = Fastify(serverOptions)
   await app.register(fastifyUpstream, { upstreams: { b: { targets: [target], retry: { attempts: 0 } } }, routes: mounts(routed, extra) })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  return { app, url: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}` }
+  return { app, url: await listen(t, app) }
 }
 
 /** What the router matched, as a decoded upstream path: the mount's rewritePrefix with the router's params, then its `*`. */
@@ -71,11 +68,10 @@ const ROUTERS: Array<[string, FastifyServerOptions]> = [
 ]
 
 test('differential: under every router option the target gets exactly the path and query the router matched', async (t) => {
-  const up = await upstreamApp()
-  t.teardown(() => up.app.close())
+  const up = await upstreamApp(t)
   for (const [name, options] of ROUTERS) {
     const routed = new Map<string, Routed>()
-    const { app, url } = await gateway(options, up.url, routed)
+    const { app, url } = await gateway(t, options, up.url, routed)
     up.seen.clear()
     let proxied = 0
     let refused = 0
@@ -111,11 +107,10 @@ test('differential: under every router option the target gets exactly the path a
 })
 
 test('a fragment cannot carry a path past a more specific mount (the #-bypass)', async (t) => {
-  const up = await upstreamApp()
-  t.teardown(() => up.app.close())
+  const up = await upstreamApp(t)
   for (const [name, options] of ROUTERS) {
     const routed = new Map<string, Routed>()
-    const { app, url } = await gateway(options, up.url, routed)
+    const { app, url } = await gateway(t, options, up.url, routed)
     t.equal((await rawExchange(url, '/api/admin/secret', { 'x-case': `${name}:none` })).status, 401, `${name}: the admin mount refuses without a token`)
     t.equal((await rawExchange(url, '/api/admin/secret', { authorization: 'token', 'x-case': `${name}:token` })).status, 200, `${name}: and serves with one`)
     for (const path of ['/api#/admin/secret', '/api/#/admin/secret', '/api?x#/admin/secret', '/#/api/admin/secret']) {
@@ -128,11 +123,9 @@ test('a fragment cannot carry a path past a more specific mount (the #-bypass)',
 })
 
 test('useSemicolonDelimiter: what follows `;` is the query, for hooks and target alike', async (t) => {
-  const up = await upstreamApp()
-  t.teardown(() => up.app.close())
+  const up = await upstreamApp(t)
   const routed = new Map<string, Routed>()
-  const { app, url } = await gateway({ routerOptions: { useSemicolonDelimiter: true } } as FastifyServerOptions, up.url, routed)
-  t.teardown(() => app.close())
+  const { url } = await gateway(t, { routerOptions: { useSemicolonDelimiter: true } } as FastifyServerOptions, up.url, routed)
   const res = await rawExchange(url, '/api;/admin/secret', { 'x-case': 'semi' })
   t.equal(res.status, 200)
   t.equal(routed.get('semi')?.mount, 'public', 'the router matched /api')
@@ -140,11 +133,9 @@ test('useSemicolonDelimiter: what follows `;` is the query, for hooks and target
 })
 
 test('params come from the path the router matched (ignoreDuplicateSlashes)', async (t) => {
-  const up = await upstreamApp()
-  t.teardown(() => up.app.close())
+  const up = await upstreamApp(t)
   const routed = new Map<string, Routed>()
-  const { app, url } = await gateway({ routerOptions: { ignoreDuplicateSlashes: true } }, up.url, routed)
-  t.teardown(() => app.close())
+  const { url } = await gateway(t, { routerOptions: { ignoreDuplicateSlashes: true } }, up.url, routed)
   const res = await rawExchange(url, '//orgs/mine/x', { 'x-case': 'dup' })
   t.equal(res.status, 200)
   t.same(routed.get('dup')?.params, { org: 'mine', '*': 'x' }, 'the hook saw org = mine')
@@ -152,19 +143,15 @@ test('params come from the path the router matched (ignoreDuplicateSlashes)', as
   // the older top-level router options are read too
   const legacy = Fastify({ ignoreDuplicateSlashes: true, logger: false } as FastifyServerOptions)
   await legacy.register(fastifyUpstream, { upstreams: { b: { targets: [up.url] } }, routes: [{ prefix: '/orgs/:org', upstream: 'b', rewritePrefix: '/tenants/:org' }] })
-  await legacy.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(() => legacy.close())
-  const legacyUrl = `http://127.0.0.1:${(legacy.server.address() as AddressInfo).port}`
+  const legacyUrl = await listen(t, legacy)
   await rawExchange(legacyUrl, '//orgs/mine//y', { 'x-case': 'legacy' })
   t.equal(up.seen.get('legacy')?.url, '/tenants/mine/y')
 })
 
 test('a root mount never sends a network-path reference (//host:port/x)', async (t) => {
-  const up = await upstreamApp()
-  t.teardown(() => up.app.close())
+  const up = await upstreamApp(t)
   const routed = new Map<string, Routed>()
-  const { app, url } = await gateway({}, up.url, routed)
-  t.teardown(() => app.close())
+  const { url } = await gateway(t, {}, up.url, routed)
   for (const path of ['//127.0.0.1:1/x', '//evil.test/x', '///x']) {
     t.equal((await rawExchange(url, path, { 'x-case': path })).status, 400, `${path} is refused`)
     t.notOk(up.seen.has(path), `${path} never reached the target`)
@@ -178,9 +165,9 @@ test('strictPaths: nothing a normalising target would read as a more specific mo
   const normalise = (url: string): string => url.split('?')[0].toLowerCase().replace(/;[^/]*/g, '').replace(/\/{2,}/g, '/')
   const tricks = ['/api//admin/secret', '/api/admin;x=1/secret', '/api/ADMIN/secret', '/api/Admin/secret', '/api/;/admin/secret', '/api/admin;/secret']
   const reachedAdmin = async (options: FastifyServerOptions, extra: Partial<RouteOptions>): Promise<string[]> => {
-    const up = await upstreamApp()
+    const up = await upstreamApp(t)
     const routed = new Map<string, Routed>()
-    const { app, url } = await gateway(options, up.url, routed, extra)
+    const { app, url } = await gateway(t, options, up.url, routed, extra)
     for (const path of tricks) await rawExchange(url, path, { 'x-case': path })
     await app.close()
     await up.app.close()
@@ -195,14 +182,11 @@ test('strictPaths: nothing a normalising target would read as a more specific mo
 })
 
 test('reply.forward without a url sends the path the router matched too', async (t) => {
-  const up = await upstreamApp()
-  t.teardown(() => up.app.close())
+  const up = await upstreamApp(t)
   const app = Fastify({ routerOptions: { useSemicolonDelimiter: true, ignoreDuplicateSlashes: true } } as FastifyServerOptions)
   await app.register(fastifyUpstream, { upstreams: { b: { targets: [up.url] } } })
   app.get('/p/*', (_request, reply) => reply.forward('b'))
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(() => app.close())
-  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+  const url = await listen(t, app)
   t.equal((await rawExchange(url, '/p//a;x=1', { 'x-case': 'semi' })).status, 200)
   t.equal(up.seen.get('semi')?.url, '/p/a?x=1', 'slashes merged, the `;` query sent as a query')
   t.equal((await rawExchange(url, '/p/a?y=2', { 'x-case': 'query' })).status, 200)

@@ -2,8 +2,8 @@ import { test } from 'tap'
 import { echo, rawRequest, startGateway, startUpstream } from '../helpers'
 
 test('a mount rewrites its prefix, keeps the query string and passes params', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, {
     upstreams: { users: { targets: [up.url] } },
     routes: [
       { prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users' },
@@ -11,7 +11,6 @@ test('a mount rewrites its prefix, keeps the query string and passes params', as
       { prefix: '/plain/', upstream: 'users' }
     ]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const get = async (path: string): Promise<string> => (await echo(fetch(url + path))).url
   t.equal(await get('/users'), '/v1/users')
   t.equal(await get('/users/'), '/v1/users/')
@@ -24,12 +23,11 @@ test('a mount rewrites its prefix, keeps the query string and passes params', as
 })
 
 test('bodies of any content type pass through unchanged', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, {
     upstreams: { users: { targets: [up.url] } },
     routes: [{ prefix: '/api', upstream: 'users' }]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const bodies: Array<[string, string]> = [
     ['application/json', '{"a": 1,   "spaced": true}'],
     ['text/plain', 'hello'],
@@ -47,19 +45,18 @@ test('bodies of any content type pass through unchanged', async (t) => {
 
 test('Location headers from the upstream come back under the prefix', async (t) => {
   let location = ''
-  const up = await startUpstream('u0', (_req, res) => {
+  const up = await startUpstream(t, 'u0', (_req, res) => {
     res.statusCode = 302
     res.setHeader('location', location)
     res.end()
   })
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: { users: { targets: [up.url] } },
     routes: [
       { prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users' },
       { prefix: '/t/:tenant', upstream: 'users', rewritePrefix: '/tenants/:tenant' }
     ]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const cases: Array<[string, string, string]> = [
     ['/users/1', '/v1/users/2', '/users/2'],
     ['/users/1', '/v1/users', '/users'],
@@ -78,12 +75,11 @@ test('Location headers from the upstream come back under the prefix', async (t) 
 })
 
 test('paths that climb out of the prefix are refused with 400 before any upstream sees them', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, {
     upstreams: { users: { targets: [up.url] } },
     routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users' }]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const hostile = [
     '/users/../admin', '/users/..', '/users/./x', '/users/%2e%2e/admin', '/users/%2E%2e/admin', '/users/.%2e/admin',
     '/users/..%2fadmin', '/users/a%2f..%2f..%2fadmin', '/users/%5c..%5cadmin', '/users/..\\admin', '/users/%zz'
@@ -94,11 +90,10 @@ test('paths that climb out of the prefix are refused with 400 before any upstrea
   }
   t.equal(up.hits, 0, 'no hostile request reached the upstream')
   // a prefix param is a segment of the request too
-  const params = await startGateway({
+  const params = await startGateway(t, {
     upstreams: { users: { targets: [up.url] } },
     routes: [{ prefix: '/orgs/:org', upstream: 'users', rewritePrefix: '/v2/orgs/:org' }]
   })
-  t.teardown(() => params.app.close())
   for (const path of ['/orgs/%2e%2e/x', '/orgs/%2E./x', '/orgs/..', '/orgs/.%2e']) {
     t.match(await rawRequest(params.url, path), /^HTTP\/1\.1 4\d\d/, `${path} is refused`)
   }
@@ -108,9 +103,9 @@ test('paths that climb out of the prefix are refused with 400 before any upstrea
 })
 
 test('route options: methods allow-list, hooks and schema validation run before proxying', async (t) => {
-  const up = await startUpstream('u0')
+  const up = await startUpstream(t, 'u0')
   const seen: string[] = []
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: { users: { targets: [up.url] } },
     routes: [
       {
@@ -130,7 +125,6 @@ test('route options: methods allow-list, hooks and schema validation run before 
       }
     ]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   t.equal((await fetch(`${url}/ro/x`)).status, 200)
   t.equal((await fetch(`${url}/ro/x`, { method: 'DELETE' })).status, 404, 'a method outside the list is not routed')
   t.equal((await fetch(`${url}/ro/x`, { headers: { 'x-deny': '1' } })).status, 403)
@@ -144,15 +138,14 @@ test('route options: methods allow-list, hooks and schema validation run before 
 })
 
 test('a target URL with a path and a rewritePrefix of the same path send the same paths', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, {
     upstreams: { based: { targets: [`${up.url}/base`] }, plain: { targets: [up.url] } },
     routes: [
       { prefix: '/a', upstream: 'based' },
       { prefix: '/b', upstream: 'plain', rewritePrefix: '/base' }
     ]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   for (const [rest, expected] of [['', '/base'], ['/', '/base/'], ['/x', '/base/x'], ['?q=1', '/base?q=1'], ['/?q=1', '/base/?q=1']]) {
     t.equal((await echo(fetch(`${url}/a${rest}`))).url, expected, `target path: /a${rest} -> ${expected}`)
     t.equal((await echo(fetch(`${url}/b${rest}`))).url, expected, `rewritePrefix: /b${rest} -> ${expected}`)

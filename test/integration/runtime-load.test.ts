@@ -13,19 +13,15 @@ test('add, re-weight, disable and drain targets under concurrent load: no failed
     if (gone !== undefined && Date.now() > gone) late.push(upstream.name)
     setTimeout(() => { res.setHeader('x-upstream', upstream.name); res.end(upstream.name) }, 5)
   }
-  for (let i = 0; i < 6; i++) ups.push(await startUpstream(`u${i}`, handler))
+  for (let i = 0; i < 6; i++) ups.push(await startUpstream(t, `u${i}`, handler))
   const events: TargetStateEvent[] = []
   const onEvent = (message: unknown): void => { events.push(message as TargetStateEvent) }
   diagnostics.subscribe('fastify-upstream:target-state', onEvent)
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [ups[0].url, ups[1].url], balancer: 'least-request', slowStart: { window: 300 } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => {
-    diagnostics.unsubscribe('fastify-upstream:target-state', onEvent)
-    await app.close()
-    await Promise.all(ups.map((u) => u.close()))
-  })
+  t.teardown(() => { diagnostics.unsubscribe('fastify-upstream:target-state', onEvent) })
   const pool = app.upstreams.get('pool')
   if (pool === undefined) throw new Error('no pool')
 

@@ -2,14 +2,13 @@ import { test } from 'tap'
 import { load, recorder, startGateway, startUpstream, startUpstreams } from '../helpers'
 
 test('targets can be added, re-weighted, disabled and removed while serving', async (t) => {
-  const ups = await startUpstreams(3)
+  const ups = await startUpstreams(t, 3)
   const { events, hook } = recorder()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [ups[0].url] } },
     routes: [{ prefix: '/', upstream: 'pool' }],
     onTargetStateChange: hook
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const pool = app.upstreams.get('pool')
   if (pool === undefined) throw new Error('no pool')
 
@@ -43,13 +42,12 @@ test('targets can be added, re-weighted, disabled and removed while serving', as
 test('removing with drain waits for in-flight requests, which complete', async (t) => {
   let release: () => void = () => {}
   const gate = new Promise<void>((resolve) => { release = resolve })
-  const slow = await startUpstream('slow', (_req, res) => { gate.then(() => res.end('done'), () => {}) })
-  const other = await startUpstream('other')
-  const { app, url } = await startGateway({
+  const slow = await startUpstream(t, 'slow', (_req, res) => { gate.then(() => res.end('done'), () => {}) })
+  const other = await startUpstream(t, 'other')
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [slow.url] } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await slow.close(); await other.close() })
   const pool = app.upstreams.get('pool')
   if (pool === undefined) throw new Error('no pool')
   const pending = fetch(`${url}/x`)
@@ -72,11 +70,10 @@ test('removing with drain waits for in-flight requests, which complete', async (
 })
 
 test('the registry adds and removes pools after ready, reports status and iterates', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({ upstreams: {} }, (app) => {
+  const up = await startUpstream(t, 'u0')
+  const { app, url } = await startGateway(t, { upstreams: {} }, (app) => {
     app.get('/orders/*', (_request, reply) => reply.forward('orders'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   t.equal((await fetch(`${url}/orders/1`)).status, 500)
   const pool = app.upstreams.add('orders', { targets: [up.url], balancer: 'least-request' })
   t.equal(app.upstreams.has('orders'), true)

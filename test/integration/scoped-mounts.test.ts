@@ -1,8 +1,7 @@
-import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream, { type FastifyUpstreamOptions } from '../../lib/index'
-import { echo, rawRequest, startUpstream } from '../helpers'
+import { echo, listen, rawRequest, startUpstream, type Teardown } from '../helpers'
 
 // A mount behaves the same at any depth of Fastify encapsulation: the path a route sees is
 // relative to its own scope's prefix. Each behaviour of a mount is checked with the plugin
@@ -10,8 +9,8 @@ import { echo, rawRequest, startUpstream } from '../helpers'
 
 const SCOPES: string[][] = [[], ['/api'], ['/api', '/v2']]
 
-/** A gateway with the plugin registered inside `scopes` (each a prefixed child of the last). */
-async function gatewayIn (scopes: string[], options: FastifyUpstreamOptions, server: FastifyServerOptions = {}): Promise<{ app: FastifyInstance, url: string }> {
+/** A gateway with the plugin registered inside `scopes` (each a prefixed child of the last); `t` closes it. */
+async function gatewayIn (t: Teardown, scopes: string[], options: FastifyUpstreamOptions, server: FastifyServerOptions = {}): Promise<{ app: FastifyInstance, url: string }> {
   const app = Fastify(server)
   const register = async (instance: FastifyInstance, depth: number): Promise<void> => {
     if (depth === scopes.length) {
@@ -21,8 +20,7 @@ async function gatewayIn (scopes: string[], options: FastifyUpstreamOptions, ser
     await instance.register(async (child) => { await register(child, depth + 1) }, { prefix: scopes[depth] })
   }
   await register(app, 0)
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  return { app, url: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}` }
+  return { app, url: await listen(t, app) }
 }
 
 for (const scopes of SCOPES) {
@@ -30,8 +28,8 @@ for (const scopes of SCOPES) {
   const where = scopes.length === 0 ? 'at the root' : `inside ${scopes.map((s) => `'${s}'`).join(' then ')}`
 
   test(`${where}: prefixes rewrite, params take their own segment, the query is kept`, async (t) => {
-    const up = await startUpstream('u0')
-    const { app, url } = await gatewayIn(scopes, {
+    const up = await startUpstream(t, 'u0')
+    const { url } = await gatewayIn(t, scopes, {
       upstreams: { users: { targets: [up.url] } },
       routes: [
         { prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users' },
@@ -39,7 +37,6 @@ for (const scopes of SCOPES) {
         { prefix: '/plain/', upstream: 'users' }
       ]
     })
-    t.teardown(async () => { await app.close(); await up.close() })
     const get = async (path: string): Promise<string> => (await echo(fetch(url + base + path))).url
     t.equal(await get('/users/42'), '/v1/users/42')
     t.equal(await get('/users'), '/v1/users')
@@ -54,19 +51,18 @@ for (const scopes of SCOPES) {
 
   test(`${where}: Location headers come back under the scope and the prefix`, async (t) => {
     let location = ''
-    const up = await startUpstream('u0', (_req, res) => {
+    const up = await startUpstream(t, 'u0', (_req, res) => {
       res.statusCode = 302
       res.setHeader('location', location)
       res.end()
     })
-    const { app, url } = await gatewayIn(scopes, {
+    const { url } = await gatewayIn(t, scopes, {
       upstreams: { users: { targets: [up.url] } },
       routes: [
         { prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users' },
         { prefix: '/t/:tenant', upstream: 'users', rewritePrefix: '/tenants/:tenant' }
       ]
     })
-    t.teardown(async () => { await app.close(); await up.close() })
     const cases: Array<[string, string, string]> = [
       ['/users/1', '/v1/users/x', `${base}/users/x`],
       ['/users/1', `${up.url}/v1/users/3`, `${base}/users/3`],
@@ -81,12 +77,11 @@ for (const scopes of SCOPES) {
   })
 
   test(`${where}: climbing out is refused, through the prefix and through a param`, async (t) => {
-    const up = await startUpstream('u0')
-    const { app, url } = await gatewayIn(scopes, {
+    const up = await startUpstream(t, 'u0')
+    const { url } = await gatewayIn(t, scopes, {
       upstreams: { users: { targets: [up.url] } },
       routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users' }, { prefix: '/orgs/:org', upstream: 'users', rewritePrefix: '/v2/o/:org' }]
     })
-    t.teardown(async () => { await app.close(); await up.close() })
     for (const path of ['/users/../admin', '/users/%2e%2e/admin', '/users/..%2fadmin', '/orgs/%2e%2e/x', '/orgs/..', '/users#/../x']) {
       t.match(await rawRequest(url, base + path), /^HTTP\/1\.1 4\d\d/, `${base}${path} is refused`)
     }
@@ -94,12 +89,11 @@ for (const scopes of SCOPES) {
   })
 
   test(`${where}: a root mount serves the scope itself`, async (t) => {
-    const up = await startUpstream('u0')
-    const { app, url } = await gatewayIn(scopes, {
+    const up = await startUpstream(t, 'u0')
+    const { url } = await gatewayIn(t, scopes, {
       upstreams: { users: { targets: [up.url] } },
       routes: [{ prefix: '/', upstream: 'users', rewritePrefix: '/backend' }]
     })
-    t.teardown(async () => { await app.close(); await up.close() })
     const get = async (path: string): Promise<string> => (await echo(fetch(url + path))).url
     t.equal(await get(base + '/a/b?q=1'), '/backend/a/b?q=1')
     // the scope itself, without and with its final slash (at the root there is only `/`)
@@ -108,12 +102,11 @@ for (const scopes of SCOPES) {
   })
 
   test(`${where}: ignoreTrailingSlash and ignoreDuplicateSlashes`, async (t) => {
-    const up = await startUpstream('u0')
-    const { app, url } = await gatewayIn(scopes, {
+    const up = await startUpstream(t, 'u0')
+    const { url } = await gatewayIn(t, scopes, {
       upstreams: { users: { targets: [up.url] } },
       routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1/users' }, { prefix: '/orgs/:org', upstream: 'users', rewritePrefix: '/v2/o/:org' }]
     }, { routerOptions: { ignoreTrailingSlash: true, ignoreDuplicateSlashes: true } })
-    t.teardown(async () => { await app.close(); await up.close() })
     const get = async (path: string): Promise<string> => (await echo(fetch(url + path))).url
     t.equal(await get(base + '/users/'), '/v1/users')
     t.equal(await get(base + '/users/a/'), '/v1/users/a')
@@ -122,11 +115,10 @@ for (const scopes of SCOPES) {
 }
 
 test('a scope prefix with a param: rewritePrefix may use it', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await gatewayIn(['/t/:tenant'], {
+  const up = await startUpstream(t, 'u0')
+  const { url } = await gatewayIn(t, ['/t/:tenant'], {
     upstreams: { users: { targets: [up.url] } },
     routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/tenants/:tenant/users' }]
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   t.equal((await echo(fetch(`${url}/t/acme/users/7`))).url, '/tenants/acme/users/7')
 })

@@ -67,13 +67,12 @@ async function send (url: string, n: number): Promise<Record<string, number>> {
 }
 
 test('a target added after ready ramps from a small weight to its full weight within the window', async (t) => {
-  const ups = await startUpstreams(3)
+  const ups = await startUpstreams(t, 3)
   const [old0, old1, added] = ups
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [old0.url, old1.url], slowStart: { window: 1000 } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const pool = app.upstreams.get('pool')
   if (pool === undefined) throw new Error('no pool')
   t.same(pool.targets.map((v) => v.effectiveWeight), [1, 1], 'targets present at startup do not ramp')
@@ -113,12 +112,11 @@ test('a target added after ready ramps from a small weight to its full weight wi
 })
 
 test('a target that comes back from disabled ramps up again', async (t) => {
-  const ups = await startUpstreams(2)
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 2)
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [ups[0].url, { url: ups[1].url, weight: 4 }], slowStart: { window: 1000, minWeightPercent: 25 } } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const pool = app.upstreams.get('pool')
   if (pool === undefined) throw new Error('no pool')
   const view = pool.targets[1]
@@ -137,13 +135,13 @@ test('a target that comes back from disabled ramps up again', async (t) => {
 
 test('a target that comes back from unhealthy ramps up again', async (t) => {
   let health = 200
-  const flaky = await startUpstream('flaky', (req, res, _body, upstream) => {
+  const flaky = await startUpstream(t, 'flaky', (req, res, _body, upstream) => {
     res.statusCode = req.url === '/healthz' ? health : 200
     res.setHeader('x-upstream', upstream.name)
     res.end()
   })
-  const steady = await startUpstream('steady')
-  const { app } = await startGateway({
+  const steady = await startUpstream(t, 'steady')
+  const { app } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [steady.url, flaky.url],
@@ -152,7 +150,6 @@ test('a target that comes back from unhealthy ramps up again', async (t) => {
       }
     }
   })
-  t.teardown(async () => { await app.close(); await flaky.close(); await steady.close() })
   const view = app.upstreams.get('pool')?.targets[1] as TargetView
   t.equal(view.effectiveWeight, 1, 'full weight at startup, with a passed first probe')
   health = 500
@@ -167,12 +164,11 @@ test('a target that comes back from unhealthy ramps up again', async (t) => {
 })
 
 test('without slowStart a new or returning target takes its full weight at once', async (t) => {
-  const ups = await startUpstreams(3)
-  const { app, url } = await startGateway({
+  const ups = await startUpstreams(t, 3)
+  const { app, url } = await startGateway(t, {
     upstreams: { pool: { targets: [ups[0].url, ups[1].url] } },
     routes: [{ prefix: '/', upstream: 'pool' }]
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   const pool = app.upstreams.get('pool')
   if (pool === undefined) throw new Error('no pool')
   const view = pool.addTarget({ url: ups[2].url, weight: 2 })
@@ -187,8 +183,8 @@ test('without slowStart a new or returning target takes its full weight at once'
 })
 
 test('targets present at startup do not ramp, nor those of a pool added after ready', async (t) => {
-  const ups: Upstream[] = await startUpstreams(3)
-  const { app, url } = await startGateway({
+  const ups: Upstream[] = await startUpstreams(t, 3)
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pool: {
         targets: [ups[0].url, { url: ups[1].url, weight: 3 }],
@@ -200,7 +196,6 @@ test('targets present at startup do not ramp, nor those of a pool added after re
   }, (app) => {
     app.get('/later/*', (_request, reply) => reply.forward('later'))
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   t.same(app.upstreams.get('pool')?.targets.map((v) => v.effectiveWeight), [1, 3])
   t.same(await send(`${url}/pool/x`, 40), { u0: 10, u1: 30 }, 'their full shares from the first request')
   const later = app.upstreams.add('later', { targets: [ups[1].url, { url: ups[2].url, weight: 2 }], slowStart: { window: 1000 } })

@@ -12,10 +12,10 @@ const executablePath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const available = existsSync(executablePath)
 
 test('the status page shows pools, targets and states as they change', { skip: !available && `no browser at ${executablePath}` }, async (t) => {
-  const ups = await startUpstreams(3)
-  const dead = await startUpstream('dead')
+  const ups = await startUpstreams(t, 3)
+  const dead = await startUpstream(t, 'dead')
   await dead.close()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       users: { targets: [...ups.map((u) => u.url), { url: dead.url, backup: true }], balancer: 'least-request' },
       orders: { targets: [ups[0].url, dead.url], healthCheck: { passive: { consecutiveFailures: 1, ejectionTime: 60_000 } }, retry: { attempts: 0 } }
@@ -28,7 +28,7 @@ test('the status page shows pools, targets and states as they change', { skip: !
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
   })
-  t.teardown(async () => { await browser.close(); await app.close(); await Promise.all(ups.map((u) => u.close())) })
+  t.teardown(() => browser.close())
   await load(`${url}/users/x`, 30, 3)
   const page = await browser.newPage({ viewport: { width: 1100, height: 620 } })
   await page.goto(`${url}/_upstreams`)

@@ -12,8 +12,7 @@ async function auth (request: FastifyRequest, reply: FastifyReply): Promise<void
 }
 
 test('a misspelt statusRoute hook fails at register, naming the field and the hook meant', async (t) => {
-  const up = await startUpstream('u0')
-  t.teardown(() => up.close())
+  const up = await startUpstream(t, 'u0')
   const error = await registerError({ upstreams: { api: { targets: [up.url] } }, statusRoute: { url: '/_up', onRequst: auth } })
   t.equal(error.code, 'FST_UPSTREAM_INVALID_OPTION')
   t.match(error.message, 'statusRoute.onRequst: unknown option, did you mean `onRequest`?')
@@ -40,12 +39,11 @@ test('statusRoute options are checked like the others', async (t) => {
 })
 
 test('onRequest guards both the status and the metrics route', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, {
     upstreams: { api: { targets: [up.url] } },
     statusRoute: { url: '/_up', onRequest: auth }
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const token = { authorization: 'Bearer ops' }
   for (const path of ['/_up', '/_up/metrics']) {
     t.equal((await fetch(`${url}${path}`)).status, 401, `${path} without a token`)
@@ -57,9 +55,9 @@ test('onRequest guards both the status and the metrics route', async (t) => {
 })
 
 test('hook lists, config and logLevel reach both routes', async (t) => {
-  const up = await startUpstream('u0')
+  const up = await startUpstream(t, 'u0')
   const seen: string[] = []
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: { api: { targets: [up.url] } },
     statusRoute: {
       url: '/_up',
@@ -71,7 +69,6 @@ test('hook lists, config and logLevel reach both routes', async (t) => {
       ]
     }
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   t.equal((await fetch(`${url}/_up`)).status, 403)
   t.equal((await fetch(`${url}/_up/metrics`)).status, 403)
   const res = await fetch(`${url}/_up/metrics`, { headers: { 'x-role': 'ops' } })

@@ -17,10 +17,10 @@ function parseMetrics (text: string): Map<string, number> {
 }
 
 test('the status route serves a JSON snapshot that matches its schema', async (t) => {
-  const ups = await startUpstreams(2)
-  const dead = await startUpstream('dead')
+  const ups = await startUpstreams(t, 2)
+  const dead = await startUpstream(t, 'dead')
   await dead.close()
-  const { app, url } = await startGateway({
+  const { app, url } = await startGateway(t, {
     upstreams: {
       api: { targets: [...ups.map((u) => u.url), { url: dead.url, backup: true }], balancer: 'least-request' },
       flaky: { targets: [dead.url], healthCheck: { passive: { consecutiveFailures: 1 } }, retry: { attempts: 0 } }
@@ -28,7 +28,6 @@ test('the status route serves a JSON snapshot that matches its schema', async (t
     routes: [{ prefix: '/api', upstream: 'api' }, { prefix: '/flaky', upstream: 'flaky' }],
     statusRoute: '/_upstreams'
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   await load(`${url}/api/x`, 10, 2)
   await load(`${url}/flaky/x`, 1, 1)
   const res = await fetch(`${url}/_upstreams`)
@@ -42,8 +41,8 @@ test('the status route serves a JSON snapshot that matches its schema', async (t
 })
 
 test('a browser gets the HTML page; hooks protect both routes', async (t) => {
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const up = await startUpstream(t, 'u0')
+  const { url } = await startGateway(t, {
     upstreams: { api: { targets: [up.url] } },
     statusRoute: {
       url: '/_status',
@@ -52,7 +51,6 @@ test('a browser gets the HTML page; hooks protect both routes', async (t) => {
       }
     }
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   t.equal((await fetch(`${url}/_status`)).status, 401)
   t.equal((await fetch(`${url}/_status/metrics`)).status, 401)
   const auth = { authorization: 'Bearer ops' }
@@ -66,10 +64,10 @@ test('a browser gets the HTML page; hooks protect both routes', async (t) => {
 })
 
 test('metrics: Prometheus text whose counters match the requests counted', async (t) => {
-  const ups = await startUpstreams(2)
-  const dead = await startUpstream('dead')
+  const ups = await startUpstreams(t, 2)
+  const dead = await startUpstream(t, 'dead')
   await dead.close()
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: {
       api: { targets: ups.map((u) => u.url) },
       mixed: { targets: [dead.url, ups[0].url], balancer: 'round-robin', retry: { backoff: { base: 0 } } }
@@ -77,7 +75,6 @@ test('metrics: Prometheus text whose counters match the requests counted', async
     routes: [{ prefix: '/api', upstream: 'api' }, { prefix: '/mixed', upstream: 'mixed' }],
     statusRoute: '/_upstreams'
   })
-  t.teardown(async () => { await app.close(); await Promise.all(ups.map((u) => u.close())) })
   await load(`${url}/api/x`, 20, 4)
   await load(`${url}/mixed/x`, 4, 1)
   const res = await fetch(`${url}/_upstreams/metrics`)
@@ -103,14 +100,13 @@ test('metrics: Prometheus text whose counters match the requests counted', async
 
 test('metrics go into the user registry, with a prefix, and leave it on close; metrics: false turns them off', async (t) => {
   const registry = new Registry()
-  const up = await startUpstream('u0')
-  const { app, url } = await startGateway({
+  const up = await startUpstream(t, 'u0')
+  const { app, url } = await startGateway(t, {
     upstreams: { api: { targets: [up.url] } },
     statusRoute: '/s',
     metrics: { registry, prefix: 'gw_' }
   })
-  const off = await startGateway({ upstreams: { api: { targets: [up.url] } }, statusRoute: '/s', metrics: false })
-  t.teardown(async () => { await off.app.close(); await up.close() })
+  const off = await startGateway(t, { upstreams: { api: { targets: [up.url] } }, statusRoute: '/s', metrics: false })
   t.match(await registry.metrics(), /gw_requests_total/)
   t.match(await (await fetch(`${url}/s/metrics`)).text(), /# TYPE gw_latency_seconds histogram/)
   await app.close()

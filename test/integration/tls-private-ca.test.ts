@@ -1,13 +1,12 @@
-import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream from '../../lib/index'
-import { logCapture, startGateway } from '../helpers'
+import { listen, logCapture, startGateway } from '../helpers'
 import { ca, clientCert, skip, startSecure } from '../private-ca'
 
 test('a target signed by a private CA: untrusted by default (502, never reached), trusted with tls.ca', { skip }, async (t) => {
-  const up = await startSecure()
-  const { app, url } = await startGateway({
+  const up = await startSecure(t)
+  const { url } = await startGateway(t, {
     upstreams: {
       untrusted: { targets: [up.url], retry: { attempts: 0 } },
       trusted: { targets: [up.url], tls: { ca } },
@@ -18,7 +17,6 @@ test('a target signed by a private CA: untrusted by default (502, never reached)
     app.get('/trusted', (_request, reply) => reply.forward('trusted'))
     app.get('/sni', (_request, reply) => reply.forward('sni'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const untrusted = await fetch(`${url}/untrusted`)
   t.equal(untrusted.status, 502)
   t.match(await untrusted.json(), { code: 'FST_UPSTREAM_CONNECT_FAILED', message: /tls\.ca/ }, 'the 502 says what to set')
@@ -32,8 +30,8 @@ test('a target signed by a private CA: untrusted by default (502, never reached)
 })
 
 test('mutual TLS: the upstream sees the gateway client certificate', { skip }, async (t) => {
-  const up = await startSecure({ ca, requestCert: true, rejectUnauthorized: true })
-  const { app, url } = await startGateway({
+  const up = await startSecure(t, { ca, requestCert: true, rejectUnauthorized: true })
+  const { url } = await startGateway(t, {
     upstreams: {
       mtls: { targets: [up.url], tls: { ca, ...clientCert } },
       anonymous: { targets: [up.url], tls: { ca }, retry: { attempts: 0 } }
@@ -42,7 +40,6 @@ test('mutual TLS: the upstream sees the gateway client certificate', { skip }, a
     app.get('/mtls', (_request, reply) => reply.forward('mtls'))
     app.get('/anonymous', (_request, reply) => reply.forward('anonymous'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   const res = await fetch(`${url}/mtls`)
   t.equal(res.status, 200)
   await res.arrayBuffer()
@@ -54,38 +51,35 @@ test('mutual TLS: the upstream sees the gateway client certificate', { skip }, a
 })
 
 test('active checks use the pool TLS settings', { skip }, async (t) => {
-  const up = await startSecure()
-  const { app } = await startGateway({
+  const up = await startSecure(t)
+  const { app } = await startGateway(t, {
     upstreams: {
       verified: { targets: [up.url], tls: { ca }, healthCheck: { active: { interval: 60_000 } } },
       unverified: { targets: [up.url], healthCheck: { active: { interval: 60_000 } } }
     }
   })
-  t.teardown(async () => { await app.close(); await up.close() })
   t.equal(app.upstreams.get('verified')?.targets[0].state, 'healthy')
   t.equal(app.upstreams.get('unverified')?.targets[0].state, 'unhealthy', 'a probe over an untrusted certificate fails')
 })
 
 test('opting out of verification works and logs a warning at register', { skip }, async (t) => {
-  const up = await startSecure()
+  const up = await startSecure(t)
   const { lines, stream } = logCapture()
   const app = Fastify({ logger: { level: 'info', stream } })
   await app.register(fastifyUpstream, { upstreams: { lax: { targets: [up.url], tls: { rejectUnauthorized: false } } } })
   app.get('/x', (_request, reply) => reply.forward('lax'))
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(async () => { await app.close(); await up.close() })
+  const url = await listen(t, app)
   t.ok(lines.some((l) => l.level === 40 && l.pool === 'lax' && /NOT verified/.test(l.msg)), 'a warning names the pool')
-  const res = await fetch(`http://127.0.0.1:${(app.server.address() as AddressInfo).port}/x`)
+  const res = await fetch(`${url}/x`)
   t.equal(res.status, 200)
   await res.arrayBuffer()
 })
 
 test('a certificate that does not name the target: the 502 names tls.servername', { skip }, async (t) => {
-  const up = await startSecure()
-  const { app, url } = await startGateway({
+  const up = await startSecure(t)
+  const { url } = await startGateway(t, {
     upstreams: { wrong: { targets: [up.url.replace('127.0.0.1', 'localhost')], tls: { ca }, retry: { attempts: 0 } } }
   }, (app) => { app.get('/wrong', (_request, reply) => reply.forward('wrong')) })
-  t.teardown(async () => { await app.close(); await up.close() })
   const res = await fetch(`${url}/wrong`)
   t.equal(res.status, 502)
   t.match(await res.json(), { code: 'FST_UPSTREAM_CONNECT_FAILED', message: /ERR_TLS_CERT_ALTNAME_INVALID.*tls\.servername/ })

@@ -1,9 +1,8 @@
-import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import { teardown, test } from 'tap'
 import { Agent, request } from 'undici'
 import fastifyUpstream from '../../lib/index'
-import { logCapture, startGateway } from '../helpers'
+import { listen, logCapture, startGateway } from '../helpers'
 import { attackerCert, ca, skip, startSecure, type SecureEcho } from '../private-ca'
 
 // The TLS name of a target (SNI, and the name its certificate must match) comes from the
@@ -20,8 +19,8 @@ async function get (url: string, host: string): Promise<{ status: number, body: 
 }
 
 test('host: pass with tls.servername: the client Host never becomes the TLS name', { skip }, async (t) => {
-  const up = await startSecure()
-  const { app, url } = await startGateway({
+  const up = await startSecure(t)
+  const { app, url } = await startGateway(t, {
     upstreams: {
       pass: {
         targets: [up.url],
@@ -32,7 +31,6 @@ test('host: pass with tls.servername: the client Host never becomes the TLS name
       }
     }
   }, (app) => { app.get('/x', (_request, reply) => reply.forward('pass')) })
-  t.teardown(async () => { await app.close(); await up.close() })
 
   const attacker = await get(`${url}/x`, 'attacker.test')
   t.equal(attacker.status, 200)
@@ -46,7 +44,7 @@ test('host: pass with tls.servername: the client Host never becomes the TLS name
 })
 
 test('host: pass without servername: a certificate for the client Host is not accepted', { skip }, async (t) => {
-  const up = await startSecure(attackerCert)
+  const up = await startSecure(t, attackerCert)
   // the threat: undici alone takes the TLS name from the Host header, and this
   // certificate (valid for attacker.test, from the trusted CA) passes for 127.0.0.1
   const plain = new Agent({ connect: { ca } })
@@ -56,7 +54,7 @@ test('host: pass without servername: a certificate for the client Host is not ac
   await plain.close()
   const reached = up.hits
 
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: {
       pass: { targets: [up.url], host: 'pass', tls: { ca }, retry: { attempts: 0 } },
       named: { targets: [up.url], host: 'pass', tls: { ca, servername: 'attacker.test' } }
@@ -65,7 +63,6 @@ test('host: pass without servername: a certificate for the client Host is not ac
     app.get('/pass', (_request, reply) => reply.forward('pass'))
     app.get('/named', (_request, reply) => reply.forward('named'))
   })
-  t.teardown(async () => { await app.close(); await up.close() })
 
   const res = await get(`${url}/pass`, 'attacker.test')
   t.equal(res.status, 502)
@@ -77,9 +74,9 @@ test('host: pass without servername: a certificate for the client Host is not ac
 })
 
 test('a fixed host does not choose the TLS name either', { skip }, async (t) => {
-  const attacker = await startSecure(attackerCert)
-  const up = await startSecure()
-  const { app, url } = await startGateway({
+  const attacker = await startSecure(t, attackerCert)
+  const up = await startSecure(t)
+  const { url } = await startGateway(t, {
     upstreams: {
       spoofed: { targets: [attacker.url], host: 'attacker.test', tls: { ca }, retry: { attempts: 0 } },
       fixed: { targets: [up.url], host: 'attacker.test', tls: { ca }, retry: { attempts: 0 } }
@@ -88,7 +85,6 @@ test('a fixed host does not choose the TLS name either', { skip }, async (t) => 
     app.get('/spoofed', (_request, reply) => reply.forward('spoofed'))
     app.get('/fixed', (_request, reply) => reply.forward('fixed'))
   })
-  t.teardown(async () => { await app.close(); await attacker.close(); await up.close() })
 
   const spoofed = await get(`${url}/spoofed`, 'client.test')
   t.equal(spoofed.status, 502, 'verified against 127.0.0.1, which the certificate does not cover')
@@ -100,11 +96,10 @@ test('a fixed host does not choose the TLS name either', { skip }, async (t) => 
 })
 
 test('a varying client Host does not tear down keep-alive connections', { skip }, async (t) => {
-  const up = await startSecure()
-  const { app, url } = await startGateway({
+  const up = await startSecure(t)
+  const { url } = await startGateway(t, {
     upstreams: { pass: { targets: [up.url], host: 'pass', tls: { ca } } }
   }, (app) => { app.get('/x', (_request, reply) => reply.forward('pass')) })
-  t.teardown(async () => { await app.close(); await up.close() })
 
   // both are Hosts the certificate covers, so only the connection count can tell
   const hosts = ['upstream.test', new URL(up.url).host, 'upstream.test', new URL(up.url).host, 'upstream.test', new URL(up.url).host]
@@ -117,23 +112,22 @@ test('a varying client Host does not tear down keep-alive connections', { skip }
 })
 
 test('active checks verify against the same name, whatever Host they send', { skip }, async (t) => {
-  const attacker = await startSecure(attackerCert)
-  const up = await startSecure()
+  const attacker = await startSecure(t, attackerCert)
+  const up = await startSecure(t)
   const active = { interval: 60_000, headers: { host: 'attacker.test' } }
-  const { app } = await startGateway({
+  const { app } = await startGateway(t, {
     upstreams: {
       spoofed: { targets: [attacker.url], tls: { ca }, healthCheck: { active } },
       named: { targets: [up.url], tls: { ca, servername: 'upstream.test' }, healthCheck: { active } }
     }
   })
-  t.teardown(async () => { await app.close(); await attacker.close(); await up.close() })
   t.equal(app.upstreams.get('spoofed')?.targets[0].state, 'unhealthy', 'the probe does not accept a certificate for its Host')
   t.equal(attacker.hits, 0)
   t.equal(app.upstreams.get('named')?.targets[0].state, 'healthy', 'the probe verifies against tls.servername')
 })
 
 test("host: 'pass' is logged as a warning once per pool", { skip }, async (t) => {
-  const up = await startSecure()
+  const up = await startSecure(t)
   const { lines, stream } = logCapture()
   const app = Fastify({ logger: { level: 'info', stream } })
   await app.register(fastifyUpstream, {
@@ -143,9 +137,8 @@ test("host: 'pass' is logged as a warning once per pool", { skip }, async (t) =>
     }
   })
   app.get('/x', (_request, reply) => reply.forward('pass'))
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(async () => { await app.close(); await up.close() })
-  for (let i = 0; i < 3; i++) await get(`http://127.0.0.1:${(app.server.address() as AddressInfo).port}/x`, `h${i}.test`)
+  const url = await listen(t, app)
+  for (let i = 0; i < 3; i++) await get(`${url}/x`, `h${i}.test`)
   app.upstreams.add('later', { targets: [up.url], host: 'pass', tls: { ca } })
 
   const warnings = lines.filter((l) => l.level === 40 && /host: 'pass'/.test(l.msg))

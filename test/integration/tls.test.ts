@@ -12,12 +12,12 @@ test('https targets are verified by default: an untrusted certificate is a 502, 
     cert: readFileSync(join(__dirname, '..', 'fixtures', 'self-signed.crt'))
   }, (_req, res) => { hits++; res.end('secret') })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.closeAllConnections(); server.close() })
   const target = `https://127.0.0.1:${(server.address() as AddressInfo).port}`
-  const { app, url } = await startGateway({
+  const { url } = await startGateway(t, {
     upstreams: { secure: { targets: [target] } },
     routes: [{ prefix: '/', upstream: 'secure' }]
   })
-  t.teardown(async () => { await app.close(); server.closeAllConnections(); server.close() })
   const res = await fetch(`${url}/x`)
   t.equal(res.status, 502)
   t.match(await res.json(), { code: 'FST_UPSTREAM_CONNECT_FAILED' })

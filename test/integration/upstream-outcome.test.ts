@@ -1,20 +1,18 @@
-import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream, { type FastifyUpstreamOptions, type SelectEvent } from '../../lib/index'
-import { closedPort, startUpstream, until } from '../helpers'
+import { closedPort, listen, startUpstream, until, type Teardown } from '../helpers'
 
 type Outcome = NonNullable<import('fastify').FastifyRequest['upstream']>
 
-/** A gateway whose onResponse hook keeps `request.upstream` by URL, as an access log would read it. */
-async function gateway (options: FastifyUpstreamOptions): Promise<{ app: FastifyInstance, url: string, seen: Map<string, Outcome | null> }> {
+/** A gateway whose onResponse hook keeps `request.upstream` by URL, as an access log would read it; `t` closes it. */
+async function gateway (t: Teardown, options: FastifyUpstreamOptions): Promise<{ app: FastifyInstance, url: string, seen: Map<string, Outcome | null> }> {
   const app = Fastify()
   const seen = new Map<string, Outcome | null>()
   app.addHook('onResponse', async (request) => { seen.set(request.url, request.upstream) })
   await app.register(fastifyUpstream, options)
   app.get('/local', async () => 'not proxied')
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  return { app, url: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, seen }
+  return { app, url: await listen(t, app), seen }
 }
 
 /** An attempt without its time, to compare whole */
@@ -28,9 +26,8 @@ async function outcome (seen: Map<string, Outcome | null>, path: string): Promis
 }
 
 test('a plain success: the pool, the one target, its status and time', async (t) => {
-  const up = await startUpstream('up')
-  const { app, url, seen } = await gateway({ upstreams: { api: { targets: [up.url] } }, routes: [{ prefix: '/', upstream: 'api' }] })
-  t.teardown(async () => { await app.close(); await up.close() })
+  const up = await startUpstream(t, 'up')
+  const { url, seen } = await gateway(t, { upstreams: { api: { targets: [up.url] } }, routes: [{ prefix: '/', upstream: 'api' }] })
   const res = await fetch(`${url}/a`)
   t.equal(res.status, 200)
   await res.arrayBuffer()
@@ -41,15 +38,14 @@ test('a plain success: the pool, the one target, its status and time', async (t)
 })
 
 test('a retry after a refused connection lists both targets, the error and the status', async (t) => {
-  const good = await startUpstream('good')
+  const good = await startUpstream(t, 'good')
   const dead = await closedPort()
   const selected: Array<{ target: string, attempt: number }> = []
-  const { app, url, seen } = await gateway({
+  const { url, seen } = await gateway(t, {
     upstreams: { api: { targets: [dead, good.url], balancer: 'round-robin', retry: { attempts: 1, backoff: { base: 0 } } } },
     routes: [{ prefix: '/', upstream: 'api' }],
     onSelect: (event: SelectEvent) => { selected.push({ target: event.target.url, attempt: event.attempt }) }
   })
-  t.teardown(async () => { await app.close(); await good.close() })
   const res = await fetch(`${url}/r`)
   t.equal(res.status, 200)
   await res.arrayBuffer()
@@ -64,13 +60,12 @@ test('a retry after a refused connection lists both targets, the error and the s
 })
 
 test('a retry on a status lists the status the first target answered', async (t) => {
-  const busy = await startUpstream('busy', (_req, res) => { res.statusCode = 503; res.end('busy') })
-  const good = await startUpstream('good')
-  const { app, url, seen } = await gateway({
+  const busy = await startUpstream(t, 'busy', (_req, res) => { res.statusCode = 503; res.end('busy') })
+  const good = await startUpstream(t, 'good')
+  const { url, seen } = await gateway(t, {
     upstreams: { api: { targets: [busy.url, good.url], balancer: 'round-robin', retry: { statusCodes: [503], backoff: { base: 0 } } } },
     routes: [{ prefix: '/', upstream: 'api' }]
   })
-  t.teardown(async () => { await app.close(); await busy.close(); await good.close() })
   const res = await fetch(`${url}/s`)
   t.equal(res.status, 200)
   await res.arrayBuffer()
@@ -81,8 +76,7 @@ test('a retry on a status lists the status the first target answered', async (t)
 
 test('an error answer (502): the attempt has the error code and no status', async (t) => {
   const dead = await closedPort()
-  const { app, url, seen } = await gateway({ upstreams: { api: { targets: [dead], retry: { attempts: 0 } } }, routes: [{ prefix: '/', upstream: 'api' }] })
-  t.teardown(() => app.close())
+  const { url, seen } = await gateway(t, { upstreams: { api: { targets: [dead], retry: { attempts: 0 } } }, routes: [{ prefix: '/', upstream: 'api' }] })
   const res = await fetch(`${url}/e`)
   t.equal(res.status, 502)
   await res.arrayBuffer()
@@ -94,9 +88,8 @@ test('an error answer (502): the attempt has the error code and no status', asyn
 })
 
 test('a target answering 500 is passed on: its status, no error', async (t) => {
-  const failing = await startUpstream('failing', (_req, res) => { res.statusCode = 500; res.end('oops') })
-  const { app, url, seen } = await gateway({ upstreams: { api: { targets: [failing.url] } }, routes: [{ prefix: '/', upstream: 'api' }] })
-  t.teardown(async () => { await app.close(); await failing.close() })
+  const failing = await startUpstream(t, 'failing', (_req, res) => { res.statusCode = 500; res.end('oops') })
+  const { url, seen } = await gateway(t, { upstreams: { api: { targets: [failing.url] } }, routes: [{ prefix: '/', upstream: 'api' }] })
   const res = await fetch(`${url}/f`)
   t.equal(res.status, 500)
   await res.arrayBuffer()
@@ -106,8 +99,7 @@ test('a target answering 500 is passed on: its status, no error', async (t) => {
 })
 
 test('a request not proxied has none; one that no target could take has its pool and no attempt', async (t) => {
-  const { app, url, seen } = await gateway({ upstreams: { empty: { targets: [] } }, routes: [{ prefix: '/p', upstream: 'empty' }] })
-  t.teardown(() => app.close())
+  const { url, seen } = await gateway(t, { upstreams: { empty: { targets: [] } }, routes: [{ prefix: '/p', upstream: 'empty' }] })
   const local = await fetch(`${url}/local`)
   t.equal(await local.text(), 'not proxied')
   t.equal(await outcome(seen, '/local'), null)
