@@ -53,6 +53,8 @@ export interface PassiveCheckConfig {
 export interface RetryConfig {
   attempts: number
   methods: Set<string>
+  /** the Idempotency-Key header's name, lower-case; undefined when turned off */
+  idempotencyKey: string | undefined
   statusCodes: StatusSet
   backoffBase: number
   backoffMax: number
@@ -95,6 +97,7 @@ export const DEFAULTS = {
     attempts: 2,
     methods: ['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'],
     statusCodes: [],
+    idempotencyKey: 'idempotency-key',
     backoff: { base: 25, max: 250 },
     budget: { percent: 20, minRetries: 10 }
   },

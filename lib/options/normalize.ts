@@ -90,6 +90,7 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     retry: {
       attempts: retry.attempts ?? DEFAULTS.retry.attempts,
       methods: new Set(retry.methods ?? DEFAULTS.retry.methods),
+      idempotencyKey: retry.idempotencyKey === false ? undefined : (retry.idempotencyKey ?? DEFAULTS.retry.idempotencyKey).toLowerCase(),
       statusCodes: statusSet(retry.statusCodes ?? DEFAULTS.retry.statusCodes),
       backoffBase: retry.backoff?.base ?? DEFAULTS.retry.backoff.base,
       backoffMax: Math.max(retry.backoff?.max ?? DEFAULTS.retry.backoff.max, retry.backoff?.base ?? 0),

@@ -80,6 +80,10 @@ export const RetrySchema = Type.Object({
   attempts: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, errorMessage: 'must be an integer from 0 to 10' })),
   methods: Type.Optional(Type.Array(AnyMethod, { errorMessage: 'must be an array of HTTP methods' })),
   statusCodes: Type.Optional(StatusList),
+  /** a request of another method that carries this header is retried as an idempotent one; false: never */
+  idempotencyKey: Type.Optional(Type.Union([Type.String({ pattern: `^${TOKEN_CHAR}+$` }), Type.Literal(false)], {
+    errorMessage: 'must be a header name, or false to turn it off'
+  })),
   backoff: Type.Optional(Type.Object({
     base: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000, errorMessage: 'must be an integer from 0 to 60000 (milliseconds)' })),
     max: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000, errorMessage: 'must be an integer from 0 to 60000 (milliseconds)' }))

@@ -57,6 +57,8 @@ export class Exchange implements Handler {
   private status = 0
   /** undici reported the end (guards against a second report) */
   private ended = false
+  /** the answer was complete before undici said so (a 204 or 304): its later report is not passed on */
+  private complete = false
 
   constructor (handler: Handler, forwarding: Forwarding) {
     const target = forwarding.target as Target
@@ -88,12 +90,19 @@ export class Exchange implements Handler {
     if (statusCode >= 200) this.answered(statusCode)
     if (!this.legacy) {
       this.handler.onResponseStart?.(controller, statusCode, headers, statusMessage)
-      return
+    } else {
+      // a deprecated handler asks to stop reading by returning false, and to go on by resume()
+      const handler = this.handler as LegacyHandler
+      if (handler.onHeaders?.(statusCode, raw(controller.rawHeaders, headers), () => { controller.resume() }, statusMessage ?? '') === false) {
+        controller.pause()
+      }
     }
-    // a deprecated handler asks to stop reading by returning false, and to go on by resume()
-    const handler = this.handler as LegacyHandler
-    if (handler.onHeaders?.(statusCode, raw(controller.rawHeaders, headers), () => { controller.resume() }, statusMessage ?? '') === false) {
-      controller.pause()
+    // A 204 or 304 has no body, whatever its Content-Length says (RFC 9110 §8.6 lets a 304
+    // carry the length the full answer would have): undici would fail the exchange for
+    // the body that never comes. It is complete with its headers.
+    if ((statusCode === 204 || statusCode === 304) && headers['content-length'] !== undefined && !this.complete) {
+      this.complete = true
+      this.onResponseEnd(controller, {})
     }
   }
 
@@ -115,6 +124,7 @@ export class Exchange implements Handler {
   }
 
   onResponseEnd (controller: Controller, trailers: IncomingHttpHeaders): void {
+    if (this.ended && this.complete) return
     // a status that counts as a failure was counted when it arrived (see answered)
     const detector = this.detector
     if (this.end() && detector !== undefined && !detector.isFailureStatus(this.status)) detector.success(this.target)
@@ -126,6 +136,8 @@ export class Exchange implements Handler {
   }
 
   onResponseError (controller: Controller, error: Error): void {
+    // undici's length check of a bodiless answer already passed on as complete
+    if (this.complete) return
     const detector = this.detector
     const now = performance.now()
     if (this.end()) {

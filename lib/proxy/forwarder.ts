@@ -15,20 +15,30 @@ import {
 import { Forwarding, kForwarding, poolProxy, type ForwardedRequest, type PoolProxy } from './forwarding'
 import { applyHeaders, forwardingOf, rewriteHeaders, rewriteRequestHeaders } from './header-hooks'
 import { isSafePath, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
-import { LazyBody } from './replayable-body'
+import { RequestBody } from './replayable-body'
 import type { ReplyFrom } from './reply-from'
-import { buffersResponse, readWhole, type BufferedResponseSink } from './response-buffer'
-import { backoff, mayRetry } from './retry'
+import { buffersResponse, readWhole, streamBody, type ResponseBodySink } from './response-buffer'
+import { backoff, hasIdempotencyKey, mayRetry } from './retry'
 import { CLIENT_BODY_CODES, neverSent, notTheTargets, upstreamError, type MappedError } from './upstream-error'
 
 type Hooks = Pick<PluginOptions, 'onSelect' | 'onProxyError' | 'onRetry'>
 
 /** true when the request body can be sent again */
-function bodyReplayable (request: FastifyRequest, forwarding: Forwarding, nothingSent: boolean): boolean {
-  const stream = forwarding.body
-  if (stream !== null) return nothingSent && !stream.readableDidRead && !stream.destroyed
+function bodyReplayable (request: FastifyRequest, forwarding: Forwarding): boolean {
+  const body = forwarding.body
+  if (body !== null) return body.replayable()
   // no body, or a parsed one that reply-from serialises anew
   return !(request.body instanceof Readable)
+}
+
+/** true for a `text/event-stream` content type (server-sent events) */
+function isEventStream (type: unknown): boolean {
+  return typeof type === 'string' && type.toLowerCase().startsWith('text/event-stream')
+}
+
+// A shared listener: the headers of an event stream's response, once Fastify has set them.
+function flushOnPipe (this: FastifyReply['raw']): void {
+  this.flushHeaders()
 }
 
 /** The retry budget a retried request's response holds until it closes. */
@@ -50,7 +60,7 @@ function onRetriedResponseClosed (this: RawResponse): void {
  * decides between a retry and the answer. What an attempt records (in-flight counts,
  * latency, status, failures and successes) is its Exchange's to record.
  */
-export class Forwarder implements BufferedResponseSink {
+export class Forwarder implements ResponseBodySink {
   private readonly registry: PoolRegistry
   private readonly dispatcher: UpstreamDispatcher
   private readonly hooks: Hooks
@@ -131,9 +141,12 @@ export class Forwarder implements BufferedResponseSink {
     }
     forwarding.prepared = prepared
     forwarding.path = path
-    // keep a streamed body replayable when a retry may need it (and only then)
-    if (request.body instanceof Readable && pool.config.retry.attempts > 0 && pool.targetList.length > 1) {
-      forwarding.body = request.body
+    // keep a streamed body replayable when a retry may need it (and only then), recorded
+    // as it goes when a retry may follow a target's reading it
+    const retryConfig = pool.config.retry
+    if (request.body instanceof Readable && retryConfig.attempts > 0 && pool.targetList.length > 1) {
+      const record = retryConfig.methods.has(request.raw.method as string) || hasIdempotencyKey(retryConfig, request.headers)
+      forwarding.body = new RequestBody(request.body, record)
     }
     return this.send(reply, forwarding, target)
   }
@@ -150,7 +163,7 @@ export class Forwarder implements BufferedResponseSink {
    */
   private send (reply: FastifyReply, forwarding: Forwarding, target: Target): FastifyReply {
     const body = forwarding.body
-    if (body !== null) reply.request.body = new LazyBody(body)
+    if (body !== null) reply.request.body = body.attempt()
     const dispatcher = this.dispatcher
     dispatcher.forwarding = forwarding
     dispatcher.forwardedRequest = reply.request
@@ -190,14 +203,16 @@ export class Forwarder implements BufferedResponseSink {
     const failed = forwarding.target as Target
     // nobody to answer: a client that has gone gets no retry (nor holds retry budget)
     if (reply.sent || reply.raw.destroyed || this.registry.get(pool.name) !== pool) return false
+    const config = pool.config.retry
     const facts = {
       retries: forwarding.retries,
       method: request.raw.method as string,
+      keyed: hasIdempotencyKey(config, request.headers),
       neverSent: nothingSent,
-      bodyReplayable: bodyReplayable(request, forwarding, nothingSent)
+      bodyReplayable: bodyReplayable(request, forwarding)
     }
     const budget = forwarding.proxy
-    if (!mayRetry(pool.config.retry, { inflight: pool.inflight, retriesInFlight: budget.retriesInFlight }, facts)) return false
+    if (!mayRetry(config, { inflight: pool.inflight, retriesInFlight: budget.retriesInFlight }, facts)) return false
     // always another target (as NGINX's next upstream): the same one would likely fail again
     const next = pool.pick(request, forwarding.triedTargets())
     if (next === undefined) return false
@@ -256,14 +271,35 @@ export class Forwarder implements BufferedResponseSink {
       readWhole(res.stream, reply, this)
       return
     }
-    applyHeaders(reply, forwarding)
-    if (user !== undefined) user(request, reply, res)
-    else reply.send(res.stream)
+    if (user !== undefined) {
+      applyHeaders(reply, forwarding)
+      user(request, reply, res)
+      return
+    }
+    // an event stream's client waits for the headers: they go at once, not with the first event
+    streamBody(res.stream, reply, this, isEventStream((headers as HeaderRecord)['content-type']))
   }
 
   readonly bodyRead = (reply: FastifyReply, body: Buffer): void => {
     applyHeaders(reply, forwardingOf(reply.request))
     reply.send(body)
+  }
+
+  readonly bodyStarts = (reply: FastifyReply, stream: Readable): void => {
+    applyHeaders(reply, forwardingOf(reply.request))
+    // Fastify writes the headers with the first bytes it pipes; an event stream's go as
+    // soon as the piping starts, which may be within send() (a shared listener, see flushOnPipe)
+    if (isEventStream(reply.getHeader('content-type'))) reply.raw.on('pipe', flushOnPipe)
+    reply.send(stream)
+  }
+
+  readonly bodyBroke = (reply: FastifyReply, error: Error): void => {
+    // the client has part of the answer: Fastify aborts its response (never a clean end
+    // of a truncated body); the exchange counted the failure, this reports it
+    const forwarding = forwardingOf(reply.request)
+    const mapped = upstreamError(error)
+    forwarding.error = mapped.code
+    this.report(forwarding, reply.request, mapped)
   }
 
   readonly bodyFailed = (reply: FastifyReply, error: Error): void => {
@@ -277,19 +313,22 @@ export class Forwarder implements BufferedResponseSink {
     this.failed(reply, mapped, neverSent(mapped))
   }
 
+  /** Tells the onProxyError hook and the diagnostics channel of a failure the client sees. */
+  private report (forwarding: Forwarding, request: FastifyRequest, error: MappedError): void {
+    if (this.hooks.onProxyError === undefined && !channels.proxyError.hasSubscribers) return
+    const pool = forwarding.pool
+    const event: ProxyErrorEvent = { pool: pool.name, target: pool.viewOf(forwarding.target as Target), request, error }
+    this.hooks.onProxyError?.(event)
+    channels.proxyError.publish(event)
+  }
+
   /** Answers an attempt that failed: with a retry when the policy allows, else with the error. */
   private failed (reply: FastifyReply, mapped: MappedError, nothingSent: boolean): void {
     const forwarding = forwardingOf(reply.request)
-    const pool = forwarding.pool
     forwarding.error = mapped.code
     // another target would get the same invalid request, or the same client's body
     if (!notTheTargets(mapped) && this.retry(reply, forwarding, mapped.code, nothingSent)) return
-    if (this.hooks.onProxyError !== undefined || channels.proxyError.hasSubscribers) {
-      const target = forwarding.target as Target
-      const event: ProxyErrorEvent = { pool: pool.name, target: pool.viewOf(target), request: reply.request, error: mapped }
-      this.hooks.onProxyError?.(event)
-      channels.proxyError.publish(event)
-    }
+    this.report(forwarding, reply.request, mapped)
     // the rest of a body that was cut off is not read: the connection cannot carry another request
     if (CLIENT_BODY_CODES.has(mapped.code)) reply.header('connection', 'close')
     const user = (forwarding.prepared as PreparedOptions).onError

@@ -1,9 +1,9 @@
-import type { Readable } from 'node:stream'
 import type { FastifyRequest } from 'fastify'
 import type { Pool } from '../upstream/pool'
 import type { Target } from '../upstream/target'
 import type { HeaderRecord, PreparedOptions } from './forward-options'
 import { HeaderPolicy } from './header-policy'
+import type { RequestBody } from './replayable-body'
 import { attemptAttributes, attemptOf, outcomeOf, type UpstreamAttempt, type UpstreamOutcome } from './outcome'
 
 /** The one request decoration the plugin adds: the request's Forwarding, null until it is routed to a pool. */
@@ -64,7 +64,7 @@ export class Forwarding {
   /** the attempts before the current one (only a retry makes the list) */
   attempts: UpstreamAttempt[] | null = null
   /** the client's body stream, when it is one and retries may need it again */
-  body: Readable | null = null
+  body: RequestBody | null = null
   /**
    * the response headers for the client, held until the answer is sent, or the error that
    * makes them unsendable (see the forwarder's rewriteHeaders)

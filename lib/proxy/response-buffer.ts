@@ -11,14 +11,19 @@ import type { FastifyReply } from 'fastify'
  */
 
 /**
- * Where a buffered body goes: the forwarder answers with it, or with the failure. Called
- * only while the reply can still be answered (nothing sent, the client still there).
+ * Where a response body goes: the forwarder answers with it, or with the failure. The
+ * first two are called only while the reply can still be answered (nothing sent, the
+ * client still there).
  */
-export interface BufferedResponseSink {
-  /** the whole body has arrived */
+export interface ResponseBodySink {
+  /** a buffered body has arrived whole */
   bodyRead: (reply: FastifyReply, body: Buffer) => void
-  /** the body broke off before its end; nothing has been sent */
+  /** the body broke off before the client got any of it */
   bodyFailed: (reply: FastifyReply, error: Error) => void
+  /** a streamed body has its first bytes (or its end): the answer may start */
+  bodyStarts: (reply: FastifyReply, stream: Readable) => void
+  /** a streamed body broke off after the client got part of it (the response is aborted) */
+  bodyBroke: (reply: FastifyReply, error: Error) => void
 }
 
 /**
@@ -37,22 +42,25 @@ export function buffersResponse (limit: number, method: string | undefined, stat
 
 const kBuffered = Symbol('fastify-upstream.buffered')
 const kReading = Symbol('fastify-upstream.reading')
+const kStreamedTo = Symbol('fastify-upstream.streamed-to')
+const kSink = Symbol('fastify-upstream.sink')
 
 type BufferedStream = Readable & { [kBuffered]: BufferedBody }
-type ClientResponse = FastifyReply['raw'] & { [kReading]?: BufferedStream }
+type StreamedBody = Readable & { [kStreamedTo]: FastifyReply, [kSink]: ResponseBodySink }
+type ClientResponse = FastifyReply['raw'] & { [kReading]?: Readable }
 
 const EMPTY = Buffer.alloc(0)
 
 /** One body being read: most arrive in a single chunk, so the list starts only at a second. */
 class BufferedBody {
   readonly reply: FastifyReply
-  readonly sink: BufferedResponseSink
+  readonly sink: ResponseBodySink
   first: Buffer | null = null
   /** every chunk, the first included, once there is more than one */
   rest: Buffer[] | null = null
   length = 0
 
-  constructor (reply: FastifyReply, sink: BufferedResponseSink) {
+  constructor (reply: FastifyReply, sink: ResponseBodySink) {
     this.reply = reply
     this.sink = sink
   }
@@ -99,20 +107,69 @@ function onClientClosed (this: ClientResponse): void {
 }
 
 /** Reads `stream` to its end, then hands the body (or the error that ended it) to `sink`. */
-export function readWhole (stream: Readable, reply: FastifyReply, sink: BufferedResponseSink): void {
+export function readWhole (stream: Readable, reply: FastifyReply, sink: ResponseBodySink): void {
   const buffered = stream as BufferedStream
   buffered[kBuffered] = new BufferedBody(reply, sink)
   buffered.on('error', onError)
   buffered.on('end', onEnd)
   buffered.on('data', onData)
+  watchClient(buffered, reply)
+}
+
+/**
+ * Destroys `stream` when the client's response closes before the stream is done with:
+ * one listener per client response, whatever the number of attempts (each reads in its
+ * turn); `on`, as a response closes once, and `once` would wrap it in a new function.
+ */
+function watchClient (stream: Readable, reply: FastifyReply): void {
   const raw = reply.raw as ClientResponse
   if (raw.destroyed) {
     // gone already, before the body was asked for
-    buffered.destroy()
+    stream.destroy()
     return
   }
-  // one listener per client response, whatever the number of attempts (each reads in its
-  // turn); `on`, as a response closes once, and `once` would wrap it in a new function
   if (raw[kReading] === undefined) raw.on('close', onClientClosed)
-  raw[kReading] = buffered
+  raw[kReading] = stream
+}
+
+// A streamed body: the answer starts with its first bytes, so that a target that fails
+// before them (a reset, a malformed first chunk, a stall past the idle timeout) gets the
+// answer a buffered body gets (a retry, or the plugin's own 502/504 with none of the
+// target's headers) instead of a broken response. Shared listeners, as above.
+
+function onFirstBytes (this: StreamedBody): void {
+  this.removeListener('error', onErrorBeforeBytes)
+  this.on('error', onErrorAfterBytes)
+  const reply = this[kStreamedTo]
+  if (answerable(reply)) this[kSink].bodyStarts(reply, this)
+}
+
+function onErrorBeforeBytes (this: StreamedBody, error: Error): void {
+  this.removeListener('readable', onFirstBytes)
+  const reply = this[kStreamedTo]
+  if (answerable(reply)) this[kSink].bodyFailed(reply, error)
+}
+
+function onErrorAfterBytes (this: StreamedBody, error: Error): void {
+  this[kSink].bodyBroke(this[kStreamedTo], error)
+}
+
+/**
+ * Streams the body to the client from its first bytes on (see above), through `sink`.
+ * With `now`, the answer starts at once, before any body (an event stream, whose client
+ * waits for its headers).
+ */
+export function streamBody (stream: Readable, reply: FastifyReply, sink: ResponseBodySink, now: boolean): void {
+  const streamed = stream as StreamedBody
+  streamed[kStreamedTo] = reply
+  streamed[kSink] = sink
+  if (now) {
+    streamed.on('error', onErrorAfterBytes)
+    sink.bodyStarts(reply, streamed)
+    return
+  }
+  // 'readable' comes with the first bytes, or with the end of an empty body
+  streamed.once('readable', onFirstBytes)
+  streamed.once('error', onErrorBeforeBytes)
+  watchClient(streamed, reply)
 }

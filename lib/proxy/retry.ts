@@ -17,6 +17,8 @@ export interface AttemptFacts {
   /** retries already made for this request */
   retries: number
   method: string
+  /** the request carries the pool's Idempotency-Key header: the target applies it once */
+  keyed: boolean
   /** the failure happened before anything was sent (connection refused, DNS, TLS, connect timeout) */
   neverSent: boolean
   /** the request body can be sent again: none, a parsed body, or a stream not yet read */
@@ -26,14 +28,21 @@ export interface AttemptFacts {
 /**
  * A retry is allowed when attempts remain, the budget has room (Envoy: at most `percent`
  * of the requests in flight are retries, but always `minRetries`), the body can be sent
- * again, and either nothing reached the target or the method is one configured as safe
- * to repeat.
+ * again, and either nothing reached the target, or the method is one configured as safe
+ * to repeat, or the request carries an Idempotency-Key (IETF httpapi draft: the target
+ * applies a keyed request once, however often it is sent).
  */
 export function mayRetry (config: RetryConfig, budget: RetryBudget, facts: AttemptFacts): boolean {
   if (facts.retries >= config.attempts || !facts.bodyReplayable) return false
-  if (!facts.neverSent && !config.methods.has(facts.method)) return false
+  if (!facts.neverSent && !facts.keyed && !config.methods.has(facts.method)) return false
   const allowed = Math.max(config.budgetMinRetries, (budget.inflight * config.budgetPercent) / 100)
   return budget.retriesInFlight < allowed
+}
+
+/** true when `headers` carry the Idempotency-Key header `config` names */
+export function hasIdempotencyKey (config: RetryConfig, headers: Record<string, unknown>): boolean {
+  const name = config.idempotencyKey
+  return name !== undefined && headers[name] !== undefined
 }
 
 /** Exponential backoff with full jitter: a random delay up to base × 2^(retry-1), capped at max. */

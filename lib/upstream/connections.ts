@@ -1,5 +1,6 @@
 import { buildConnector, Pool } from 'undici'
 import type { PoolConfig } from '../options/config'
+import { skipUnaskedContinue } from './interim'
 import type { Target } from './target'
 
 /**
@@ -20,7 +21,12 @@ export function connector (config: PoolConfig): buildConnector.connector {
     rejectUnauthorized: config.tls.rejectUnauthorized !== false,
     timeout: config.timeout.connect
   } as buildConnector.BuildOptions)
-  return (options, callback) => { connect({ ...options, servername: undefined }, callback) }
+  return (options, callback) => {
+    connect({ ...options, servername: undefined }, (error, socket) => {
+      if (socket !== null) skipUnaskedContinue(socket)
+      callback(error as Error, socket as never)
+    })
+  }
 }
 
 /**

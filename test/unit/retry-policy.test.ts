@@ -1,6 +1,6 @@
 // Unit tests of the retry policy (mayRetry, backoff in lib/proxy/retry.ts): no socket, no server.
 import { test } from 'tap'
-import { backoff, mayRetry, type AttemptFacts, type RetryBudget } from '../../lib/proxy/retry'
+import { backoff, hasIdempotencyKey, mayRetry, type AttemptFacts, type RetryBudget } from '../../lib/proxy/retry'
 
 // the config type as mayRetry takes it (the options' RetryConfig, wherever it is declared)
 type RetryConfig = Parameters<typeof mayRetry>[0]
@@ -9,6 +9,7 @@ function config (overrides: Partial<RetryConfig> = {}): RetryConfig {
   return {
     attempts: 2,
     methods: new Set(['GET', 'HEAD', 'PUT']),
+    idempotencyKey: 'idempotency-key',
     statusCodes: new Uint8Array(600),
     backoffBase: 100,
     backoffMax: 1000,
@@ -21,7 +22,7 @@ function config (overrides: Partial<RetryConfig> = {}): RetryConfig {
 // a budget with plenty of room, and a failed GET that reached the target
 const roomy: RetryBudget = { inflight: 1000, retriesInFlight: 0 }
 function facts (overrides: Partial<AttemptFacts> = {}): AttemptFacts {
-  return { retries: 0, method: 'GET', neverSent: false, bodyReplayable: true, ...overrides }
+  return { retries: 0, method: 'GET', keyed: false, neverSent: false, bodyReplayable: true, ...overrides }
 }
 
 test('mayRetry: attempts', async (t) => {
@@ -32,6 +33,21 @@ test('mayRetry: attempts', async (t) => {
   t.equal(mayRetry(c, roomy, facts({ retries: 3 })), false, 'past the attempts')
   t.equal(mayRetry(c, roomy, facts({ retries: 2, neverSent: true })), false, 'exhausted even when nothing was sent')
   t.equal(mayRetry(config({ attempts: 0 }), roomy, facts({ retries: 0, neverSent: true })), false, 'attempts: 0 never retries')
+})
+
+test('mayRetry: a request with an Idempotency-Key is retried like one of an idempotent method', async (t) => {
+  const c = config()
+  t.equal(mayRetry(c, roomy, facts({ method: 'POST' })), false, 'a POST that reached the target: no')
+  t.equal(mayRetry(c, roomy, facts({ method: 'POST', keyed: true })), true, 'the same POST with the key: yes')
+  t.equal(mayRetry(c, roomy, facts({ method: 'PATCH', keyed: true, bodyReplayable: false })), false, 'not without its body')
+  t.equal(mayRetry(c, roomy, facts({ method: 'POST', keyed: true, retries: 2 })), false, 'nor past the attempts')
+})
+
+test('hasIdempotencyKey: the header the config names, none when turned off', async (t) => {
+  t.equal(hasIdempotencyKey(config(), { 'idempotency-key': 'k1' }), true)
+  t.equal(hasIdempotencyKey(config(), { 'x-other': 'k1' }), false)
+  t.equal(hasIdempotencyKey(config({ idempotencyKey: 'x-once' }), { 'x-once': 'k1' }), true)
+  t.equal(hasIdempotencyKey(config({ idempotencyKey: undefined }), { 'idempotency-key': 'k1' }), false, 'off')
 })
 
 test('mayRetry: a body that cannot be sent again is never retried', async (t) => {
