@@ -37,13 +37,13 @@ function defaultHandler (req: http.IncomingMessage, res: http.ServerResponse, bo
 export interface Teardown { teardown: (fn: () => unknown) => void }
 
 /** Starts an upstream that `t` closes when the test ends (closing it sooner is fine). */
-export async function startUpstream (t: Teardown, name: string, handler?: UpstreamHandler, port?: number): Promise<Upstream> {
-  const upstream = await listenUpstream(name, handler, port)
+export async function startUpstream (t: Teardown, name: string, handler?: UpstreamHandler, port?: number, host?: string): Promise<Upstream> {
+  const upstream = await listenUpstream(name, handler, port, host)
   t.teardown(upstream.close)
   return upstream
 }
 
-async function listenUpstream (name: string, handler: UpstreamHandler = defaultHandler, port = 0): Promise<Upstream> {
+async function listenUpstream (name: string, handler: UpstreamHandler = defaultHandler, port = 0, host = '127.0.0.1'): Promise<Upstream> {
   const upstream = { name, hits: 0, last: undefined } as unknown as Upstream
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = []
@@ -55,10 +55,10 @@ async function listenUpstream (name: string, handler: UpstreamHandler = defaultH
       handler(req, res, body, upstream)
     })
   })
-  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
+  await new Promise<void>((resolve) => server.listen(port, host, resolve))
   upstream.server = server
   upstream.port = (server.address() as AddressInfo).port
-  upstream.url = `http://127.0.0.1:${upstream.port}`
+  upstream.url = `http://${host}:${upstream.port}`
   // once: tests close an upstream mid-test (a target going down) and the teardown closes it again
   let closing: Promise<void> | undefined
   upstream.close = () => (closing ??= new Promise<void>((resolve) => {

@@ -30,7 +30,7 @@ app.register(fastifyUpstream, {
         active: { path: '/healthz', interval: 5000, timeout: 1000, healthyThreshold: 2, unhealthyThreshold: 3, expectedStatus: [200, '300-399'] },
         passive: { consecutiveFailures: 5, ejectionTime: 30000, maxEjectionPercent: 50 }
       },
-      retry: { attempts: 2, statusCodes: [502, 503, 504], backoff: { base: 25, max: 250 }, budget: { percent: 20, minRetries: 3 } },
+      retry: { attempts: 2, statusCodes: [502, 503, 504], idempotencyKey: 'idempotency-key', backoff: { base: 25, max: 250 }, budget: { percent: 20, minRetries: 3 } },
       timeout: { connect: 2000, response: 30000 },
       slowStart: { window: 30000 },
       panicThreshold: 50,
@@ -72,6 +72,8 @@ expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balanc
 expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balancer: () => new First() } } })
 
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balancer: 'fastest' } } }))
+expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], retry: { idempotencyKey: false } } } })
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], retry: { idempotencyKey: true } } } }))
 expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balancer: { type: 'least-request', choices: 3, slowRatio: 0 } } } })
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balancer: { type: 'least-request', slowRatio: 'high' } } } }))
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [{ weight: 2 }] } } }))

@@ -1,3 +1,4 @@
+import type { LookupFunction } from 'node:net'
 import type { buildConnector } from 'undici'
 import type { ActiveCheckConfig } from '../options/config'
 import { untraced } from '../otel'
@@ -25,11 +26,11 @@ export class ActiveProber {
   private started = false
   private closed = false
 
-  constructor (config: ActiveCheckConfig, host: HealthHost, detector: OutlierDetector | undefined, connect: buildConnector.connector) {
+  constructor (config: ActiveCheckConfig, host: HealthHost, detector: OutlierDetector | undefined, connect: buildConnector.connector, lookup?: LookupFunction) {
     this.config = config
     this.host = host
     this.detector = detector
-    this.probe = createProbe(config, (target) => host.viewOf(target), connect)
+    this.probe = createProbe(config, (target) => host.viewOf(target), connect, lookup)
   }
 
   /** Runs the first round of probes and schedules the next; resolves when the round is done. */

@@ -1,4 +1,4 @@
-import net from 'node:net'
+import net, { type LookupFunction } from 'node:net'
 import { Agent, type buildConnector } from 'undici'
 import type { TargetView } from '../contracts'
 import type { ActiveCheckConfig } from '../options/config'
@@ -15,9 +15,9 @@ export interface Probe {
 }
 
 /** The probe a pool's active check asks for: its own function, a TCP connect, or an HTTP request. */
-export function createProbe (config: ActiveCheckConfig, viewOf: (target: Target) => TargetView, connect: buildConnector.connector): Probe {
+export function createProbe (config: ActiveCheckConfig, viewOf: (target: Target) => TargetView, connect: buildConnector.connector, lookup?: LookupFunction): Probe {
   if (config.check !== undefined) return new CustomProbe(config.check, config.timeout, viewOf)
-  if (config.type === 'tcp') return new TcpProbe(config.timeout)
+  if (config.type === 'tcp') return new TcpProbe(config.timeout, lookup)
   return new HttpProbe(config, connect)
 }
 
@@ -75,18 +75,21 @@ class InFlight {
 /** A TCP connection to the target's host and port, within `timeout`. */
 export class TcpProbe implements Probe {
   private readonly timeout: number
+  /** how the target's host name is resolved (the system's when undefined) */
+  private readonly lookup: LookupFunction | undefined
   /** a connect in flight holds its socket past the app's close without this */
   private readonly inFlight = new InFlight()
 
-  constructor (timeout: number) {
+  constructor (timeout: number, lookup?: LookupFunction) {
     this.timeout = timeout
+    this.lookup = lookup
   }
 
   check (target: Target): Promise<boolean> {
     const url = new URL(target.origin)
     const port = url.port !== '' ? Number(url.port) : (url.protocol === 'https:' ? 443 : 80)
     return new Promise((resolve) => {
-      const socket = net.connect({ host: url.hostname.replace(/^\[|\]$/g, ''), port })
+      const socket = net.connect({ host: url.hostname.replace(/^\[|\]$/g, ''), port, lookup: this.lookup })
       const done = (ok: boolean): void => {
         this.inFlight.delete(cancel)
         socket.destroy()

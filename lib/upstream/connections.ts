@@ -1,6 +1,8 @@
 import { buildConnector, Pool } from 'undici'
 import type { PoolConfig } from '../options/config'
+import type { LookupFunction } from 'node:net'
 import { skipUnaskedContinue } from './interim'
+import { NameLookup } from './name-lookup'
 import type { Target } from './target'
 
 /**
@@ -14,16 +16,18 @@ import type { Target } from './target'
  * the name undici passes in is dropped, and undici falls back to the connector's own
  * `servername` and then to the origin's host.
  */
-export function connector (config: PoolConfig): buildConnector.connector {
+export function connector (config: PoolConfig, lookup?: LookupFunction): buildConnector.connector {
   const connect = buildConnector({
     minVersion: 'TLSv1.2',
     ...config.tls,
     rejectUnauthorized: config.tls.rejectUnauthorized !== false,
-    timeout: config.timeout.connect
+    timeout: config.timeout.connect,
+    // passed on to net.connect / tls.connect
+    ...(lookup === undefined ? {} : { lookup })
   } as buildConnector.BuildOptions)
   return (options, callback) => {
     connect({ ...options, servername: undefined }, (error, socket) => {
-      if (socket !== null) skipUnaskedContinue(socket)
+      if (socket != null) skipUnaskedContinue(socket)
       callback(error as Error, socket as never)
     })
   }
@@ -71,11 +75,17 @@ export class TargetConnections {
   private readonly config: PoolConfig
   /** how the pool's connections are opened: one for all its origins, and for its active checks */
   readonly connector: buildConnector.connector
+  /** target host names resolved by the pool's DNS discovery servers (dns-srv with `servers`) */
+  readonly names: NameLookup | undefined
   private readonly sweepInterval: number
 
   constructor (config: PoolConfig, sweepInterval = IDLE_SWEEP_INTERVAL) {
     this.config = config
-    this.connector = connector(config)
+    const discovery = config.discovery
+    this.names = discovery !== undefined && 'type' in discovery && discovery.type === 'dns-srv' && discovery.servers !== undefined
+      ? new NameLookup(discovery.servers, discovery.timeout ?? 2000)
+      : undefined
+    this.connector = connector(config, this.names?.lookup)
     this.sweepInterval = sweepInterval
   }
 
@@ -183,6 +193,7 @@ export class TargetConnections {
     this.origins.clear()
     this.live.clear()
     this.stopSweeping()
+    this.names?.close()
     await Promise.all([...pools.map((pool) => graceful ? pool.close() : pool.destroy()), ...this.closing])
   }
 

@@ -66,7 +66,7 @@ export class Pool implements HealthHost {
     }
     this.candidates = new Candidates(balancer, config, config.panicThreshold)
     this.detector = config.passive === undefined ? undefined : new OutlierDetector(config.passive, this)
-    this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, this.connections.connector)
+    this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, this.connections.connector, this.connections.names?.lookup)
     this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
     this.discoverer = config.discovery === undefined
       ? undefined

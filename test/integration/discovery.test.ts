@@ -82,6 +82,30 @@ test('dns-srv discovery: host and port from each record, weights, and higher pri
   t.ok(await within(() => pool.target(`http://localhost:${ups[0].port}`)?.weight === 1))
 })
 
+test('dns-srv discovery: the records\' host names are resolved by the same DNS servers, for their TTL, and kept for Host', async (t) => {
+  const dns = await startDnsServer(t)
+  const first = await startUpstream(t, 'first')
+  // the same port on another loopback address: where the name points next
+  const second = await startUpstream(t, 'second', undefined, first.port, '127.0.0.2')
+  const name = 'node1.node.dc1.consul'
+  dns.ttl = 1
+  dns.records.set('_http._tcp.api.service.consul', { SRV: [{ priority: 1, weight: 1, port: first.port, target: name }] })
+  dns.records.set(name, { A: ['127.0.0.1'] })
+  const { app, url } = await startGateway(t, {
+    upstreams: { api: { targets: [], discovery: { type: 'dns-srv', name: '_http._tcp.api.service.consul', servers: [dns.address] } } },
+    routes: [{ prefix: '/', upstream: 'api' }]
+  })
+  t.same(app.upstreams.get('api')?.targets.map((v) => v.url), [`http://${name}:${first.port}`], 'the target keeps the name')
+  t.same(await load(`${url}/x`, 5, 1), { first: 5 }, 'a name only those servers know is reached')
+  t.equal(first.last?.headers.host, `${name}:${first.port}`, 'Host carries the name')
+  // the name moves: once its TTL is over, a new connection goes to the new address
+  dns.records.set(name, { A: ['127.0.0.2'] })
+  await new Promise((resolve) => setTimeout(resolve, 1200))
+  first.server.closeAllConnections()
+  for (let i = 0; i < 30 && second.hits === 0; i++) await load(`${url}/x`, 1, 1)
+  t.ok(second.hits > 0, 'the new address is used after the TTL')
+})
+
 test('a custom discovery source plugs in with resolve()', async (t) => {
   const ups = await startUpstreams(t, 2)
   let current = [ups[0].url]
