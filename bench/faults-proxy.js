@@ -1,8 +1,9 @@
 'use strict'
 
 // Child process: one proxy of the fault benchmark, on 127.0.0.1 (ephemeral port).
-//   node bench/faults-proxy.js plugin <balancer> <url1,url2,url3>
-//     fastify-upstream with passive checks and its default retries
+//   node bench/faults-proxy.js plugin <balancer> <url1,url2,url3> [checked]
+//     fastify-upstream with passive checks and its default retries; `checked` adds active
+//     checks of GET /health every 100 ms (for the restarts)
 //   node bench/faults-proxy.js bare - <url1,url2,url3>
 //     @fastify/reply-from with a round-robin getUpstream and its own defaults
 // IPC: sends { type: 'ready', url }, and { type: 'state', ... , at } on every target state
@@ -10,7 +11,7 @@
 
 const Fastify = require('fastify')
 
-const [kind, balancer, list] = process.argv.slice(2)
+const [kind, balancer, list, checked] = process.argv.slice(2)
 const urls = list.split(',')
 
 async function build () {
@@ -21,7 +22,10 @@ async function build () {
         pool: {
           targets: urls,
           balancer,
-          healthCheck: { passive: { consecutiveFailures: 3, ejectionTime: 10_000 } }
+          healthCheck: {
+            passive: { consecutiveFailures: 3, ejectionTime: 10_000 },
+            ...(checked === 'checked' ? { active: { path: '/health', interval: 100, timeout: 200, healthyThreshold: 1, unhealthyThreshold: 1 } } : {})
+          }
         }
       },
       routes: [{ prefix: '/', upstream: 'pool' }],

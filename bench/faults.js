@@ -7,7 +7,10 @@
 //      clients: failed requests, and how long until the dead target is out of rotation.
 //   2. slow: one of three targets answers 100 ms late: p50/p99 latency against the same
 //      proxy with every target fast.
-//   node bench/faults.js [--rounds=3] [--duration=4]
+//   3. restarts: 8 clients send GETs, POSTs and POSTs with an Idempotency-Key (which the
+//      targets apply once) while each target is restarted in turn, gracefully, crudely
+//      and by crash (see faults-upstreams.js): failed requests by kind.
+//   node bench/faults.js [--rounds=3] [--duration=4] [--only=restarts | --only=killed,slow]
 
 const path = require('node:path')
 const autocannon = require('autocannon')
@@ -17,6 +20,10 @@ const args = parseArgs(process.argv.slice(2))
 const rounds = numberArg(args, 'rounds', 3)
 const duration = numberArg(args, 'duration', 4)
 const CONNECTIONS = 8
+const only = typeof args.only === 'string' ? new Set(args.only.split(',')) : undefined
+const wanted = (part) => only === undefined || only.has(part)
+const MODES = ['graceful', 'crude', 'crash']
+const KINDS = ['GET', 'POST', 'keyed POST']
 
 const proxies = [
   { name: 'fastify-upstream least-request', kind: 'plugin', balancer: 'least-request' },
@@ -33,10 +40,10 @@ function cannon (url) {
   })
 }
 
-async function start (proxy) {
+async function start (proxy, checked = false) {
   const upstreams = spawnChild(path.join(__dirname, 'faults-upstreams.js'), ['3'])
   const { urls } = await waitMessage(upstreams, 'ready')
-  const child = spawnChild(path.join(__dirname, 'faults-proxy.js'), [proxy.kind, proxy.balancer, urls.join(',')])
+  const child = spawnChild(path.join(__dirname, 'faults-proxy.js'), [proxy.kind, proxy.balancer, urls.join(','), ...(checked ? ['checked'] : [])])
   const states = []
   child.on('message', (message) => { if (message?.type === 'state') states.push(message) })
   const { url } = await waitMessage(child, 'ready')
@@ -85,9 +92,58 @@ async function slow (proxy, slowed) {
   }
 }
 
+/**
+ * Clients sending GETs, POSTs and keyed POSTs in turn to `url` until stopped (and at most
+ * 3,000 requests each); the failed and sent requests by kind.
+ */
+function mixedLoad (url) {
+  const tally = Object.fromEntries(KINDS.map((kind) => [kind, { sent: 0, failed: 0 }]))
+  const state = { running: true, next: 0 }
+  const client = async () => {
+    for (let i = 0; i < 3000 && state.running; i++) {
+      const kind = KINDS[state.next++ % KINDS.length]
+      const headers = { 'content-type': 'text/plain', ...(kind === 'keyed POST' ? { 'idempotency-key': `k${state.next}` } : {}) }
+      tally[kind].sent++
+      try {
+        const res = await fetch(`${url}/bench`, kind === 'GET' ? { signal: AbortSignal.timeout(5000) } : { method: 'POST', headers, body: 'x'.repeat(1024), signal: AbortSignal.timeout(5000) })
+        await res.arrayBuffer()
+        if (res.status !== 200) tally[kind].failed++
+      } catch {
+        tally[kind].failed++
+      }
+    }
+  }
+  const all = Promise.all(Array.from({ length: CONNECTIONS }, client))
+  return async () => {
+    state.running = false
+    await all
+    return tally
+  }
+}
+
+async function restarts (proxy, mode) {
+  const run = await start(proxy, true)
+  try {
+    const stop = mixedLoad(run.url)
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    for (let index = 0; index < 3; index++) {
+      run.upstreams.send({ type: 'restart', index, mode, grace: 400, down: 200 })
+      await waitMessage(run.upstreams, 'restarted', 30_000)
+      // the next one goes once this one is back in rotation (active checks every 100 ms)
+      await new Promise((resolve) => setTimeout(resolve, 400))
+    }
+    return await stop()
+  } finally {
+    await stop(run)
+  }
+}
+
 async function main () {
+  if (wanted('restarts')) await restartFigures()
+  if (!wanted('killed') && !wanted('slow')) return
   console.log(`fault benchmark: ${rounds} rounds, ${duration} s each, ${CONNECTIONS} connections, alternating proxies\n`)
   const kill = new Map(proxies.map((p) => [p.name, []]))
+  // (--only=restarts skips the rest)
   const fast = new Map(proxies.map((p) => [p.name, []]))
   const late = new Map(proxies.map((p) => [p.name, []]))
   for (let round = 1; round <= rounds; round++) {
@@ -124,6 +180,31 @@ async function main () {
   console.log(`${failed === 0 ? 'PASS' : 'FAIL'}  0 failed idempotent requests with a target killed (median ${failed})`)
   console.log(`${Math.max(...outs) <= 1000 ? 'PASS' : 'FAIL'}  dead target out of rotation within 1 s in every round (worst ${Math.max(...outs)} ms)`)
   console.log(`${ratio <= 2 ? 'PASS' : 'FAIL'}  least-request p99 with a slow target within 2x the healthy p99 (ratio ${ratio.toFixed(2)})`)
+}
+
+async function restartFigures () {
+  console.log(`restarts: each of three targets restarted in turn under ${CONNECTIONS} clients (GET, POST, keyed POST in turn), ${rounds} rounds\n`)
+  const figures = []
+  for (let round = 1; round <= rounds; round++) {
+    for (const mode of MODES) {
+      for (const proxy of [proxies[0], proxies[2]]) {
+        const tally = await restarts(proxy, mode)
+        figures.push({ mode, proxy: proxy.name, tally })
+        console.log(`round ${round} ${mode} ${proxy.name}: ` + KINDS.map((kind) => `${kind} ${tally[kind].failed} failed of ${tally[kind].sent}`).join(', '))
+      }
+    }
+  }
+  console.log('\n3. rolling restarts: failed requests, summed over the rounds (failed / sent)')
+  printTable(['restart', 'proxy', ...KINDS], MODES.flatMap((mode) => [proxies[0], proxies[2]].map((proxy) => {
+    const runs = figures.filter((f) => f.mode === mode && f.proxy === proxy.name)
+    return [mode, proxy.name, ...KINDS.map((kind) => `${fmt(runs.reduce((sum, r) => sum + r.tally[kind].failed, 0))} / ${fmt(runs.reduce((sum, r) => sum + r.tally[kind].sent, 0))}`)]
+  })))
+  const plugin = figures.filter((f) => f.proxy === proxies[0].name)
+  const lost = (mode, kinds) => plugin.filter((f) => f.mode === mode).reduce((sum, f) => sum + kinds.reduce((s, kind) => s + f.tally[kind].failed, 0), 0)
+  console.log('\ntargets')
+  console.log(`${MODES.every((mode) => lost(mode, ['GET', 'keyed POST']) === 0) ? 'PASS' : 'FAIL'}  0 failed GETs and keyed POSTs in every kind of restart`)
+  console.log(`${lost('graceful', KINDS) === 0 ? 'PASS' : 'FAIL'}  0 failed requests of any method in graceful restarts`)
+  console.log('(nginx is not run beside it here: see bench/README.md)\n')
 }
 
 main().catch((error) => {
