@@ -15,6 +15,7 @@
 const path = require('node:path')
 const autocannon = require('autocannon')
 const { parseArgs, numberArg, median, fmt, printTable, spawnChild, waitMessage, stopChild } = require('./common')
+const { nginxInstalled, startNginx } = require('./faults-nginx')
 
 const args = parseArgs(process.argv.slice(2))
 const rounds = numberArg(args, 'rounds', 3)
@@ -122,9 +123,9 @@ function mixedLoad (url) {
 }
 
 async function restarts (proxy, mode) {
-  const run = await start(proxy, true)
+  const run = proxy.kind === 'nginx' ? await startBehindNginx() : await start(proxy, true)
   try {
-    const stop = mixedLoad(run.url)
+    const finish = mixedLoad(run.url)
     await new Promise((resolve) => setTimeout(resolve, 500))
     for (let index = 0; index < 3; index++) {
       run.upstreams.send({ type: 'restart', index, mode, grace: 400, down: 200 })
@@ -132,10 +133,20 @@ async function restarts (proxy, mode) {
       // the next one goes once this one is back in rotation (active checks every 100 ms)
       await new Promise((resolve) => setTimeout(resolve, 400))
     }
-    return await stop()
+    return await finish()
   } finally {
+    if (run.nginx !== undefined) await run.nginx.stop()
     await stop(run)
   }
+}
+
+/** The upstreams behind NGINX (see faults-nginx.js), shaped as start() returns them. */
+async function startBehindNginx () {
+  const upstreams = spawnChild(path.join(__dirname, 'faults-upstreams.js'), ['3'])
+  const { urls } = await waitMessage(upstreams, 'ready')
+  const nginx = await startNginx(urls)
+  // a child that stop() can end at once
+  return { upstreams, child: { exitCode: 0 }, url: nginx.url, urls, states: [], nginx }
 }
 
 async function main () {
@@ -184,10 +195,13 @@ async function main () {
 
 async function restartFigures () {
   console.log(`restarts: each of three targets restarted in turn under ${CONNECTIONS} clients (GET, POST, keyed POST in turn), ${rounds} rounds\n`)
+  const compared = [proxies[0], proxies[2]]
+  if (nginxInstalled()) compared.push({ name: 'nginx (keepalive, max_fails=1)', kind: 'nginx', balancer: '-' })
+  else console.log('nginx is not installed (Debian: apt-get install nginx-light): its figures are left out\n')
   const figures = []
   for (let round = 1; round <= rounds; round++) {
     for (const mode of MODES) {
-      for (const proxy of [proxies[0], proxies[2]]) {
+      for (const proxy of compared) {
         const tally = await restarts(proxy, mode)
         figures.push({ mode, proxy: proxy.name, tally })
         console.log(`round ${round} ${mode} ${proxy.name}: ` + KINDS.map((kind) => `${kind} ${tally[kind].failed} failed of ${tally[kind].sent}`).join(', '))
@@ -195,7 +209,7 @@ async function restartFigures () {
     }
   }
   console.log('\n3. rolling restarts: failed requests, summed over the rounds (failed / sent)')
-  printTable(['restart', 'proxy', ...KINDS], MODES.flatMap((mode) => [proxies[0], proxies[2]].map((proxy) => {
+  printTable(['restart', 'proxy', ...KINDS], MODES.flatMap((mode) => compared.map((proxy) => {
     const runs = figures.filter((f) => f.mode === mode && f.proxy === proxy.name)
     return [mode, proxy.name, ...KINDS.map((kind) => `${fmt(runs.reduce((sum, r) => sum + r.tally[kind].failed, 0))} / ${fmt(runs.reduce((sum, r) => sum + r.tally[kind].sent, 0))}`)]
   })))
@@ -204,7 +218,6 @@ async function restartFigures () {
   console.log('\ntargets')
   console.log(`${MODES.every((mode) => lost(mode, ['GET', 'keyed POST']) === 0) ? 'PASS' : 'FAIL'}  0 failed GETs and keyed POSTs in every kind of restart`)
   console.log(`${lost('graceful', KINDS) === 0 ? 'PASS' : 'FAIL'}  0 failed requests of any method in graceful restarts`)
-  console.log('(nginx is not run beside it here: see bench/README.md)\n')
 }
 
 main().catch((error) => {
