@@ -1,6 +1,6 @@
+import type { LookupFunction } from 'node:net'
 import { buildConnector, Pool } from 'undici'
 import type { PoolConfig } from '../options/config'
-import type { LookupFunction } from 'node:net'
 import { skipUnaskedContinue } from './interim'
 import { NameLookup } from './name-lookup'
 import type { Target } from './target'
@@ -15,6 +15,10 @@ import type { Target } from './target'
  * client write: a certificate for any name the client picks would then be accepted. So
  * the name undici passes in is dropped, and undici falls back to the connector's own
  * `servername` and then to the origin's host.
+ *
+ * Host names are resolved by `lookup` when given (the pool's DNS discovery servers, see
+ * NameLookup), and every connection drops the unasked `100 Continue` undici would fail
+ * on (see interim.ts).
  */
 export function connector (config: PoolConfig, lookup?: LookupFunction): buildConnector.connector {
   const connect = buildConnector({
