@@ -73,6 +73,8 @@ expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balanc
 
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balancer: 'fastest' } } }))
 expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], retry: { idempotencyKey: false } } } })
+expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], sticky: { cookie: { name: 'route', maxAge: 60, sameSite: 'Strict' } } } } })
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], sticky: { cookie: { name: 'route', sameSite: 'lax' } } } } }))
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], retry: { idempotencyKey: true } } } }))
 expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balancer: { type: 'least-request', choices: 3, slowRatio: 0 } } } })
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balancer: { type: 'least-request', slowRatio: 'high' } } } }))

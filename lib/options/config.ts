@@ -83,6 +83,15 @@ export interface PoolConfig {
   headerPolicy: HeaderPolicyConfig
   discovery: DiscoveryOptions | undefined
   discoveryInterval: number
+  /** sticky sessions by a gateway cookie; undefined when off */
+  sticky: StickyConfig | undefined
+}
+
+/** The sticky cookie, normalised: its name and the attributes every Set-Cookie carries. */
+export interface StickyConfig {
+  name: string
+  /** `; Path=/; HttpOnly; SameSite=Lax`, and so on, rendered once */
+  attributes: string
 }
 
 export const DEFAULTS = {
@@ -110,6 +119,7 @@ export const DEFAULTS = {
   host: 'target',
   forwardedHeaders: 'x-forwarded',
   discoveryInterval: 30000,
+  sticky: { path: '/', httpOnly: true, secure: false, sameSite: 'Lax' },
   methods: METHODS
 } as const
 

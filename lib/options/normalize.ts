@@ -1,5 +1,5 @@
 import { InvalidOptionError } from '../errors'
-import { DEFAULTS, statusSet, type ActiveCheckConfig, type HeaderPolicyConfig, type PassiveCheckConfig, type PoolConfig, type TargetConfig } from './config'
+import { DEFAULTS, statusSet, type ActiveCheckConfig, type HeaderPolicyConfig, type PassiveCheckConfig, type PoolConfig, type StickyConfig, type TargetConfig } from './config'
 import { OptionsSchema, PoolSchema, TargetSchema } from './schema'
 import type { MetricsOptions, PluginOptions, PoolOptions, RouteOptions, StatusRouteOptions, TargetOptions } from './types'
 import { check } from './validate'
@@ -109,6 +109,7 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     tls: input.tls ?? {},
     discovery: input.discovery,
     discoveryInterval: input.discovery?.interval ?? DEFAULTS.discoveryInterval,
+    sticky: normalizeSticky(input.sticky, path),
     headerPolicy: {
       host: input.host ?? DEFAULTS.host,
       forwardedHeaders: input.forwardedHeaders ?? DEFAULTS.forwardedHeaders,
@@ -118,6 +119,20 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
       responseRemove: input.responseHeaders?.remove ?? []
     }
   }
+}
+
+function normalizeSticky (input: PoolOptions['sticky'], path: string): StickyConfig | undefined {
+  if (input === undefined) return undefined
+  const cookie = { ...DEFAULTS.sticky, ...input.cookie }
+  // browsers drop a SameSite=None cookie that is not Secure
+  if (cookie.sameSite === 'None' && !cookie.secure) throw new InvalidOptionError(`${path}.sticky.cookie.secure: must be true with sameSite 'None'`)
+  let attributes = `; Path=${cookie.path}`
+  if (cookie.domain !== undefined) attributes += `; Domain=${cookie.domain}`
+  if (cookie.maxAge !== undefined) attributes += `; Max-Age=${cookie.maxAge}`
+  if (cookie.httpOnly) attributes += '; HttpOnly'
+  if (cookie.secure) attributes += '; Secure'
+  attributes += `; SameSite=${cookie.sameSite}`
+  return { name: cookie.name, attributes }
 }
 
 export interface NormalizedOptions {

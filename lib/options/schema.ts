@@ -165,6 +165,19 @@ export const DiscoverySchema = Type.Union([
   typed<DiscoverySource & { interval?: number }>(Type.Object({ resolve: Fn, interval: Type.Optional(Ms) }, { additionalProperties: true }))
 ], { errorMessage: "must be { type: 'dns', hostname, port }, { type: 'dns-srv', name } or an object with resolve()" })
 
+/** Sticky sessions: a cookie the gateway sets, naming the target that answered (see upstream/sticky.ts). */
+export const StickySchema = Type.Object({
+  cookie: Type.Object({
+    name: Type.String({ pattern: `^${TOKEN_CHAR}+$`, errorMessage: 'must be a cookie name (a token)' }),
+    path: Type.Optional(Type.String({ pattern: '^/[\\x21-\\x3a\\x3c-\\x7e]*$', errorMessage: "must be a path starting with '/', with no ';', space or control character" })),
+    domain: Type.Optional(Type.String({ pattern: '^\\.?[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)*$', errorMessage: 'must be a domain name' })),
+    maxAge: Type.Optional(Type.Integer({ minimum: 0, maximum: 34_560_000, errorMessage: 'must be an integer of seconds from 0 to 34560000 (400 days)' })),
+    httpOnly: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' })),
+    secure: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' })),
+    sameSite: Type.Optional(Type.Union([Type.Literal('Strict'), Type.Literal('Lax'), Type.Literal('None')], { errorMessage: "must be 'Strict', 'Lax' or 'None'" }))
+  }, { additionalProperties: false })
+}, { additionalProperties: false })
+
 export const PoolSchema = Type.Object({
   // optional when `discovery` is given (checked in normalizePool)
   targets: Type.Optional(Type.Array(TargetSchema, { errorMessage: 'must be an array of targets' })),
@@ -192,7 +205,8 @@ export const PoolSchema = Type.Object({
   ], { errorMessage: "must be 'x-forwarded', 'forwarded', 'both' or 'none'" })),
   headers: Type.Optional(HeaderPolicySchema),
   responseHeaders: Type.Optional(HeaderPolicySchema),
-  discovery: Type.Optional(DiscoverySchema)
+  discovery: Type.Optional(DiscoverySchema),
+  sticky: Type.Optional(StickySchema)
 }, { additionalProperties: false })
 
 export const METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'] as const

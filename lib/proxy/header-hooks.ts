@@ -1,12 +1,28 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { HeaderRecord, PreparedOptions } from './forward-options'
 import { kForwarding, type ForwardedRequest, type Forwarding } from './forwarding'
+import type { StickyConfig } from '../options/config'
+import { cookieValue } from '../upstream/sticky'
 import { checkResponseHeaders } from './header-policy'
 
 // The headers of a proxied exchange, between reply-from and the pool's header policy:
 // reply-from calls these two on every request and response (they are shared functions,
 // not closures per request), and the forwarder applies the held response headers when
 // it answers.
+
+/**
+ * Sets the pool's sticky cookie on an answer whose request did not name the target that
+ * gave it (no cookie, a stale or forged one, or a target that could not take it), beside
+ * any cookie the target sets.
+ */
+function stickTo (headers: HeaderRecord, request: FastifyRequest, forwarding: Forwarding): void {
+  const sticky = forwarding.pool.sticky as NonNullable<Forwarding['pool']['sticky']>
+  const id = (forwarding.target as NonNullable<Forwarding['target']>).stickyId
+  if (cookieValue(request.headers.cookie, sticky.name) === id) return
+  const cookie = `${sticky.name}=${id}${(forwarding.pool.config.sticky as StickyConfig).attributes}`
+  const existing = headers['set-cookie']
+  headers['set-cookie'] = existing === undefined ? cookie : [...(Array.isArray(existing) ? existing : [String(existing)]), cookie]
+}
 
 /** What reply-from copies to the reply itself: nothing (see rewriteHeaders). */
 const NO_HEADERS: HeaderRecord = Object.freeze({})
@@ -36,6 +52,7 @@ export function rewriteHeaders (headers: HeaderRecord, request: FastifyRequest):
   const forwarding = forwardingOf(request)
   try {
     const policed = forwarding.proxy.headers.response(request, headers)
+    if (forwarding.pool.sticky !== undefined) stickTo(policed, request, forwarding)
     const prepared = forwarding.prepared as PreparedOptions
     const location = policed.location
     if (prepared.rewriteLocation !== undefined && typeof location === 'string') policed.location = prepared.rewriteLocation(location, request)

@@ -14,6 +14,7 @@ import { createSource, Discoverer } from './discovery'
 import { SlowStart } from './slow-start'
 import { Candidates } from './candidates'
 import { Drains } from './drains'
+import { StickyTargets } from './sticky'
 import type { UpstreamPool } from './api'
 import { Target, statusOf, viewOf } from './target'
 
@@ -43,6 +44,8 @@ export class Pool implements HealthHost {
   private list: Target[] = []
   private viewList: readonly TargetView[] = []
   private readonly candidates: Candidates
+  /** sticky sessions: the targets by the value of the pool's cookie */
+  readonly sticky: StickyTargets | undefined
   private readonly drains = new Drains()
   private started = false
   private closed = false
@@ -65,6 +68,7 @@ export class Pool implements HealthHost {
       throw new InvalidOptionError(`upstreams.${name}.balancer: the factory must return an object with pick() and update()`)
     }
     this.candidates = new Candidates(balancer, config, config.panicThreshold)
+    this.sticky = config.sticky === undefined ? undefined : new StickyTargets(name, config.sticky.name)
     this.detector = config.passive === undefined ? undefined : new OutlierDetector(config.passive, this)
     this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, this.connections.connector, this.connections.names?.lookup)
     this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
@@ -104,8 +108,15 @@ export class Pool implements HealthHost {
     return target === undefined ? undefined : this.views.get(target)
   }
 
-  /** Hot-path selection for the forwarder (see Candidates.pick). */
+  /**
+   * Hot-path selection for the forwarder: the target the request's sticky cookie names,
+   * while it may take requests, else the balancer's pick (see Candidates.pick).
+   */
   pick (request: SelectRequest, exclude?: readonly Target[]): Target | undefined {
+    if (this.sticky !== undefined) {
+      const target = this.sticky.target(request)
+      if (target !== undefined && target.available && !this.candidates.isFull(target) && (exclude === undefined || !exclude.includes(target))) return target
+    }
     return this.candidates.pick(request, exclude)
   }
 
@@ -159,6 +170,7 @@ export class Pool implements HealthHost {
     this.list = this.list.filter((t) => t !== target)
     this.viewList = Object.freeze(this.list.map((t) => this.views.get(t) as TargetView))
     this.prober?.remove(target)
+    this.sticky?.remove(target)
     this.detector?.forget(target)
     this.slowStart.forget(target)
     const reason = target.inflight > 0 ? `removed with ${target.inflight} request(s) still in flight` : 'removed'
@@ -258,6 +270,7 @@ export class Pool implements HealthHost {
   }
 
   private insert (target: Target): void {
+    this.sticky?.add(target)
     this.byUrl.set(target.url, target)
     this.views.set(target, viewOf(target))
     this.list.push(target)

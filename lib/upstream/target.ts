@@ -36,6 +36,8 @@ export class Target implements BalancerTarget {
    */
   readonly servername: string
   readonly backup: boolean
+  /** the target's value of the pool's sticky cookie ('' when the pool has none) */
+  stickyId = ''
   configuredWeight: number
   /** the weight balancers use */
   weight: number

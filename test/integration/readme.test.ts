@@ -145,6 +145,13 @@ const PROGRAMS: Program[] = [
     ]
   },
   {
+    name: 'sticky sessions',
+    marker: "name: 'cart-route'",
+    requests: [
+      { path: '/cart/items', status: 200, reaches: { path: '/items', on: ['http://10.0.0.1:8080', 'http://10.0.0.2:8080'] } }
+    ]
+  },
+  {
     name: 'status route',
     marker: 'statusRoute: {',
     async setup (ctx) {
