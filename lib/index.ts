@@ -9,6 +9,7 @@ import { normalizeOptions } from './options/normalize'
 import { PoolRegistry } from './upstream/registry'
 import { setUpReplyFrom } from './proxy/reply-from'
 import { mountRoute, routerPathOptions } from './proxy/routes'
+import { listenForUpgrades } from './proxy/websocket'
 import { mountStatus } from './status/route'
 
 // the rest of the public API, exported as members of the plugin at the end of the file
@@ -80,7 +81,8 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
     const prepared = options === undefined || onlyUrl(options) ? forwarder.defaults : forwarder.prepare(options)
     return forwarder.forward(this, name, options?.url, prepared)
   })
-  config.routes.forEach((route, i) => mountRoute(fastify, route, forwarder, i, router))
+  const websockets = config.routes.flatMap((route, i) => mountRoute(fastify, route, forwarder, i, router) ?? [])
+  if (websockets.length > 0) listenForUpgrades(fastify, websockets, () => { for (const pool of registry) pool.closeStreams() })
   mountStatus(fastify, registry, config.statusRoute, config.metrics)
   // active checks run their first round before the server starts serving
   fastify.addHook('onReady', () => registry.start())

@@ -259,6 +259,8 @@ export const RouteSchema = Type.Object({
   replyOptions: Type.Optional(Type.Object({}, { additionalProperties: true, errorMessage: 'must be an object' })),
   /** refuse paths that a normalising target may read as another path: `//` and `;` (see README, Security) */
   strictPaths: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' })),
+  /** also proxy WebSocket (Upgrade) requests to the pool */
+  websocket: Type.Optional(Type.Boolean({ errorMessage: 'must be a boolean' })),
   /** longest pause (ms) of a client sending a proxied body before 408 */
   bodyTimeout: Type.Optional(Type.Integer({ minimum: 1, errorMessage: 'must be an integer >= 1 (milliseconds)' })),
   // Fastify's route options, passed through to `fastify.route()`

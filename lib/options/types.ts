@@ -38,7 +38,7 @@ export type PoolOptions = Omit<Static<typeof PoolSchema>, 'targets' | 'discovery
 })
 
 /** The plugin's own route options; the others are Fastify's route options, typed as Fastify types them. */
-type OwnRouteKeys = 'prefix' | 'upstream' | 'rewritePrefix' | 'methods' | 'replyOptions' | 'strictPaths' | 'bodyTimeout'
+type OwnRouteKeys = 'prefix' | 'upstream' | 'rewritePrefix' | 'methods' | 'replyOptions' | 'strictPaths' | 'bodyTimeout' | 'websocket'
 export type RouteOptions = Pick<Static<typeof RouteSchema>, Exclude<OwnRouteKeys, 'replyOptions'>> &
 Pick<RouteShorthandOptions, Exclude<keyof Static<typeof RouteSchema>, OwnRouteKeys>> & {
   /** per-call options of `reply.from` for every request of the mount (as `reply.forward` takes them, without `url`) */

@@ -1,3 +1,7 @@
+// Over 300 lines for a reason: one job, the forwarder's answers to reply-from's callbacks
+// (select, send, retry or answer), which share the per-request state and the retry
+// decision. Header hooks, body streaming, error mapping and options are in files of
+// their own.
 import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { channels } from '../channels'
@@ -76,6 +80,11 @@ export class Forwarder implements ResponseBodySink {
     this.router = router
     this.from = from
     this.defaults = this.prepare(undefined)
+  }
+
+  /** The pool of that name, if any. */
+  pool (name: string): Pool | undefined {
+    return this.registry.get(name)
   }
 
   /**

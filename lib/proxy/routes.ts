@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions as FastifyRouteOptions } from 'fastify'
-import { BadPathError, BodyTooLargeError, InvalidOptionError } from '../errors'
+import { BadPathError, BodyTooLargeError, InvalidOptionError, UnknownPoolError } from '../errors'
 import { DEFAULTS } from '../options/config'
 import type { RouteOptions } from '../options/types'
 import type { ForwardOptions } from './forward-options'
@@ -7,6 +7,7 @@ import type { Forwarder } from './forwarder'
 import { kForwarding, type ForwardedRequest } from './forwarding'
 import { decoded, isSafePath, isValidQuery, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
 import { BodyGuard } from './request-body'
+import { kUpgrade, tunnel, type UpgradeRequest } from './websocket'
 
 /**
  * A `routes` entry mounted like an `@fastify/http-proxy` prefix: `prefix` (with `:params`)
@@ -115,9 +116,10 @@ function rewriteLocation (location: string, request: FastifyRequest, mount: Moun
   return (render(mount.client, segments) + rest) || '/'
 }
 
-export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwarder: Forwarder, index: number, router: RouterPathOptions): void {
+/** Mounts `route`; returns the full path prefix it serves when it also takes WebSocket upgrades. */
+export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwarder: Forwarder, index: number, router: RouterPathOptions): string | undefined {
   const {
-    prefix: rawPrefix, upstream: pool, rewritePrefix: rawRewrite, methods, replyOptions, strictPaths, bodyTimeout, ...routeOptions
+    prefix: rawPrefix, upstream: pool, rewritePrefix: rawRewrite, methods, replyOptions, strictPaths, bodyTimeout, websocket, ...routeOptions
   } = route
   const prefix = stripTrailingSlash(rawPrefix)
   // the path a request has is the whole route path: the prefix of the scope the plugin is
@@ -161,6 +163,13 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     const upstreamPath = render(mount.upstream, segments) + rest
     // `//host/x` is a network-path reference: a target may read `host` as an authority
     if (upstreamPath.charCodeAt(1) === 47) return reply.send(new BadPathError())
+    if (websocket === true && (request.raw as UpgradeRequest)[kUpgrade] !== undefined) {
+      if (hasParams && !isSafePath(upstreamPath)) return reply.send(new BadPathError())
+      const upstreamPool = forwarder.pool(pool)
+      if (upstreamPool === undefined) return reply.send(new UnknownPoolError(pool))
+      tunnel(reply, upstreamPool, end === target.length ? upstreamPath : upstreamPath + '?' + target.slice(end + 1))
+      return reply
+    }
     // without params the base is configuration and the rest was checked above; a param is
     // a segment of the request, so forward() checks the whole path then
     return forwarder.forward(reply, pool, end === target.length ? upstreamPath : upstreamPath + upstreamQuery(target, end), prepared, !hasParams)
@@ -188,4 +197,5 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     child.route({ ...base, url: prefix === '' ? '/' : prefix })
     child.route({ ...base, url: `${prefix}/*` })
   })
+  return websocket === true ? (full === '' ? '/' : full) : undefined
 }

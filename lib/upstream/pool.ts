@@ -1,3 +1,7 @@
+// Over 300 lines for a reason: the pool is the one place where a target's membership and
+// state change (add, remove with drain, weight, state, refresh, status), so that each
+// change is applied, fed to the balancer and published together. Selection, drains,
+// sticky sessions and connections are in files of their own.
 import { performance } from 'node:perf_hooks'
 import { ActiveProber } from '../health/active-prober'
 import { createBalancer, balancerName } from '../balancers'
@@ -164,6 +168,8 @@ export class Pool implements HealthHost {
     const before = target.state
     this.transition(target, (t) => { t.draining = true }, options.drain === true ? 'removed with drain' : 'removed')
     if (options.drain === true && target.inflight > 0) await this.drains.wait(target, this.config.drainTimeout)
+    // what is still open on it after the drain (a WebSocket) closes now
+    for (const stream of [...target.openStreams]) stream.close()
     const view = this.views.get(target) as TargetView
     this.byUrl.delete(target.url)
     this.views.delete(target)
@@ -242,6 +248,11 @@ export class Pool implements HealthHost {
     }
   }
 
+  /** Closes what is open on the targets (WebSocket tunnels). */
+  closeStreams (): void {
+    for (const target of this.list) for (const stream of [...target.openStreams]) stream.close()
+  }
+
   /** Starts active checks; resolves when their first round is done. */
   async start (): Promise<void> {
     // discovered targets first, so that the first round of probes covers them too
@@ -256,6 +267,7 @@ export class Pool implements HealthHost {
    */
   async close (graceful = false): Promise<void> {
     this.closed = true
+    this.closeStreams()
     this.discoverer?.close()
     this.drains.close()
     this.detector?.close()

@@ -3,6 +3,11 @@ import { LATENCY_MEMORY, type BalancerTarget } from '../balancers/types'
 import type { TargetState, TargetStatus, TargetView } from '../contracts'
 import type { TargetConfig } from '../options/config'
 
+/** A long-lived exchange on a target (a WebSocket tunnel): the pool closes it when the target goes. */
+export interface OpenStream {
+  close (): void
+}
+
 /** Where a target gets its connection pool on its first request (see TargetConnections). */
 export interface ConnectionSource {
   connect (target: Target): Dispatcher | undefined
@@ -80,6 +85,9 @@ export class Target implements BalancerTarget {
   connection: Dispatcher | undefined = undefined
   /** the connection pools of the target's upstream pool, while the target is in it */
   connections: ConnectionSource | undefined = undefined
+
+  /** tunnels open on the target (each also counts in flight) */
+  readonly openStreams = new Set<OpenStream>()
 
   /** resolves a pending drain when the last in-flight request ends */
   onIdle: (() => void) | undefined = undefined

@@ -145,6 +145,17 @@ const PROGRAMS: Program[] = [
     ]
   },
   {
+    name: 'WebSocket',
+    marker: 'websocket: true',
+    async setup (ctx) {
+      ctx.env.CHAT_TOKEN = 'readme-token'
+    },
+    requests: [
+      { path: '/chat/room', status: 401 },
+      { path: '/chat/room', headers: { authorization: 'Bearer readme-token' }, status: 200, reaches: { path: '/room', on: ['http://10.0.0.1:8080', 'http://10.0.0.2:8080'] } }
+    ]
+  },
+  {
     name: 'sticky sessions',
     marker: "name: 'cart-route'",
     requests: [
