@@ -27,6 +27,8 @@ export interface TargetView {
   readonly retries: number
   /** times the target was ejected by passive checks */
   readonly ejections: number
+  /** WebSocket connections open on the target (each also in `inflight`) */
+  readonly websockets: number
   /** peak-EWMA latency to response headers, ms */
   readonly latency: number
 }
@@ -46,6 +48,7 @@ export const TargetStatusSchema = Type.Object({
   failures: Type.Integer(),
   retries: Type.Integer(),
   ejections: Type.Integer(),
+  websockets: Type.Integer({ description: 'WebSocket connections open on the target (each also in inflight)' }),
   latency: Type.Number({ description: 'peak-EWMA latency to response headers, ms' })
 }, { additionalProperties: false })
 

@@ -62,6 +62,8 @@ export class UpstreamMetrics {
       counter('ejections_total', 'Times passive checks ejected the target.', (t) => t.ejections),
       new Collector(prefix + 'inflight', 'Requests in flight on the target.', 'gauge', pools,
         (emit, pool, target) => emit({ value: target.inflight, labels: { pool, target: target.url } })),
+      new Collector(prefix + 'websockets', 'WebSocket connections open on the target.', 'gauge', pools,
+        (emit, pool, target) => emit({ value: target.openStreams.size, labels: { pool, target: target.url } })),
       new Collector(prefix + 'weight', 'The weight the balancer uses (ramped during slow start).', 'gauge', pools,
         (emit, pool, target) => emit({ value: target.weight, labels: { pool, target: target.url } })),
       new Collector(prefix + 'target_state', 'The target state: 1 for the current state, 0 for the others.', 'gauge', pools, (emit, pool, target) => {

@@ -37,8 +37,8 @@ export function statusPage (title = 'fastify-upstream status'): string {
 <div id="pools"></div>
 <script>
 (function () {
-  var columns = ['url', 'state', 'weight', 'effectiveWeight', 'backup', 'inflight', 'requests', 'failures', 'retries', 'ejections', 'latency'];
-  var titles = ['target', 'state', 'weight', 'effective', 'backup', 'in flight', 'requests', 'failures', 'retries', 'ejections', 'latency (ms)'];
+  var columns = ['url', 'state', 'weight', 'effectiveWeight', 'backup', 'inflight', 'websockets', 'requests', 'failures', 'retries', 'ejections', 'latency'];
+  var titles = ['target', 'state', 'weight', 'effective', 'backup', 'in flight', 'websockets', 'requests', 'failures', 'retries', 'ejections', 'latency (ms)'];
   function text (value) {
     return String(value).replace(/[&<>"']/g, function (c) { return '&#' + c.charCodeAt(0) + ';'; });
   }

@@ -166,6 +166,7 @@ export function viewOf (target: Target): TargetView {
     get failures () { return target.failures },
     get retries () { return target.retries },
     get ejections () { return target.ejections },
+    get websockets () { return target.openStreams.size },
     get latency () { return target.latency },
     toJSON () { return statusOf(target) }
   })
@@ -183,6 +184,7 @@ export function statusOf (target: Target): TargetStatus {
     failures: target.failures,
     retries: target.retries,
     ejections: target.ejections,
+    websockets: target.openStreams.size,
     latency: Math.round(target.latency * 1000) / 1000
   }
 }

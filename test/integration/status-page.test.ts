@@ -52,9 +52,10 @@ test('the status page shows pools, targets and states as they change', { skip: !
   t.match(await page.textContent('h2[data-pool="users"]'), /3 of 4 available/, 'the heading counts the disabled target out')
   const cells = await page.$$eval(`${row('users', ups[0].url)} td`, (tds) => tds.map((td) => td.textContent))
   t.equal(cells[0], ups[0].url)
-  t.ok(Number(cells[6]) > 0, `requests are shown (${cells[6]})`)
+  t.equal(cells[6], '0', 'no WebSocket open')
+  t.ok(Number(cells[7]) > 0, `requests are shown (${cells[7]})`)
   t.match(await page.textContent('#meta'), /updated .* refreshes every 2 s/)
-  // the README's picture: STATUS_PAGE_SCREENSHOT=docs/status-page.png npx tap test/status-page.test.ts
+  // the README's picture: STATUS_PAGE_SCREENSHOT=docs/status-page.png npx tap test/integration/status-page.test.ts
   const shot = process.env.STATUS_PAGE_SCREENSHOT ?? join(tmpdir(), 'fastify-upstream-status-page.png')
   await page.screenshot({ path: shot, fullPage: true })
   t.ok(statSync(shot).size > 10_000, 'a screenshot of what a person sees')

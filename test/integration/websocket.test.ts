@@ -124,11 +124,14 @@ test('a target that closes, a client that vanishes: the other side ends too, and
   const target = await echoTarget(t, 'a')
   const { app, url } = await startGateway(t, {
     upstreams: { chat: { targets: [target.url] } },
-    routes: [{ prefix: '/ws', upstream: 'chat', websocket: true }]
+    routes: [{ prefix: '/ws', upstream: 'chat', websocket: true }],
+    statusRoute: '/s'
   })
   const view = (): number => app.upstreams.get('chat')?.targets[0].inflight ?? -1
   const first = await open(t, wsUrl(url, '/ws'))
   t.equal(view(), 1, 'an open socket counts in flight')
+  t.equal(app.upstreams.status().pools.chat.targets[0].websockets, 1, 'and in the status')
+  t.match(await (await fetch(`${url}/s/metrics`)).text(), /fastify_upstream_websockets\{pool="chat",target="[^"]+"\} 1/, 'and the metrics')
   for (const ws of target.sockets) ws.close(4001, 'bye')
   const [code, reason] = await once(first.ws, 'close') as [number, Buffer]
   t.equal(code, 4001)
