@@ -161,8 +161,8 @@ export function tunnel (reply: FastifyReply, pool: Pool, path: string, tried: Ta
       countFailure(target, pool.detector, performance.now())
       if (client.destroyed) return
       tried.push(target)
-      // nothing reached the target: another may take it
-      if (tried.length <= pool.config.retry.attempts) {
+      // nothing reached the target: another may take it, if there is one
+      if (tried.length <= pool.config.retry.attempts && pool.pick(reply.request, tried) !== undefined) {
         tunnel(reply, pool, path, tried)
         return
       }

@@ -1,10 +1,12 @@
 // WebSocket through a mount with websocket: true, against real ws servers and clients on loopback.
 import { once } from 'node:events'
 import http from 'node:http'
+import https from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { test } from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
 import { closedPort, startGateway, until, type Teardown } from '../helpers'
+import { ca, skip, upstreamCert } from '../private-ca'
 
 interface Echo { url: string, port: number, name: string, server: http.Server, sockets: Set<WebSocket>, handshakes: http.IncomingMessage[] }
 
@@ -208,4 +210,29 @@ test("the target's refusal of the upgrade goes back to the client as it is", asy
   t.equal(body, 'not you')
   ws.terminate()
   await until('in flight back to 0', () => app.upstreams.get('chat')?.targets[0].inflight === 0)
+})
+
+test('a wss target is reached with the pool TLS settings; an untrusted one gets 502, never a handshake', { skip }, async (t) => {
+  const server = https.createServer(upstreamCert)
+  const wss = new WebSocketServer({ server })
+  let handshakes = 0
+  wss.on('connection', (ws) => { handshakes++; ws.send('secure hello') })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => { for (const ws of wss.clients) ws.terminate(); wss.close(); server.closeAllConnections(); server.close(() => resolve()) }))
+  const target = `https://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const trusted = await startGateway(t, {
+    upstreams: { chat: { targets: [target], tls: { ca } } },
+    routes: [{ prefix: '/ws', upstream: 'chat', websocket: true }]
+  })
+  t.equal((await open(t, wsUrl(trusted.url, '/ws'))).hello, 'secure hello')
+  const untrusted = await startGateway(t, {
+    upstreams: { chat: { targets: [target] } },
+    routes: [{ prefix: '/ws', upstream: 'chat', websocket: true }]
+  })
+  const ws = new WebSocket(wsUrl(untrusted.url, '/ws'))
+  ws.on('error', () => {})
+  const [, res] = await once(ws, 'unexpected-response') as [unknown, http.IncomingMessage]
+  t.equal(res.statusCode, 502)
+  ws.terminate()
+  t.equal(handshakes, 1, 'only the trusted gateway got through')
 })
