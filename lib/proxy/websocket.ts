@@ -1,4 +1,5 @@
 import { ServerResponse, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { performance } from 'node:perf_hooks'
 import type { FastifyInstance, FastifyReply } from 'fastify'
@@ -172,6 +173,8 @@ export function tunnel (reply: FastifyReply, pool: Pool, path: string, tried: Ta
     }
     open.upstream = socket
     ;(client as Marked)[kTunnel] = true
+    // frames go out as they come (no Nagle delay on small messages)
+    ;(client as Partial<Socket>).setNoDelay?.(true)
     socket.on('error', destroyOnError)
     client.removeListener('error', destroyOnError)
     client.on('error', destroyOnError)
