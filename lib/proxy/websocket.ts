@@ -188,6 +188,12 @@ export function tunnel (reply: FastifyReply, pool: Pool, path: string, tried: Ta
     }
     client.once('close', closed)
     socket.once('close', closed)
+    // silence both ways longer than the pool's idle timeout ends the tunnel (as NGINX's
+    // proxy_read_timeout does): 1001 to the client; pings count as traffic
+    const idle = pool.config.timeout.idle
+    const onIdle = (): void => { open.close() }
+    ;(client as Partial<Socket>).setTimeout?.(idle, onIdle)
+    socket.setTimeout(idle, onIdle)
     // the mount's own root with no rewritePrefix and no base path: `/`, as reply-from sends it
     const sent = target.basePath + path
     socket.write(handshake(req, sent === '' || sent.charCodeAt(0) === 63 ? '/' + sent : sent, headers))

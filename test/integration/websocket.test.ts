@@ -236,3 +236,23 @@ test('a wss target is reached with the pool TLS settings; an untrusted one gets 
   ws.terminate()
   t.equal(handshakes, 1, 'only the trusted gateway got through')
 })
+
+test("a tunnel silent past the pool's timeout.idle is closed with 1001; traffic keeps it open", async (t) => {
+  const target = await echoTarget(t, 'a')
+  const { url } = await startGateway(t, {
+    upstreams: { chat: { targets: [target.url], timeout: { idle: 300 } } },
+    routes: [{ prefix: '/ws', upstream: 'chat', websocket: true }]
+  })
+  const { ws } = await open(t, wsUrl(url, '/ws'))
+  const started = Date.now()
+  // a message every 100 ms for 600 ms: never 300 ms of silence
+  for (let i = 0; i < 6; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    ws.send(`m${i}`)
+    await once(ws, 'message')
+  }
+  t.equal(ws.readyState, WebSocket.OPEN, 'still open after 600 ms of traffic')
+  const [code] = await once(ws, 'close') as [number]
+  t.equal(code, 1001)
+  t.ok(Date.now() - started >= 850, 'closed once silent for the idle timeout')
+})
