@@ -144,12 +144,13 @@ export function tunnel (reply: FastifyReply, pool: Pool, path: string, tried: Ta
     answerRaw(client, 503, 'FST_UPSTREAM_NO_TARGET', `No available target in upstream pool "${pool.name}"`)
     return
   }
-  const headers = poolProxy(pool).headers.request(reply.request, { ...req.headers }) as OutgoingHttpHeaders
+  const url = new URL(target.origin)
+  // Host is the target's, as reply-from sends it, unless the host policy says otherwise
+  const headers = poolProxy(pool).headers.request(reply.request, { ...req.headers, host: url.host }) as OutgoingHttpHeaders
   // hop-by-hop headers the policy strips are the handshake's own: put back the client's
   headers.connection = 'Upgrade'
   headers.upgrade = req.headers.upgrade
   const open = new Tunnel(client, target)
-  const url = new URL(target.origin)
   pool.connections.connector({
     hostname: url.hostname.replace(/^\[|\]$/g, ''),
     host: url.host,

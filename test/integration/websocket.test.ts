@@ -55,6 +55,8 @@ test('messages both ways: text, binary, large and fragmented; the path is rewrit
   const { ws, hello } = await open(t, wsUrl(url, '/ws/room?x=1'))
   t.equal(hello, 'hello from a')
   t.equal(target.handshakes[0].url, '/socket/room?x=1', 'the handshake reached the rewritten path with its query')
+  t.equal(target.handshakes[0].headers['x-forwarded-for'], '127.0.0.1', 'the header policy applied to the handshake')
+  t.equal(target.handshakes[0].headers.host, new URL(target.url).host, 'Host is the target\'s')
   ws.send('text')
   t.equal(String((await once(ws, 'message'))[0]), 'text')
   ws.send(Buffer.from([0, 1, 2, 255]))
@@ -148,7 +150,7 @@ test('a target that closes, a client that vanishes: the other side ends too, and
 
 test('sockets are balanced over the targets, and a sticky cookie set over HTTP holds for the upgrade', async (t) => {
   const targets = [await echoTarget(t, 'a'), await echoTarget(t, 'b'), await echoTarget(t, 'c')]
-  const { url } = await startGateway(t, {
+  const { app, url } = await startGateway(t, {
     upstreams: { chat: { targets: targets.map((x) => x.url), balancer: 'round-robin', sticky: { cookie: { name: 'route' } } } },
     routes: [{ prefix: '/ws', upstream: 'chat', websocket: true }]
   })
@@ -164,6 +166,9 @@ test('sockets are balanced over the targets, and a sticky cookie set over HTTP h
   for (let i = 0; i < 4; i++) {
     t.equal((await open(t, wsUrl(url, '/ws'), undefined, { headers: { cookie } })).hello, `hello from ${served}`)
   }
+  // the cookie of a removed target: the balancer picks another
+  await app.upstreams.get('chat')?.removeTarget(targets.find((x) => x.name === served)?.url as string)
+  t.not((await open(t, wsUrl(url, '/ws'), undefined, { headers: { cookie } })).hello, `hello from ${served}`)
 })
 
 test('removeTarget with drain keeps a socket open until drainTimeout, then closes it (1001); app.close() closes the rest', async (t) => {
@@ -255,4 +260,31 @@ test("a tunnel silent past the pool's timeout.idle is closed with 1001; traffic 
   const [code] = await once(ws, 'close') as [number]
   t.equal(code, 1001)
   t.ok(Date.now() - started >= 850, 'closed once silent for the idle timeout')
+})
+
+test('a drain under load: the draining target\'s sockets keep working until drainTimeout, new ones go elsewhere', async (t) => {
+  const targets = [await echoTarget(t, 'a'), await echoTarget(t, 'b')]
+  const { app, url } = await startGateway(t, {
+    upstreams: { chat: { targets: targets.map((x) => x.url), balancer: 'round-robin', drainTimeout: 600 } },
+    routes: [{ prefix: '/ws', upstream: 'chat', websocket: true }]
+  })
+  const opened = await Promise.all(Array.from({ length: 10 }, async () => await open(t, wsUrl(url, '/ws'))))
+  const onA = opened.filter((o) => o.hello === 'hello from a').map((o) => o.ws)
+  t.equal(onA.length, 5)
+  const removing = app.upstreams.get('chat')?.removeTarget(targets[0].url, { drain: true })
+  // every socket on the draining target exchanges messages for 400 ms
+  let echoed = 0
+  await Promise.all(onA.map(async (ws) => {
+    for (let i = 0; i < 8; i++) {
+      ws.send(`m${i}`)
+      await once(ws, 'message')
+      echoed++
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }))
+  t.equal(echoed, 40, 'all answered while draining')
+  for (let i = 0; i < 4; i++) t.equal((await open(t, wsUrl(url, '/ws'))).hello, 'hello from b', 'a new socket goes to the other target')
+  const codes = await Promise.all(onA.map(async (ws) => (await once(ws, 'close') as [number])[0]))
+  t.same(codes, [1001, 1001, 1001, 1001, 1001], 'closed with 1001 at drainTimeout')
+  await removing
 })
