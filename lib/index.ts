@@ -9,7 +9,7 @@ import { normalizeOptions } from './options/normalize'
 import { PoolRegistry } from './upstream/registry'
 import { setUpReplyFrom } from './proxy/reply-from'
 import { mountRoute, routerPathOptions } from './proxy/routes'
-import { listenForUpgrades } from './proxy/websocket'
+import { forwardUpgrade, kUpgrade, listenForUpgrades, type UpgradeRequest } from './proxy/websocket'
 import { mountStatus } from './status/route'
 
 // the rest of the public API, exported as members of the plugin at the end of the file
@@ -77,12 +77,13 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   fastify.decorate('upstreams', registry.api)
   for (const [key, initial] of requestDecorations) fastify.decorateRequest(key, initial as null)
   fastify.decorateReply('forward', function forward (this, name: string, options?: ForwardOptions) {
+    if ((this.request.raw as UpgradeRequest)[kUpgrade] !== undefined) return forwardUpgrade(this, forwarder.pool(name), name, options?.url)
     // the README's own usage, `reply.forward(name, { url })`, prepares nothing per call
     const prepared = options === undefined || onlyUrl(options) ? forwarder.defaults : forwarder.prepare(options)
     return forwarder.forward(this, name, options?.url, prepared)
   })
   const websockets = config.routes.flatMap((route, i) => mountRoute(fastify, route, forwarder, i, router) ?? [])
-  if (websockets.length > 0) listenForUpgrades(fastify, websockets, () => { for (const pool of registry) pool.closeStreams() })
+  listenForUpgrades(fastify, websockets, () => { for (const pool of registry) pool.closeStreams() })
   mountStatus(fastify, registry, config.statusRoute, config.metrics)
   // active checks run their first round before the server starts serving
   fastify.addHook('onReady', () => registry.start())

@@ -6,7 +6,9 @@ import type { FastifyInstance, FastifyReply } from 'fastify'
 import { countFailure } from '../health/outlier-detector'
 import type { Pool } from '../upstream/pool'
 import type { OpenStream, Target } from '../upstream/target'
+import { BadPathError, UnknownPoolError } from '../errors'
 import { poolProxy } from './forwarding'
+import { isSafePath, originForm } from './paths'
 
 /**
  * WebSocket (and any other Upgrade) through a pool, for the mounts with `websocket: true`.
@@ -27,9 +29,10 @@ export const kUpgrade = Symbol('fastify-upstream.upgrade')
 export interface UpgradeRequest extends IncomingMessage { [kUpgrade]?: { socket: Duplex, head: Buffer } }
 
 /**
- * Listens for Upgrade requests on the server and routes those under `prefixes` through
- * Fastify; others are left to whoever else listens (a WebSocket plugin of the app's), or,
- * with nobody else, routed as plain requests.
+ * Listens for Upgrade requests on the server and routes those under `prefixes` (the
+ * websocket mounts) through Fastify; others are left to whoever else listens (a WebSocket
+ * plugin of the app's), or, with nobody else, routed too: a handler may `reply.forward`
+ * them (see forwardUpgrade), and any other answer ends the connection.
  */
 export function listenForUpgrades (fastify: FastifyInstance, prefixes: string[], closeTunnels: () => void): void {
   const server = fastify.server
@@ -38,7 +41,7 @@ export function listenForUpgrades (fastify: FastifyInstance, prefixes: string[],
     // a prefix with :params matches what the router says: every upgrade is routed then
     const ours = prefixes.some((prefix) => prefix.includes(':') || prefix === '/' || path === prefix || path.startsWith(prefix + '/'))
     if (!ours && server.listenerCount('upgrade') > 1) return
-    if (ours) req[kUpgrade] = { socket, head }
+    req[kUpgrade] = { socket, head }
     socket.on('error', destroyOnError)
     const res = new ServerResponse(req)
     res.shouldKeepAlive = false
@@ -203,4 +206,17 @@ export function tunnel (reply: FastifyReply, pool: Pool, path: string, tried: Ta
     socket.pipe(client)
     client.pipe(socket)
   })
+}
+
+/**
+ * `reply.forward` of an Upgrade request: tunnelled to a target of pool `name`, at `url`
+ * (path and query) or the request's own, under the same path rule as any forward.
+ */
+export function forwardUpgrade (reply: FastifyReply, pool: Pool | undefined, name: string, url: string | undefined): FastifyReply {
+  if (pool === undefined) return reply.send(new UnknownPoolError(name))
+  const path = url ?? originForm(reply.request.raw.url as string) ?? ''
+  const query = path.indexOf('?')
+  if (path === '' || !isSafePath(query === -1 ? path : path.slice(0, query))) return reply.send(new BadPathError())
+  tunnel(reply, pool, path)
+  return reply
 }

@@ -288,3 +288,24 @@ test('a drain under load: the draining target\'s sockets keep working until drai
   t.same(codes, [1001, 1001, 1001, 1001, 1001], 'closed with 1001 at drainTimeout')
   await removing
 })
+
+test('reply.forward tunnels an Upgrade request from a handler of the app\'s own; other routes answer it as usual', async (t) => {
+  const target = await echoTarget(t, 'a')
+  const { url } = await startGateway(t, {
+    upstreams: { chat: { targets: [target.url] } }
+  }, (app) => {
+    app.get('/live/:room', (request, reply) => reply.forward('chat', { url: `/rooms/${(request.params as { room: string }).room}` }))
+    app.get('/plain', async () => 'plain answer')
+  })
+  const { ws, hello } = await open(t, wsUrl(url, '/live/7'))
+  t.equal(hello, 'hello from a')
+  t.equal(target.handshakes[0].url, '/rooms/7')
+  ws.send('x')
+  t.equal(String((await once(ws, 'message'))[0]), 'x')
+  const other = new WebSocket(wsUrl(url, '/plain'))
+  other.on('error', () => {})
+  const [, res] = await once(other, 'unexpected-response') as [unknown, http.IncomingMessage]
+  t.equal(res.statusCode, 200, 'a route that does not forward answers as it would any request')
+  other.terminate()
+  t.equal((await fetch(`${url}/plain`)).status, 200, 'and plain requests are untouched')
+})
