@@ -68,6 +68,9 @@ test('messages both ways: text, binary, large and fragmented; the path is rewrit
   ws.send(large, { fin: true })
   const [echoed] = await once(ws, 'message') as [Buffer]
   t.equal(echoed.length, 2 * large.length, 'a large fragmented message arrives whole')
+  ws.ping('are you there')
+  const [pong] = await once(ws, 'pong') as [Buffer]
+  t.equal(pong.toString(), 'are you there', 'a ping went through and its pong came back')
   ws.close(4000, 'done')
   const [code] = await once(ws, 'close') as [number]
   t.equal(code, 4000, 'the close code went to the target and back')
