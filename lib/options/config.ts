@@ -1,16 +1,14 @@
-import type { FastifyRequest } from 'fastify'
 import type { BalancerOptions } from '../balancers/schema'
-import type { TargetView } from '../contracts'
 import { METHODS } from './schema'
-import type { DiscoveryOptions, TimeoutOptions, TlsOptions } from './types'
+import type { ActiveCheckOptions, DiscoveryOptions, HeaderPolicyOptions, TimeoutOptions, TlsOptions } from './types'
 
 /**
  * The plugin's own form of the options, after defaults: what the parts read. The
  * defaults have this one home (the README's tables say the same).
  */
 
-/** A request or response header to set: a fixed value, or a function of the request. */
-export type HeaderValue = string | ((request: FastifyRequest) => string | undefined)
+/** A request or response header to set: a fixed value, or a function of the request (as the option takes it). */
+export type HeaderValue = NonNullable<HeaderPolicyOptions['set']>[string]
 
 /** The normalised header options of a pool (see HeaderPolicy). */
 export interface HeaderPolicyConfig {
@@ -39,7 +37,7 @@ export interface ActiveCheckConfig {
   jitter: number
   healthyThreshold: number
   unhealthyThreshold: number
-  check: ((target: TargetView) => boolean | Promise<boolean>) | undefined
+  check: ActiveCheckOptions['check']
 }
 
 export interface PassiveCheckConfig {

@@ -1,5 +1,5 @@
 import { InvalidOptionError } from '../errors'
-import { DEFAULTS, statusSet, type ActiveCheckConfig, type HeaderPolicyConfig, type PassiveCheckConfig, type PoolConfig, type StickyConfig, type TargetConfig } from './config'
+import { DEFAULTS, statusSet, type ActiveCheckConfig, type PassiveCheckConfig, type PoolConfig, type StickyConfig, type TargetConfig } from './config'
 import { OptionsSchema, PoolSchema, TargetSchema } from './schema'
 import type { MetricsOptions, PluginOptions, PoolOptions, RouteOptions, StatusRouteOptions, TargetOptions } from './types'
 import { check } from './validate'
@@ -71,7 +71,7 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
         jitter: active.jitter ?? DEFAULTS.active.jitter,
         healthyThreshold: active.healthyThreshold ?? DEFAULTS.active.healthyThreshold,
         unhealthyThreshold: active.unhealthyThreshold ?? DEFAULTS.active.unhealthyThreshold,
-        check: active.check as ActiveCheckConfig['check']
+        check: active.check
       }
   const passiveConfig: PassiveCheckConfig | undefined = passive === undefined
     ? undefined
@@ -113,9 +113,9 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     headerPolicy: {
       host: input.host ?? DEFAULTS.host,
       forwardedHeaders: input.forwardedHeaders ?? DEFAULTS.forwardedHeaders,
-      requestSet: (input.headers?.set ?? {}) as HeaderPolicyConfig['requestSet'],
+      requestSet: input.headers?.set ?? {},
       requestRemove: input.headers?.remove ?? [],
-      responseSet: (input.responseHeaders?.set ?? {}) as HeaderPolicyConfig['responseSet'],
+      responseSet: input.responseHeaders?.set ?? {},
       responseRemove: input.responseHeaders?.remove ?? []
     }
   }

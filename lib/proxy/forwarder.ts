@@ -45,6 +45,17 @@ function flushOnPipe (this: FastifyReply['raw']): void {
   this.flushHeaders()
 }
 
+/** The answer when no target of `pool` can take a request: 503, with Retry-After when known. */
+export function unavailable (reply: FastifyReply, pool: Pool): FastifyReply {
+  if (pool.saturated) {
+    reply.header('retry-after', 1)
+    return reply.send(new OverloadedError(pool.name))
+  }
+  const after = pool.retryAfter()
+  if (after !== undefined) reply.header('retry-after', after)
+  return reply.send(new NoTargetError(pool.name))
+}
+
 /** The retry budget a retried request's response holds until it closes. */
 const kRetryBudget = Symbol('fastify-upstream.retry-budget')
 type RawResponse = FastifyReply['raw'] & { [kRetryBudget]?: PoolProxy }
@@ -129,7 +140,7 @@ export class Forwarder implements ResponseBodySink {
     // routed to the pool from here on (request.upstream), whether a target takes it or not
     const forwarding = request[kForwarding] = new Forwarding(pool, poolProxy(pool))
     const target = pool.pick(request)
-    if (target === undefined) return this.unavailable(reply, pool)
+    if (target === undefined) return unavailable(reply, pool)
     forwarding.target = target
     if (this.hooks.onSelect !== undefined || channels.select.hasSubscribers) this.selected(request, pool, target, 0)
     if (path === undefined) {
@@ -190,16 +201,6 @@ export class Forwarder implements ResponseBodySink {
     // gateway's own error, no target's. Answered here, as a retry calls this from a
     // callback or a timer, where a throw would end the process.
     return reply.send(thrown instanceof Error ? thrown : new Error(String(thrown)))
-  }
-
-  private unavailable (reply: FastifyReply, pool: Pool): FastifyReply {
-    if (pool.saturated) {
-      reply.header('retry-after', 1)
-      return reply.send(new OverloadedError(pool.name))
-    }
-    const after = pool.retryAfter()
-    if (after !== undefined) reply.header('retry-after', after)
-    return reply.send(new NoTargetError(pool.name))
   }
 
   /**
@@ -294,11 +295,11 @@ export class Forwarder implements ResponseBodySink {
     reply.send(body)
   }
 
-  readonly bodyStarts = (reply: FastifyReply, stream: Readable): void => {
+  readonly bodyStarts = (reply: FastifyReply, stream: Readable, now: boolean): void => {
     applyHeaders(reply, forwardingOf(reply.request))
-    // Fastify writes the headers with the first bytes it pipes; an event stream's go as
-    // soon as the piping starts, which may be within send() (a shared listener, see flushOnPipe)
-    if (isEventStream(reply.getHeader('content-type'))) reply.raw.on('pipe', flushOnPipe)
+    // Fastify writes the headers with the first bytes it pipes; an event stream's (sent
+    // `now`) go as soon as the piping starts, which may be within send() (see flushOnPipe)
+    if (now) reply.raw.on('pipe', flushOnPipe)
     reply.send(stream)
   }
 

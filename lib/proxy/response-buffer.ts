@@ -20,8 +20,8 @@ export interface ResponseBodySink {
   bodyRead: (reply: FastifyReply, body: Buffer) => void
   /** the body broke off before the client got any of it */
   bodyFailed: (reply: FastifyReply, error: Error) => void
-  /** a streamed body has its first bytes (or its end): the answer may start */
-  bodyStarts: (reply: FastifyReply, stream: Readable) => void
+  /** a streamed body has its first bytes (or its end), or is sent `now`: the answer starts (with its headers at once when `now`) */
+  bodyStarts: (reply: FastifyReply, stream: Readable, now: boolean) => void
   /** a streamed body broke off after the client got part of it (the response is aborted) */
   bodyBroke: (reply: FastifyReply, error: Error) => void
 }
@@ -141,7 +141,7 @@ function onFirstBytes (this: StreamedBody): void {
   this.removeListener('error', onErrorBeforeBytes)
   this.on('error', onErrorAfterBytes)
   const reply = this[kStreamedTo]
-  if (answerable(reply)) this[kSink].bodyStarts(reply, this)
+  if (answerable(reply)) this[kSink].bodyStarts(reply, this, false)
 }
 
 function onErrorBeforeBytes (this: StreamedBody, error: Error): void {
@@ -165,7 +165,7 @@ export function streamBody (stream: Readable, reply: FastifyReply, sink: Respons
   streamed[kSink] = sink
   if (now) {
     streamed.on('error', onErrorAfterBytes)
-    sink.bodyStarts(reply, streamed)
+    sink.bodyStarts(reply, streamed, true)
     return
   }
   // 'readable' comes with the first bytes, or with the end of an empty body

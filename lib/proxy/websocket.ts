@@ -1,4 +1,4 @@
-import { ServerResponse, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http'
+import { STATUS_CODES, ServerResponse, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { performance } from 'node:perf_hooks'
@@ -7,8 +7,10 @@ import { countFailure } from '../health/outlier-detector'
 import type { Pool } from '../upstream/pool'
 import type { OpenStream, Target } from '../upstream/target'
 import { BadPathError, UnknownPoolError } from '../errors'
+import { unavailable } from './forwarder'
 import { poolProxy } from './forwarding'
 import { isSafePath, originForm } from './paths'
+import { upstreamError, type MappedError } from './upstream-error'
 
 /**
  * WebSocket (and any other Upgrade) through a pool, for the mounts with `websocket: true`.
@@ -69,10 +71,12 @@ function destroyOnError (this: Duplex): void {
   this.destroy()
 }
 
-/** An answer of the gateway's own on the client's socket (no target answered). */
-function answerRaw (socket: Duplex, status: number, code: string, message: string): void {
-  const body = JSON.stringify({ statusCode: status, code, error: status === 504 ? 'Gateway Timeout' : 'Bad Gateway', message })
-  socket.end(`HTTP/1.1 ${status} ${status === 504 ? 'Gateway Timeout' : 'Bad Gateway'}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+/** The plugin's error for a connection that failed, answered on the client's socket (the reply is hijacked). */
+function answerRaw (socket: Duplex, error: MappedError): void {
+  const status = error.statusCode
+  const reason = STATUS_CODES[status] ?? ''
+  const body = JSON.stringify({ statusCode: status, code: error.code, error: reason, message: error.message })
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
 }
 
 /** The handshake request sent to the target: the client's, through the pool's header policy. */
@@ -133,20 +137,27 @@ class Tunnel implements OpenStream {
 
 /**
  * Opens the tunnel of an Upgrade request to a target of `pool` at `path` (with its
- * query); a refused connection or a connect timeout tries another target, up to the
- * pool's retry attempts.
+ * query). With no target to take it, the answer is a forward's (503, Retry-After).
  */
-export function tunnel (reply: FastifyReply, pool: Pool, path: string, tried: Target[] = []): void {
-  const req = reply.request.raw as UpgradeRequest
-  const upgrade = req[kUpgrade]
+export function tunnel (reply: FastifyReply, pool: Pool, path: string): void {
+  const upgrade = (reply.request.raw as UpgradeRequest)[kUpgrade]
   if (upgrade === undefined) return
-  reply.hijack()
-  const client = upgrade.socket
-  const target = pool.pick(reply.request, tried.length === 0 ? undefined : tried)
+  const target = pool.pick(reply.request)
   if (target === undefined) {
-    answerRaw(client, 503, 'FST_UPSTREAM_NO_TARGET', `No available target in upstream pool "${pool.name}"`)
+    unavailable(reply, pool)
     return
   }
+  reply.hijack()
+  connect(reply, pool, path, upgrade, target, [])
+}
+
+/**
+ * One attempt at `target`; a refused connection or a connect timeout tries another
+ * target not tried yet (nothing was sent), up to the pool's retry attempts.
+ */
+function connect (reply: FastifyReply, pool: Pool, path: string, upgrade: { socket: Duplex, head: Buffer }, target: Target, tried: Target[]): void {
+  const req = reply.request.raw
+  const client = upgrade.socket
   const url = new URL(target.origin)
   // Host is the target's, as reply-from sends it, unless the host policy says otherwise
   const headers = poolProxy(pool).headers.request(reply.request, { ...req.headers, host: url.host }) as OutgoingHttpHeaders
@@ -166,13 +177,13 @@ export function tunnel (reply: FastifyReply, pool: Pool, path: string, tried: Ta
       countFailure(target, pool.detector, performance.now())
       if (client.destroyed) return
       tried.push(target)
-      // nothing reached the target: another may take it, if there is one
-      if (tried.length <= pool.config.retry.attempts && pool.pick(reply.request, tried) !== undefined) {
-        tunnel(reply, pool, path, tried)
+      // nothing reached the target: another may take it
+      const next = tried.length <= pool.config.retry.attempts ? pool.pick(reply.request, tried) : undefined
+      if (next !== undefined) {
+        connect(reply, pool, path, upgrade, next, tried)
         return
       }
-      const timeout = (error as { code?: string } | null)?.code === 'UND_ERR_CONNECT_TIMEOUT'
-      answerRaw(client, timeout ? 504 : 502, timeout ? 'FST_UPSTREAM_TIMEOUT' : 'FST_UPSTREAM_CONNECT_FAILED', 'Could not connect to the upstream target')
+      answerRaw(client, upstreamError(error ?? new Error('no socket')))
       return
     }
     open.upstream = socket

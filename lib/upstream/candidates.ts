@@ -97,7 +97,8 @@ export class Candidates {
     return max !== undefined && target.inflight >= max + this.limit.maxPending
   }
 
-  private usable (target: Target, exclude: readonly Target[] | undefined): boolean {
+  /** true when `target` is not at its connection limit nor among those `exclude` lists */
+  usable (target: Target, exclude: readonly Target[] | undefined): boolean {
     return !this.isFull(target) && (exclude === undefined || !exclude.includes(target))
   }
 }

@@ -119,7 +119,7 @@ export class Pool implements HealthHost {
   pick (request: SelectRequest, exclude?: readonly Target[]): Target | undefined {
     if (this.sticky !== undefined) {
       const target = this.sticky.target(request)
-      if (target !== undefined && target.available && !this.candidates.isFull(target) && (exclude === undefined || !exclude.includes(target))) return target
+      if (target !== undefined && target.available && this.candidates.usable(target, exclude)) return target
     }
     return this.candidates.pick(request, exclude)
   }

@@ -13,7 +13,7 @@ import fastifyUpstream, {
 } from '../../lib/index'
 import { load, startGateway, startUpstreams } from '../helpers'
 
-/** A plain target as the pool hands it to balancers. */
+/** A plain target as the pool hands it to balancers: only picked, never connected to (its URL is a name). */
 interface FakeTarget { url: string, weight: number, inflight: number, latency: number, meanLatency: number, latencyUpdatedAt: number }
 
 function targets (...weights: number[]): FakeTarget[] {

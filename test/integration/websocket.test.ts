@@ -312,3 +312,21 @@ test('reply.forward tunnels an Upgrade request from a handler of the app\'s own;
   other.terminate()
   t.equal((await fetch(`${url}/plain`)).status, 200, 'and plain requests are untouched')
 })
+
+test('with no target to take it, an upgrade gets the answer a forward gets: 503 FST_UPSTREAM_NO_TARGET', async (t) => {
+  const target = await echoTarget(t, 'a')
+  const { app, url } = await startGateway(t, {
+    upstreams: { chat: { targets: [target.url] } },
+    routes: [{ prefix: '/ws', upstream: 'chat', websocket: true }]
+  })
+  app.upstreams.get('chat')?.setState(target.url, 'disabled')
+  const ws = new WebSocket(wsUrl(url, '/ws'))
+  ws.on('error', () => {})
+  const [, res] = await once(ws, 'unexpected-response') as [unknown, http.IncomingMessage]
+  let body = ''
+  for await (const chunk of res) body += String(chunk)
+  t.equal(res.statusCode, 503)
+  t.match(JSON.parse(body), { code: 'FST_UPSTREAM_NO_TARGET' })
+  ws.terminate()
+  t.equal(target.handshakes.length, 0)
+})
