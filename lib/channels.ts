@@ -5,7 +5,8 @@ export const channels = {
   select: diagnostics.channel('fastify-upstream:select'),
   proxyError: diagnostics.channel('fastify-upstream:proxy-error'),
   targetState: diagnostics.channel('fastify-upstream:target-state'),
-  retry: diagnostics.channel('fastify-upstream:retry')
+  retry: diagnostics.channel('fastify-upstream:retry'),
+  split: diagnostics.channel('fastify-upstream:split')
 }
 
 /**

@@ -62,12 +62,33 @@ export const PoolStatusSchema = Type.Object({
   targets: Type.Array(TargetStatusSchema)
 }, { additionalProperties: false })
 
+export const SplitBranchStatusSchema = Type.Object({
+  pool: Type.String(),
+  /** chosen by its rules, not by weight */
+  match: Type.Boolean({ description: 'chosen by its rules, not by weight' }),
+  weight: Type.Integer({ description: 'its weight (0 for a branch with rules)' }),
+  share: Type.Number({ description: 'percent of the requests no rule matches that the weights give it' }),
+  requests: Type.Integer({ description: 'requests sent down this branch' }),
+  fallbacks: Type.Integer({ description: 'of those, requests whose own branch had no available target' })
+}, { additionalProperties: false })
+
+export const SplitStatusSchema = Type.Object({
+  name: Type.String(),
+  /** clients keep their branch by a key */
+  sticky: Type.Boolean(),
+  /** a branch with no available target falls back to the others */
+  fallback: Type.Boolean(),
+  branches: Type.Array(SplitBranchStatusSchema)
+}, { additionalProperties: false })
+
 export const StatusSchema = Type.Object({
-  pools: Type.Record(Type.String(), PoolStatusSchema)
+  pools: Type.Record(Type.String(), PoolStatusSchema),
+  splits: Type.Record(Type.String(), SplitStatusSchema)
 }, { additionalProperties: false })
 
 export type TargetStatus = Static<typeof TargetStatusSchema>
 export type PoolStatus = Static<typeof PoolStatusSchema>
+export type SplitStatus = Static<typeof SplitStatusSchema>
 export type RegistryStatus = Static<typeof StatusSchema>
 
 export interface RemoveTargetOptions {
@@ -88,6 +109,14 @@ export interface TargetStateEvent {
   to: TargetState | 'removed'
   /** why, in words: 'active check failed 3 times', 'ejected for 30000 ms', 'disabled by the operator' */
   reason: string
+}
+
+/** Published when a split's weights change at run time. */
+export interface SplitChangeEvent {
+  split: string
+  /** the weights of its branches without rules, by pool */
+  from: Record<string, number>
+  to: Record<string, number>
 }
 
 /** The minimal logger the pools use (a pino or Fastify logger fits). */

@@ -7,6 +7,8 @@ import { Forwarder } from './proxy/forwarder'
 import { requestDecorations } from './proxy/forwarding'
 import { normalizeOptions } from './options/normalize'
 import { PoolRegistry } from './upstream/registry'
+import { SplitRegistry, type TrafficSplit } from './traffic/splits'
+import type { MatchRule, MirrorOptions, SplitBranchOptions, SplitOptions } from './traffic/schema'
 import { setUpReplyFrom } from './proxy/reply-from'
 import { mountRoute, routerPathOptions } from './proxy/routes'
 import { forwardUpgrade, kUpgrade, listenForUpgrades, type UpgradeRequest } from './proxy/websocket'
@@ -22,8 +24,9 @@ import type { DiscoverySource, DiscoveredTargets } from './options/schema'
 import type { BalancerOptions, HashKeyOption } from './balancers/schema'
 import type { Balancer, BalancerFactory, BalancerTarget, SelectRequest } from './balancers/types'
 import {
-  StatusSchema, PoolStatusSchema, TargetStatusSchema,
-  type TargetView, type TargetState, type TargetStatus, type PoolStatus, type RegistryStatus, type RemoveTargetOptions, type TargetStateEvent
+  StatusSchema, PoolStatusSchema, TargetStatusSchema, SplitStatusSchema,
+  type TargetView, type TargetState, type TargetStatus, type PoolStatus, type RegistryStatus, type RemoveTargetOptions, type TargetStateEvent,
+  type SplitStatus, type SplitChangeEvent
 } from './contracts'
 import type { UpstreamPool, UpstreamRegistry } from './upstream/api'
 import { DnsSource, DnsSrvSource } from './upstream/discovery'
@@ -67,8 +70,9 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   if (fastify.hasDecorator('upstreams')) throw new AlreadyRegisteredError()
 
   const dispatcher = new UpstreamDispatcher()
-  const registry = new PoolRegistry(fastify.log, config.onTargetStateChange)
+  const registry = new PoolRegistry(fastify.log, config.onTargetStateChange, new SplitRegistry(fastify.log, config.onSplitChange))
   for (const [name, pool] of config.pools) registry.add(name, pool)
+  for (const [name, split] of config.splits) registry.splits.add(name, split.options, split.path)
   const router = routerPathOptions(fastify)
   // reply-from's own retries go back to the same target: off (an empty method list turns
   // them off without a per-request callback); the plugin retries on other targets itself
@@ -116,9 +120,10 @@ declare namespace fastifyUpstream {
   export type { MetricsOptions }
   export type { DiscoverySource, DiscoveredTargets }
   export type { StatusRouteOptions }
+  export type { SplitOptions, SplitBranchOptions, MatchRule, MirrorOptions, TrafficSplit, SplitStatus, SplitChangeEvent }
   export type { SelectEvent, ProxyErrorEvent, TargetStateEvent, RetryEvent }
   export type { UpstreamOutcome, UpstreamAttempt }
-  export { errors, DnsSource, DnsSrvSource, StatusSchema, PoolStatusSchema, TargetStatusSchema }
+  export { errors, DnsSource, DnsSrvSource, StatusSchema, PoolStatusSchema, TargetStatusSchema, SplitStatusSchema }
   export { RoundRobinBalancer, RandomBalancer, LeastRequestBalancer, EwmaBalancer, ConsistentHashBalancer }
   export const fastifyUpstream: FastifyUpstream
   export { fastifyUpstream as default }
@@ -136,6 +141,7 @@ module.exports.DnsSrvSource = DnsSrvSource
 module.exports.StatusSchema = StatusSchema
 module.exports.PoolStatusSchema = PoolStatusSchema
 module.exports.TargetStatusSchema = TargetStatusSchema
+module.exports.SplitStatusSchema = SplitStatusSchema
 module.exports.RoundRobinBalancer = RoundRobinBalancer
 module.exports.RandomBalancer = RandomBalancer
 module.exports.LeastRequestBalancer = LeastRequestBalancer

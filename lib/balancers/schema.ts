@@ -6,7 +6,7 @@ import type { Balancer, BalancerFactory, SelectRequest } from './types'
 
 const Fn = Type.Function([Type.Any()], Type.Any())
 
-const HashKey = Type.Union([
+export const HashKeySchema = Type.Union([
   Type.Literal('ip'),
   Type.Literal('url'),
   typed<`header:${string}` | `cookie:${string}` | `query:${string}`>(Type.String({ pattern: '^(header|cookie|query):[^\\s]+$' })),
@@ -35,7 +35,7 @@ export const BalancerSchema = Type.Union([
   }, { additionalProperties: false }),
   Type.Object({
     type: Type.Literal('consistent-hash'),
-    key: Type.Optional(HashKey),
+    key: Type.Optional(HashKeySchema),
     tableSize: Type.Optional(Type.Integer({ minimum: 7, maximum: 1_000_003, errorMessage: 'must be a prime from 7 to 1000003' }))
   }, { additionalProperties: false }),
   // a custom balancer: an object implementing the interface, or a factory returning one
@@ -43,7 +43,7 @@ export const BalancerSchema = Type.Union([
   typed<BalancerFactory>(Fn)
 ], { errorMessage: 'must be a balancer name, an object { type, ...options }, an object with pick() and update(), or a factory function' })
 
-export type HashKeyOption = Static<typeof HashKey>
+export type HashKeyOption = Static<typeof HashKeySchema>
 export type BalancerOptions = Static<typeof BalancerSchema>
 /** The options of one built-in balancer, by its `type`. */
 export type BalancerTypeOptions<T extends typeof BALANCER_NAMES[number]> = Extract<BalancerOptions, { type: T }>

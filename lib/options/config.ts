@@ -58,6 +58,8 @@ export interface RetryConfig {
   backoffMax: number
   budgetPercent: number
   budgetMinRetries: number
+  /** ms without response headers before a hedged second attempt; 0: no hedging */
+  hedgeDelay: number
 }
 
 /** The normalised form of a pool after defaults. */
@@ -83,6 +85,21 @@ export interface PoolConfig {
   discoveryInterval: number
   /** sticky sessions by a gateway cookie; undefined when off */
   sticky: StickyConfig | undefined
+  /** copies of sampled requests to another pool; undefined when off */
+  mirror: MirrorConfig | undefined
+}
+
+/** A mirror, normalised (see MirrorSchema). */
+export interface MirrorConfig {
+  pool: string
+  /** share of requests copied, 0-1 */
+  fraction: number
+  /** the largest request body copied, bytes */
+  body: number
+  maxConcurrent: number
+  timeout: number
+  /** the header that marks a copy, lower-case */
+  header: string
 }
 
 /** The sticky cookie, normalised: its name and the attributes every Set-Cookie carries. */
@@ -118,6 +135,8 @@ export const DEFAULTS = {
   forwardedHeaders: 'x-forwarded',
   discoveryInterval: 30000,
   sticky: { path: '/', httpOnly: true, secure: false, sameSite: 'Lax' },
+  mirror: { percent: 100, body: 65536, maxConcurrent: 50, timeout: 5000, header: 'x-upstream-mirror' },
+  split: { weight: 1, fallback: true },
   methods: METHODS
 } as const
 

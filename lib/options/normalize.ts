@@ -1,8 +1,9 @@
 import { InvalidOptionError } from '../errors'
-import { DEFAULTS, statusSet, type ActiveCheckConfig, type PassiveCheckConfig, type PoolConfig, type StickyConfig, type TargetConfig } from './config'
+import { DEFAULTS, statusSet, type ActiveCheckConfig, type MirrorConfig, type PassiveCheckConfig, type PoolConfig, type StickyConfig, type TargetConfig } from './config'
 import { OptionsSchema, PoolSchema, TargetSchema } from './schema'
 import type { MetricsOptions, PluginOptions, PoolOptions, RouteOptions, StatusRouteOptions, TargetOptions } from './types'
 import { check } from './validate'
+import type { MirrorOptions, SplitOptions } from '../traffic/schema'
 
 /** From the options as given to the plugin's own form (see config.ts), validated on the way. */
 
@@ -95,7 +96,8 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
       backoffBase: retry.backoff?.base ?? DEFAULTS.retry.backoff.base,
       backoffMax: Math.max(retry.backoff?.max ?? DEFAULTS.retry.backoff.max, retry.backoff?.base ?? 0),
       budgetPercent: retry.budget?.percent ?? DEFAULTS.retry.budget.percent,
-      budgetMinRetries: retry.budget?.minRetries ?? DEFAULTS.retry.budget.minRetries
+      budgetMinRetries: retry.budget?.minRetries ?? DEFAULTS.retry.budget.minRetries,
+      hedgeDelay: retry.hedge?.delay ?? 0
     },
     timeout: { ...DEFAULTS.timeout, ...input.timeout },
     slowStartWindow: input.slowStart?.window ?? DEFAULTS.slowStart.window,
@@ -110,6 +112,7 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     discovery: input.discovery,
     discoveryInterval: input.discovery?.interval ?? DEFAULTS.discoveryInterval,
     sticky: normalizeSticky(input.sticky, path),
+    mirror: normalizeMirror(input.mirror),
     headerPolicy: {
       host: input.host ?? DEFAULTS.host,
       forwardedHeaders: input.forwardedHeaders ?? DEFAULTS.forwardedHeaders,
@@ -118,6 +121,20 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
       responseSet: input.responseHeaders?.set ?? {},
       responseRemove: input.responseHeaders?.remove ?? []
     }
+  }
+}
+
+/** A mirror's options after defaults (checked by the schema of the pool or route that holds them). */
+export function normalizeMirror (input: MirrorOptions | undefined): MirrorConfig | undefined {
+  if (input === undefined) return undefined
+  const defaults = DEFAULTS.mirror
+  return {
+    pool: input.pool,
+    fraction: (input.percent ?? defaults.percent) / 100,
+    body: input.body ?? defaults.body,
+    maxConcurrent: input.maxConcurrent ?? defaults.maxConcurrent,
+    timeout: input.timeout ?? defaults.timeout,
+    header: (input.header ?? defaults.header).toLowerCase()
   }
 }
 
@@ -138,12 +155,20 @@ function normalizeSticky (input: PoolOptions['sticky'], path: string): StickyCon
 export interface NormalizedOptions {
   pools: Map<string, PoolOptions>
   routes: RouteOptions[]
+  /** every split, named (a mount's own split is named after its prefix), with where its options are */
+  splits: Map<string, { options: SplitOptions, path: string }>
   onSelect: PluginOptions['onSelect']
   onProxyError: PluginOptions['onProxyError']
   onTargetStateChange: PluginOptions['onTargetStateChange']
   onRetry: PluginOptions['onRetry']
+  onSplitChange: PluginOptions['onSplitChange']
   statusRoute: StatusRouteOptions | undefined
   metrics: MetricsOptions | false
+}
+
+/** The split a mount sends to: the one its `upstream` names, or its own, named after its prefix. */
+export function splitNameOf (route: RouteOptions): string {
+  return typeof route.upstream === 'string' ? route.upstream : route.prefix
 }
 
 export function normalizeOptions (input: PluginOptions | undefined): NormalizedOptions {
@@ -155,19 +180,32 @@ export function normalizeOptions (input: PluginOptions | undefined): NormalizedO
     checkPoolName(name)
     pools.set(name, pool)
   }
+  const splits = new Map<string, { options: SplitOptions, path: string }>()
+  for (const [name, split] of Object.entries(options.splits ?? {})) {
+    checkPoolName(name)
+    if (pools.has(name)) throw new InvalidOptionError(`splits.${name}: a pool has that name`)
+    splits.set(name, { options: split, path: `splits.${name}` })
+  }
   const routes = options.routes ?? []
   routes.forEach((route, i) => {
-    if (!pools.has(route.upstream)) {
-      throw new InvalidOptionError(`routes[${i}].upstream: unknown pool "${route.upstream}"`)
+    const upstream = route.upstream
+    if (typeof upstream === 'string') {
+      if (!pools.has(upstream) && !splits.has(upstream)) throw new InvalidOptionError(`routes[${i}].upstream: unknown pool or split "${upstream}"`)
+      return
     }
+    const name = splitNameOf(route)
+    if (splits.has(name)) throw new InvalidOptionError(`routes[${i}].upstream: a split named "${name}" exists already; name the split in \`splits\` and use it from each route`)
+    splits.set(name, { options: Array.isArray(upstream) ? { branches: upstream } : upstream, path: `routes[${i}].upstream` })
   })
   return {
     pools,
     routes,
+    splits,
     onSelect: options.onSelect,
     onProxyError: options.onProxyError,
     onTargetStateChange: options.onTargetStateChange,
     onRetry: options.onRetry,
+    onSplitChange: options.onSplitChange,
     statusRoute: typeof options.statusRoute === 'string' ? { url: options.statusRoute } : options.statusRoute,
     metrics: options.metrics === false ? false : (options.metrics === true || options.metrics === undefined ? {} : options.metrics)
   }

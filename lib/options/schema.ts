@@ -2,6 +2,7 @@ import { Type, FormatRegistry, type Static } from '@sinclair/typebox'
 import type { FastifyRequest } from 'fastify'
 import type { TargetView } from '../contracts'
 import { BalancerSchema } from '../balancers/schema'
+import { MirrorSchema, MountUpstreamSchema, SplitSchema } from '../traffic/schema'
 import { TOKEN_CHAR, VALUE_CHARS } from '../header-syntax'
 import { typed } from '../typed-schema'
 
@@ -91,7 +92,11 @@ export const RetrySchema = Type.Object({
   budget: Type.Optional(Type.Object({
     percent: Type.Optional(Percent),
     minRetries: Type.Optional(Type.Integer({ minimum: 0, maximum: 100_000, errorMessage: 'must be an integer >= 0' }))
-  }, { additionalProperties: false }))
+  }, { additionalProperties: false })),
+  /** a second attempt at another target when the first has no response headers after `delay` ms (idempotent requests) */
+  hedge: Type.Optional(Type.Object({
+    delay: Ms
+  }, { additionalProperties: false, errorMessage: 'must be an object { delay }' }))
 }, { additionalProperties: false })
 
 const PemValue = Type.Union([Type.String(), Type.Uint8Array()])
@@ -206,7 +211,8 @@ export const PoolSchema = Type.Object({
   headers: Type.Optional(HeaderPolicySchema),
   responseHeaders: Type.Optional(HeaderPolicySchema),
   discovery: Type.Optional(DiscoverySchema),
-  sticky: Type.Optional(StickySchema)
+  sticky: Type.Optional(StickySchema),
+  mirror: Type.Optional(MirrorSchema)
 }, { additionalProperties: false })
 
 export const METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'] as const
@@ -252,7 +258,9 @@ export const StatusRouteSchema = Type.Object({
 
 export const RouteSchema = Type.Object({
   prefix: Prefix,
-  upstream: Type.String({ minLength: 1, errorMessage: 'must be the name of a pool' }),
+  upstream: MountUpstreamSchema,
+  /** a copy of sampled requests of the mount to another pool (instead of the pool's own mirror) */
+  mirror: Type.Optional(MirrorSchema),
   rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$', errorMessage: "must be '' or a path starting with '/'" })),
   methods: Type.Optional(Type.Array(Method, { minItems: 1, errorMessage: 'must be a non-empty array of HTTP methods' })),
   /** per-call options passed to `reply.from` (rewriteRequestHeaders, rewriteHeaders, ...) */
@@ -280,10 +288,12 @@ export const RouteSchema = Type.Object({
 export const OptionsSchema = Type.Object({
   upstreams: Type.Optional(Type.Record(Type.String(), PoolSchema, { errorMessage: 'must be an object of pools' })),
   routes: Type.Optional(Type.Array(RouteSchema, { errorMessage: 'must be an array of routes' })),
+  splits: Type.Optional(Type.Record(Type.String(), SplitSchema, { errorMessage: 'must be an object of splits' })),
   onSelect: Type.Optional(Fn),
   onProxyError: Type.Optional(Fn),
   onTargetStateChange: Type.Optional(Fn),
   onRetry: Type.Optional(Fn),
+  onSplitChange: Type.Optional(Fn),
   statusRoute: Type.Optional(Type.Union([Prefix, StatusRouteSchema], {
     errorMessage: "must be a path starting with '/' or an object { url, ...route hooks }"
   })),

@@ -1,7 +1,8 @@
 import type { Static } from '@sinclair/typebox'
 import type { RouteShorthandOptions } from 'fastify'
 import type { Registry } from 'prom-client'
-import type { TargetStateEvent } from '../contracts'
+import type { SplitChangeEvent, TargetStateEvent } from '../contracts'
+import type { SplitOptions } from '../traffic/schema'
 import type { ProxyErrorEvent, RetryEvent, SelectEvent } from '../events'
 import type { ForwardOptions } from '../proxy/forward-options'
 import type {
@@ -38,7 +39,7 @@ export type PoolOptions = Omit<Static<typeof PoolSchema>, 'targets' | 'discovery
 })
 
 /** The plugin's own route options; the others are Fastify's route options, typed as Fastify types them. */
-type OwnRouteKeys = 'prefix' | 'upstream' | 'rewritePrefix' | 'methods' | 'replyOptions' | 'strictPaths' | 'bodyTimeout' | 'websocket'
+type OwnRouteKeys = 'prefix' | 'upstream' | 'rewritePrefix' | 'methods' | 'replyOptions' | 'strictPaths' | 'bodyTimeout' | 'websocket' | 'mirror'
 export type RouteOptions = Pick<Static<typeof RouteSchema>, Exclude<OwnRouteKeys, 'replyOptions'>> &
 Pick<RouteShorthandOptions, Exclude<keyof Static<typeof RouteSchema>, OwnRouteKeys>> & {
   /** per-call options of `reply.from` for every request of the mount (as `reply.forward` takes them, without `url`) */
@@ -68,8 +69,10 @@ export interface MetricsOptions {
 export interface PluginOptions {
   /** named pools of targets */
   upstreams?: Record<string, PoolOptions>
-  /** prefix mounts proxied to a pool */
+  /** prefix mounts proxied to a pool or a split */
   routes?: RouteOptions[]
+  /** named splits of traffic between pools: a mount's `upstream` or `reply.forward` may name one */
+  splits?: Record<string, SplitOptions>
   /** called after each selection (also on diagnostics channel `fastify-upstream:select`) */
   onSelect?: (event: SelectEvent) => void
   /** called when proxying fails (also on diagnostics channel `fastify-upstream:proxy-error`) */
@@ -78,6 +81,8 @@ export interface PluginOptions {
   onTargetStateChange?: (event: TargetStateEvent) => void
   /** called before a failed request is tried again (also on diagnostics channel `fastify-upstream:retry`) */
   onRetry?: (event: RetryEvent) => void
+  /** called when a split's weights change (also on diagnostics channel `fastify-upstream:split`) */
+  onSplitChange?: (event: SplitChangeEvent) => void
   /** serves the status (JSON, or HTML to a browser) here, and Prometheus metrics at `/metrics` below it */
   statusRoute?: string | StatusRouteOptions
   /**

@@ -1,3 +1,4 @@
+import type { MirrorConfig } from '../options/config'
 import type { Readable } from 'node:stream'
 import type { FastifyReplyFromHooks } from '@fastify/reply-from'
 import type { FastifyReply, FastifyRequest } from 'fastify'
@@ -68,4 +69,6 @@ export interface PreparedOptions {
   readonly rewriteHeaders: RewriteHeaders | undefined
   /** a mount's rewrite of a `Location` header back under its prefix */
   readonly rewriteLocation: RewriteLocation | undefined
+  /** a mount's own mirror (else the pool's, if any) */
+  readonly mirror: MirrorConfig | undefined
 }

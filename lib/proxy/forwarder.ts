@@ -7,10 +7,13 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { channels } from '../channels'
 import { BadPathError, NoTargetError, OverloadedError, UnknownPoolError } from '../errors'
 import type { ProxyErrorEvent, RetryEvent, SelectEvent } from '../events'
+import type { MirrorConfig } from '../options/config'
 import type { PluginOptions } from '../options/types'
 import type { Pool } from '../upstream/pool'
 import type { PoolRegistry } from '../upstream/registry'
 import type { Target } from '../upstream/target'
+import type { MatchRequest } from '../traffic/match'
+import type { Branch, Split } from '../traffic/split'
 import type { UpstreamDispatcher } from './dispatcher'
 import {
   checkForwardOptions, type ForwardOptions, type HeaderRecord, type OnError, type OnResponse, type PreparedOptions,
@@ -98,11 +101,41 @@ export class Forwarder implements ResponseBodySink {
     return this.registry.get(name)
   }
 
+  /** The split of that name, if any. */
+  split (name: string): Split | undefined {
+    return this.registry.splits.get(name)
+  }
+
+  /**
+   * Where a WebSocket handshake goes: pool `name`, or the pool of the branch a split
+   * chooses (or falls back to while a branch's pool is gone); undefined when there is none.
+   */
+  upgradeRoute (request: FastifyRequest, name: string): { pool: Pool, branch: Branch | null } | undefined {
+    const split = this.registry.splits.get(name)
+    if (split === undefined) {
+      const pool = this.registry.get(name)
+      return pool === undefined ? undefined : { pool, branch: null }
+    }
+    let branch: Branch | undefined = split.choose(request as unknown as MatchRequest)
+    const tried: Branch[] = []
+    while (branch !== undefined) {
+      const pool = this.registry.get(branch.pool)
+      if (pool !== undefined) {
+        branch.requests++
+        if (tried.length > 0) branch.fallbacks++
+        return { pool, branch }
+      }
+      tried.push(branch)
+      branch = split.fallbackFor(tried)
+    }
+    return undefined
+  }
+
   /**
    * Prepares per-call options; an option it does not know is an error naming `field` (a
    * misspelt `url` would otherwise proxy the request's own path without a word).
    */
-  prepare (options: ForwardOptions | undefined, rewriteLocation?: RewriteLocation, field = 'reply.forward options'): PreparedOptions {
+  prepare (options: ForwardOptions | undefined, rewriteLocation?: RewriteLocation, field = 'reply.forward options', mirror?: MirrorConfig): PreparedOptions {
     if (options !== undefined) checkForwardOptions(options, field)
     // One shape for every call (no spread, no delete): reply-from reads these options of
     // its own, and undefined is as good as absent to it. Retries and the choice of target
@@ -125,25 +158,20 @@ export class Forwarder implements ResponseBodySink {
       onError: options?.onError as OnError | undefined,
       rewriteRequestHeaders: options?.rewriteRequestHeaders as RewriteRequestHeaders | undefined,
       rewriteHeaders: options?.rewriteHeaders as RewriteHeaders | undefined,
-      rewriteLocation
+      rewriteLocation,
+      mirror
     }
   }
 
   /**
-   * Proxies the request of `reply` to a target of pool `name`; `path` is the path (and
-   * optional query) to send, by default the request's own path.
+   * Proxies the request of `reply` to a target of pool or split `name`; `path` is the path
+   * (and optional query) to send, by default the request's own path.
    */
   forward (reply: FastifyReply, name: string, path: string | undefined, prepared: PreparedOptions, checked = false): FastifyReply {
-    const request = reply.request as ForwardedRequest
-    const pool = this.registry.get(name)
-    if (pool === undefined) return reply.send(new UnknownPoolError(name))
-    // routed to the pool from here on (request.upstream), whether a target takes it or not
-    const forwarding = request[kForwarding] = new Forwarding(pool, poolProxy(pool))
-    const target = pool.pick(request)
-    if (target === undefined) return unavailable(reply, pool)
-    forwarding.target = target
-    if (this.hooks.onSelect !== undefined || channels.select.hasSubscribers) this.selected(request, pool, target, 0)
+    const forwarding = this.route(reply, name)
+    if (forwarding === undefined) return reply
     if (path === undefined) {
+      const request = reply.request
       // the path the router matched (an absolute-form target `GET http://host/path` sends
       // only its path); a target with a fragment is refused (see pathEnd)
       const target = originForm(request.raw.url as string) ?? ''
@@ -153,6 +181,76 @@ export class Forwarder implements ResponseBodySink {
       // reply-from appends the request's own `?query`; a `;` the router took for a `?` is ours to send
       if (target.charCodeAt(end) === 59) path += upstreamQuery(target, end)
     }
+    // a split's branch may send to another path of its pool (here, before the path the caller gave)
+    const prefix = forwarding.branch?.rewritePrefix
+    if (prefix !== undefined) path = prefix + path
+    return this.start(reply, forwarding, path, prepared, checked)
+  }
+
+  /**
+   * Routes the request to pool or split `name`: its Forwarding, with a target picked;
+   * undefined when none can take it (the request is answered then). From here on the
+   * request is routed to the pool (`request.upstream`), whether a target takes it or not.
+   */
+  route (reply: FastifyReply, name: string): Forwarding | undefined {
+    const request = reply.request as ForwardedRequest
+    const pool = this.registry.get(name)
+    if (pool === undefined) {
+      const split = this.registry.splits.get(name)
+      if (split !== undefined) return this.routeSplit(reply, split)
+      reply.send(new UnknownPoolError(name))
+      return undefined
+    }
+    const forwarding = request[kForwarding] = new Forwarding(pool, poolProxy(pool), null)
+    const target = pool.pick(request)
+    if (target === undefined) {
+      unavailable(reply, pool)
+      return undefined
+    }
+    return this.picked(request, forwarding, target)
+  }
+
+  /** The split's branch for the request, falling back to others while their pools have no target (as the split allows). */
+  private routeSplit (reply: FastifyReply, split: Split): Forwarding | undefined {
+    const request = reply.request as ForwardedRequest
+    const chosen = split.choose(request as unknown as MatchRequest)
+    let branch = chosen
+    let tried: Branch[] | undefined
+    for (;;) {
+      const pool = this.registry.get(branch.pool)
+      const target = pool?.pick(request)
+      if (pool !== undefined && target !== undefined) {
+        branch.requests++
+        if (tried !== undefined) branch.fallbacks++
+        const forwarding = request[kForwarding] = new Forwarding(pool, poolProxy(pool), branch)
+        return this.picked(request, forwarding, target)
+      }
+      (tried ??= []).push(branch)
+      const next = split.fallbackFor(tried)
+      if (next === undefined) break
+      branch = next
+    }
+    // none could take it: the answer of the branch chosen first
+    const pool = this.registry.get(chosen.pool)
+    if (pool === undefined) {
+      reply.send(new NoTargetError(chosen.pool))
+      return undefined
+    }
+    request[kForwarding] = new Forwarding(pool, poolProxy(pool), chosen)
+    unavailable(reply, pool)
+    return undefined
+  }
+
+  private picked (request: FastifyRequest, forwarding: Forwarding, target: Target): Forwarding {
+    forwarding.target = target
+    if (this.hooks.onSelect !== undefined || channels.select.hasSubscribers) this.selected(request, forwarding.pool, target, 0)
+    return forwarding
+  }
+
+  /** Sends the first attempt of a routed request to `path` (and query) on its target. */
+  start (reply: FastifyReply, forwarding: Forwarding, path: string, prepared: PreparedOptions, checked: boolean): FastifyReply {
+    const request = reply.request
+    const pool = forwarding.pool
     // whatever the path came from, it may not climb out of where it points (a mount has
     // checked its own already)
     if (!checked) {
@@ -168,7 +266,7 @@ export class Forwarder implements ResponseBodySink {
       const record = retryConfig.methods.has(request.raw.method as string) || hasIdempotencyKey(retryConfig, request.headers)
       forwarding.body = new RequestBody(request.body, record)
     }
-    return this.send(reply, forwarding, target)
+    return this.send(reply, forwarding, forwarding.target as Target)
   }
 
   private selected (request: FastifyRequest, pool: Pool, target: Target, attempt: number): void {

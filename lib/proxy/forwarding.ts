@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify'
+import type { Branch } from '../traffic/split'
 import type { Pool } from '../upstream/pool'
 import type { Target } from '../upstream/target'
 import type { HeaderRecord, PreparedOptions } from './forward-options'
@@ -43,6 +44,8 @@ export function poolProxy (pool: Pool): PoolProxy {
 export class Forwarding {
   readonly pool: Pool
   readonly proxy: PoolProxy
+  /** the branch of a split that chose the pool, null when the request named the pool */
+  readonly branch: Branch | null
   prepared: PreparedOptions | null = null
   /** the path (and query) sent upstream */
   path = ''
@@ -71,9 +74,10 @@ export class Forwarding {
    */
   headers: HeaderRecord | Error | null = null
 
-  constructor (pool: Pool, proxy: PoolProxy) {
+  constructor (pool: Pool, proxy: PoolProxy, branch: Branch | null) {
     this.pool = pool
     this.proxy = proxy
+    this.branch = branch
   }
 
   /** Marks the current target as tried; returns every target tried so far (for the next pick to avoid). */

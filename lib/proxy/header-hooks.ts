@@ -36,6 +36,12 @@ export function forwardingOf (request: FastifyRequest): Forwarding {
 export function rewriteRequestHeaders (request: FastifyRequest, headers: HeaderRecord): HeaderRecord {
   const forwarding = forwardingOf(request)
   const policed = forwarding.proxy.headers.request(request, headers)
+  // a split's branch: its own headers after the pool's (fixed values, checked at register)
+  const branch = forwarding.branch
+  if (branch !== null) {
+    for (const name of branch.removeHeaders) policed[name] = undefined
+    for (const [name, value] of branch.setHeaders) policed[name] = value
+  }
   const user = (forwarding.prepared as PreparedOptions).rewriteRequestHeaders
   return user === undefined ? policed : user(request, policed)
 }

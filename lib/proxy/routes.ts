@@ -1,6 +1,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions as FastifyRouteOptions } from 'fastify'
 import { BadPathError, BodyTooLargeError, InvalidOptionError, UnknownPoolError } from '../errors'
 import { DEFAULTS } from '../options/config'
+import { normalizeMirror, splitNameOf } from '../options/normalize'
+import type { Branch } from '../traffic/split'
 import type { RouteOptions } from '../options/types'
 import type { ForwardOptions } from './forward-options'
 import type { Forwarder } from './forwarder'
@@ -119,8 +121,9 @@ function rewriteLocation (location: string, request: FastifyRequest, mount: Moun
 /** Mounts `route`; returns the full path prefix it serves when it also takes WebSocket upgrades. */
 export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwarder: Forwarder, index: number, router: RouterPathOptions): string | undefined {
   const {
-    prefix: rawPrefix, upstream: pool, rewritePrefix: rawRewrite, methods, replyOptions, strictPaths, bodyTimeout, websocket, ...routeOptions
+    prefix: rawPrefix, upstream, rewritePrefix: rawRewrite, methods, replyOptions, strictPaths, bodyTimeout, websocket, mirror, ...routeOptions
   } = route
+  const name = splitNameOf(route)
   const prefix = stripTrailingSlash(rawPrefix)
   // the path a request has is the whole route path: the prefix of the scope the plugin is
   // registered in (with its own :params, if any), then the mount's prefix
@@ -134,6 +137,11 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     client: compile(full, params, `routes[${index}].prefix`),
     params: [...params]
   }
+  // a split's branches may each send to a path of their own
+  const split = forwarder.split(name)
+  const branchPaths = split?.branches.map((branch, i) => branch.rewritePrefix === undefined
+    ? mount.upstream
+    : compile(branch.rewritePrefix, params, `${typeof upstream === 'string' ? `splits.${name}` : `routes[${index}].upstream`}.branches[${i}].rewritePrefix`))
   const strict = strictPaths === true
   const hasParams = params.size > 0
   const rewriteLocationOf = (location: string, request: FastifyRequest): string => {
@@ -142,7 +150,7 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     const split = hasParams ? routedPath(target, pathEnd(target, router.semicolonDelimiter), router).split('/') : undefined
     return rewriteLocation(location, request, mount, split)
   }
-  const prepared = forwarder.prepare(replyOptions as ForwardOptions | undefined, rewriteLocationOf, `routes[${index}].replyOptions`)
+  const prepared = forwarder.prepare(replyOptions as ForwardOptions | undefined, rewriteLocationOf, `routes[${index}].replyOptions`, normalizeMirror(mirror))
 
   function handler (request: FastifyRequest, reply: FastifyReply): FastifyReply {
     // the target Fastify routed by: an absolute-form target keeps its authority in the raw URL
@@ -158,21 +166,30 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
       !agreesWithRouter(request.params as Record<string, string | undefined>, mount, segments, rest)) {
       return reply.send(new BadPathError())
     }
-    // empty for the mount's own root: the target's URL path (or `/`) then stands alone, as
-    // `rewritePrefix` would (`/api` -> `/base`, not `/base/`)
-    const upstreamPath = render(mount.upstream, segments) + rest
-    // `//host/x` is a network-path reference: a target may read `host` as an authority
-    if (upstreamPath.charCodeAt(1) === 47) return reply.send(new BadPathError())
     if (websocket === true && (request.raw as UpgradeRequest)[kUpgrade] !== undefined) {
-      if (hasParams && !isSafePath(upstreamPath)) return reply.send(new BadPathError())
-      const upstreamPool = forwarder.pool(pool)
-      if (upstreamPool === undefined) return reply.send(new UnknownPoolError(pool))
-      tunnel(reply, upstreamPool, end === target.length ? upstreamPath : upstreamPath + '?' + target.slice(end + 1))
+      const routed = forwarder.upgradeRoute(request, name)
+      if (routed === undefined) return reply.send(new UnknownPoolError(name))
+      const upstreamPath = render(routed.branch === null || branchPaths === undefined ? mount.upstream : branchPaths[routed.branch.index], segments) + rest
+      if (upstreamPath.charCodeAt(1) === 47 || (hasParams && !isSafePath(upstreamPath))) return reply.send(new BadPathError())
+      tunnel(reply, routed.pool, end === target.length ? upstreamPath : upstreamPath + '?' + target.slice(end + 1))
       return reply
     }
-    // without params the base is configuration and the rest was checked above; a param is
-    // a segment of the request, so forward() checks the whole path then
-    return forwarder.forward(reply, pool, end === target.length ? upstreamPath : upstreamPath + upstreamQuery(target, end), prepared, !hasParams)
+    const query = end === target.length ? '' : upstreamQuery(target, end)
+    if (branchPaths === undefined) {
+      // empty for the mount's own root: the target's URL path (or `/`) then stands alone, as
+      // `rewritePrefix` would (`/api` -> `/base`, not `/base/`)
+      const upstreamPath = render(mount.upstream, segments) + rest
+      // `//host/x` is a network-path reference: a target may read `host` as an authority
+      if (upstreamPath.charCodeAt(1) === 47) return reply.send(new BadPathError())
+      // without params the base is configuration and the rest was checked above; a param is
+      // a segment of the request, so forward() checks the whole path then
+      return forwarder.forward(reply, name, upstreamPath + query, prepared, !hasParams)
+    }
+    const forwarding = forwarder.route(reply, name)
+    if (forwarding === undefined) return reply
+    const upstreamPath = render(branchPaths[(forwarding.branch as Branch).index], segments) + rest
+    if (upstreamPath.charCodeAt(1) === 47) return reply.send(new BadPathError())
+    return forwarder.start(reply, forwarding, upstreamPath + query, prepared, !hasParams)
   }
 
   fastify.register(async function upstreamMount (child) {

@@ -1,6 +1,7 @@
 import type { SelectRequest } from '../balancers/types'
 import type { PoolStatus, RegistryStatus, RemoveTargetOptions, TargetView } from '../contracts'
 import type { PoolOptions, TargetOptions } from '../options/types'
+import type { TrafficSplit } from '../traffic/splits'
 
 /**
  * The public face of pools and the registry: exactly what the README documents. The
@@ -45,4 +46,6 @@ export interface UpstreamRegistry extends Iterable<UpstreamPool> {
   status (): RegistryStatus
   /** the pool names */
   keys (): IterableIterator<string>
+  /** the split of that name (from `splits`, or a mount's own), to read and change its weights */
+  split (name: string): TrafficSplit | undefined
 }

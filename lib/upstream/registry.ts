@@ -5,20 +5,24 @@ import { checkPoolName, normalizePool } from '../options/normalize'
 import type { PluginOptions, PoolOptions } from '../options/types'
 import type { UpstreamPool, UpstreamRegistry } from './api'
 import { Pool } from './pool'
+import { SplitRegistry } from '../traffic/splits'
 
 /** `fastify.upstreams`: the named pools of one plugin instance. */
 export class PoolRegistry implements Iterable<Pool> {
   private readonly pools = new Map<string, Pool>()
   private readonly log: Logger
   private readonly hook: PluginOptions['onTargetStateChange']
+  /** the splits of traffic between these pools (their names are taken for pools too) */
+  readonly splits: SplitRegistry
   private started = false
 
   /** what users get as `app.upstreams` (see contracts.ts) */
   readonly api: UpstreamRegistry = registryApi(this)
 
-  constructor (log: Logger, hook?: PluginOptions['onTargetStateChange']) {
+  constructor (log: Logger, hook?: PluginOptions['onTargetStateChange'], splits = new SplitRegistry(log)) {
     this.log = log
     this.hook = hook
+    this.splits = splits
   }
 
   get size (): number {
@@ -40,6 +44,7 @@ export class PoolRegistry implements Iterable<Pool> {
   add (name: string, options: PoolOptions): Pool {
     checkPoolName(name)
     if (this.pools.has(name)) throw new DuplicateError(`Upstream pool "${name}"`)
+    if (this.splits.has(name)) throw new DuplicateError(`A split named "${name}"`)
     const config = normalizePool(options, `upstreams.${name}`)
     const pool = new Pool(name, config, this.stateChanged, this.log)
     if (config.tls.rejectUnauthorized === false) {
@@ -65,7 +70,7 @@ export class PoolRegistry implements Iterable<Pool> {
   status (): RegistryStatus {
     const pools: Record<string, PoolStatus> = {}
     for (const [name, pool] of this.pools) pools[name] = pool.status()
-    return { pools }
+    return { pools, splits: this.splits.status() }
   }
 
   [Symbol.iterator] (): Iterator<Pool> {
@@ -110,6 +115,7 @@ function registryApi (registry: PoolRegistry): UpstreamRegistry {
     add: (name: string, options: PoolOptions) => registry.add(name, options).api,
     remove: async (name: string) => await registry.remove(name),
     status: () => registry.status(),
+    split: (name: string) => registry.splits.api(name),
     keys: () => registry.keys(),
     * [Symbol.iterator] (): Iterator<UpstreamPool> {
       for (const pool of registry) yield pool.api
