@@ -1,4 +1,5 @@
 import type { BalancerOptions } from '../balancers/schema'
+import type { MirrorConfig } from '../traffic/schema'
 import { METHODS } from './schema'
 import type { ActiveCheckOptions, DiscoveryOptions, HeaderPolicyOptions, TimeoutOptions, TlsOptions } from './types'
 
@@ -7,6 +8,7 @@ import type { ActiveCheckOptions, DiscoveryOptions, HeaderPolicyOptions, Timeout
  * defaults have this one home (the README's tables say the same).
  */
 
+/** A request or response header to set: a fixed value, or a function of the request (as the option takes it). */
 /** A request or response header to set: a fixed value, or a function of the request (as the option takes it). */
 export type HeaderValue = NonNullable<HeaderPolicyOptions['set']>[string]
 
@@ -87,19 +89,6 @@ export interface PoolConfig {
   sticky: StickyConfig | undefined
   /** copies of sampled requests to another pool; undefined when off */
   mirror: MirrorConfig | undefined
-}
-
-/** A mirror, normalised (see MirrorSchema). */
-export interface MirrorConfig {
-  pool: string
-  /** share of requests copied, 0-1 */
-  fraction: number
-  /** the largest request body copied, bytes */
-  body: number
-  maxConcurrent: number
-  timeout: number
-  /** the header that marks a copy, lower-case */
-  header: string
 }
 
 /** The sticky cookie, normalised: its name and the attributes every Set-Cookie carries. */

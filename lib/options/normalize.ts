@@ -1,9 +1,9 @@
 import { InvalidOptionError } from '../errors'
-import { DEFAULTS, statusSet, type ActiveCheckConfig, type MirrorConfig, type PassiveCheckConfig, type PoolConfig, type StickyConfig, type TargetConfig } from './config'
+import { DEFAULTS, statusSet, type ActiveCheckConfig, type PassiveCheckConfig, type PoolConfig, type StickyConfig, type TargetConfig } from './config'
 import { OptionsSchema, PoolSchema, TargetSchema } from './schema'
 import type { MetricsOptions, PluginOptions, PoolOptions, RouteOptions, StatusRouteOptions, TargetOptions } from './types'
 import { check } from './validate'
-import type { MirrorOptions, SplitOptions } from '../traffic/schema'
+import type { MirrorConfig, MirrorOptions, SplitOptions } from '../traffic/schema'
 
 /** From the options as given to the plugin's own form (see config.ts), validated on the way. */
 

@@ -1,9 +1,9 @@
-import type { MirrorConfig } from '../options/config'
 import type { Readable } from 'node:stream'
 import type { FastifyReplyFromHooks } from '@fastify/reply-from'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { InvalidOptionError } from '../errors'
 import { closest } from '../options/validate'
+import type { MirrorConfig } from '../traffic/schema'
 
 /**
  * Per-call options of `reply.forward` (and a mount's `replyOptions`): `url`, and the

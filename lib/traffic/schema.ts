@@ -90,3 +90,16 @@ export type MatchRule = Static<typeof MatchSchema>
 export type SplitBranchOptions = Static<typeof BranchSchema>
 export type SplitOptions = Static<typeof SplitSchema>
 export type MirrorOptions = Static<typeof MirrorSchema>
+
+/** A mirror, normalised (see MirrorSchema). */
+export interface MirrorConfig {
+  pool: string
+  /** share of requests copied, 0-1 */
+  fraction: number
+  /** the largest request body copied, bytes */
+  body: number
+  maxConcurrent: number
+  timeout: number
+  /** the header that marks a copy, lower-case */
+  header: string
+}
