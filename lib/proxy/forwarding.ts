@@ -21,6 +21,10 @@ export interface PoolProxy {
   readonly headers: HeaderPolicy
   /** retries in flight (for the retry budget) */
   retriesInFlight: number
+  /** copies of requests mirrored to this pool: in flight, and counted by outcome (see mirror.ts) */
+  readonly mirrors: { inflight: number, sent: number, dropped: number, failed: number }
+  /** hedged second attempts sent to this pool's targets, and how many answered first (see hedge.ts) */
+  readonly hedges: { sent: number, won: number }
 }
 
 const proxies = new WeakMap<Pool, PoolProxy>()
@@ -29,7 +33,12 @@ const proxies = new WeakMap<Pool, PoolProxy>()
 export function poolProxy (pool: Pool): PoolProxy {
   let proxy = proxies.get(pool)
   if (proxy === undefined) {
-    proxy = { headers: new HeaderPolicy(pool.config.headerPolicy), retriesInFlight: 0 }
+    proxy = {
+      headers: new HeaderPolicy(pool.config.headerPolicy),
+      retriesInFlight: 0,
+      mirrors: { inflight: 0, sent: 0, dropped: 0, failed: 0 },
+      hedges: { sent: 0, won: 0 }
+    }
     proxies.set(pool, proxy)
   }
   return proxy
