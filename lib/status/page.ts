@@ -35,6 +35,7 @@ export function statusPage (title = 'fastify-upstream status'): string {
 <h1>${title}</h1>
 <div class="meta" id="meta">loading…</div>
 <div id="pools"></div>
+<div id="splits"></div>
 <script>
 (function () {
   var columns = ['url', 'state', 'weight', 'effectiveWeight', 'backup', 'inflight', 'websockets', 'requests', 'failures', 'retries', 'ejections', 'latency'];
@@ -61,6 +62,19 @@ export function statusPage (title = 'fastify-upstream status'): string {
       html += '</tbody></table>';
     });
     document.getElementById('pools').innerHTML = html || '<p>No pools.</p>';
+    var splits = '';
+    Object.keys(data.splits || {}).forEach(function (name) {
+      var split = data.splits[name];
+      splits += '<h2 data-split="' + text(name) + '">split ' + text(name) + '<small>' + (split.sticky ? 'sticky by client' : 'by weight') +
+        (split.fallback ? ' · falls back' : ' · no fallback') + '</small></h2>';
+      splits += '<table><thead><tr><th>pool</th><th>chosen by</th><th>weight</th><th>share (%)</th><th>requests</th><th>fallbacks</th></tr></thead><tbody>';
+      split.branches.forEach(function (branch) {
+        splits += '<tr data-pool="' + text(branch.pool) + '"><td>' + text(branch.pool) + '</td><td>' + (branch.match ? 'rules' : 'weight') + '</td><td>' +
+          (branch.match ? '' : text(branch.weight)) + '</td><td>' + (branch.match ? '' : text(branch.share)) + '</td><td>' + text(branch.requests) + '</td><td>' + text(branch.fallbacks) + '</td></tr>';
+      });
+      splits += '</tbody></table>';
+    });
+    document.getElementById('splits').innerHTML = splits;
     document.getElementById('meta').textContent = 'updated ' + new Date().toLocaleTimeString() + ' · refreshes every 2 s';
   }
   function refresh () {
