@@ -87,6 +87,7 @@ export function compileMatch (rule: MatchRule, path: string): Matcher {
 /** Compiles a branch's `match` (one rule or all of a list). */
 export function compileMatches (match: MatchRule | MatchRule[], path: string): Matcher {
   if (!Array.isArray(match)) return compileMatch(match, path)
+  if (match.length === 0) throw new InvalidOptionError(`${path}: must be a match rule or a non-empty array of them`)
   const matchers = match.map((rule, i) => compileMatch(rule, `${path}[${i}]`))
   if (matchers.length === 1) return matchers[0]
   return (request) => {

@@ -40,15 +40,17 @@ export const MatchSchema = Type.Union([
   typed<(request: FastifyRequest) => boolean>(Type.Function([Type.Any()], Type.Any()))
 ], { errorMessage: 'must be { header | cookie | query: NAME, and one of equals, oneOf, regex, present }, { method } or a function (request) => boolean' })
 
+export type MatchRule = Static<typeof MatchSchema>
+
 const HeaderName = Type.String({ pattern: `^${TOKEN_CHAR}+$`, errorMessage: 'is not a valid header name' })
 
 /** One branch of a split: a pool, chosen by its rules (`match`) or by its weight. */
 export const BranchSchema = Type.Object({
   pool: Type.String({ minLength: 1, errorMessage: 'must be the name of a pool' }),
   weight: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000, errorMessage: 'must be an integer from 0 to 1000' })),
-  match: Type.Optional(Type.Union([MatchSchema, Type.Array(MatchSchema, { minItems: 1 })], {
-    errorMessage: 'must be a match rule or a non-empty array of them'
-  })),
+  // checked rule by rule when the split is built, against the variant each rule's key
+  // names (so that an error points at the field, not at the union of every variant)
+  match: Type.Optional(typed<MatchRule | MatchRule[]>(Type.Any())),
   rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$', errorMessage: "must be '' or a path starting with '/'" })),
   headers: Type.Optional(Type.Object({
     set: Type.Optional(Type.Record(Type.String({ pattern: `^${TOKEN_CHAR}+$` }), Type.String({ pattern: `^[${VALUE_CHARS}]*$`, errorMessage: 'must be a header value: no CR, LF, NUL or other control character' }), {
@@ -86,7 +88,6 @@ export const MirrorSchema = Type.Object({
   header: Type.Optional(Type.String({ pattern: `^${TOKEN_CHAR}+$`, errorMessage: 'must be a header name' }))
 }, { additionalProperties: false })
 
-export type MatchRule = Static<typeof MatchSchema>
 export type SplitBranchOptions = Static<typeof BranchSchema>
 export type SplitOptions = Static<typeof SplitSchema>
 export type MirrorOptions = Static<typeof MirrorSchema>
