@@ -11,7 +11,10 @@ import fastifyUpstream, {
   type SelectRequest,
   type TargetState,
   type TargetView,
-  type UpstreamPool
+  type UpstreamPool,
+  type SplitChangeEvent,
+  type SplitStatus,
+  type TrafficSplit
 } from '..'
 
 expectType<typeof fastifyUpstream>(named)
@@ -190,3 +193,44 @@ app.addHook('onResponse', async (request) => {
   expectError(upstream.attempts.push(upstream.attempts[0]))
 })
 expectError(app.addHook('onResponse', async (request) => { request.upstream = null }))
+
+// traffic policies: splits (named, and a mount's own), mirrors, hedging
+app.register(fastifyUpstream, {
+  upstreams: {
+    v1: { targets: ['http://127.0.0.1:3001'], retry: { hedge: { delay: 50 } }, mirror: { pool: 'shadow', percent: 10 } },
+    v2: { targets: ['http://127.0.0.1:3002'] },
+    shadow: { targets: ['http://127.0.0.1:3003'] }
+  },
+  splits: {
+    checkout: {
+      branches: [
+        { pool: 'v2', match: [{ header: 'x-canary', equals: '1' }, { method: ['GET', 'HEAD'] }], headers: { set: { 'x-version': '2' } } },
+        { pool: 'v2', match: (request) => request.headers['user-agent'] === 'robot' },
+        { pool: 'v2', match: { cookie: 'beta', regex: /^yes$/ }, rewritePrefix: '/next' },
+        { pool: 'v1', weight: 95 },
+        { pool: 'v2', weight: 5 }
+      ],
+      key: 'cookie:uid',
+      fallback: false
+    }
+  },
+  routes: [
+    { prefix: '/checkout', upstream: 'checkout', mirror: { pool: 'shadow', body: 0, maxConcurrent: 10, timeout: 1000, header: 'x-shadow' } },
+    { prefix: '/api', upstream: [{ pool: 'v1', weight: 9 }, { pool: 'v2', weight: 1 }] },
+    { prefix: '/beta', upstream: { branches: [{ pool: 'v2' }], key: (request) => request.ip } }
+  ],
+  onSplitChange: (event) => { expectType<SplitChangeEvent>(event) }
+})
+expectError(app.register(fastifyUpstream, { splits: { s: { branches: [{ pool: 'v1', weight: '5' }] } } }))
+expectError(app.register(fastifyUpstream, { splits: { s: { branches: [{ pool: 'v1', match: { header: 'x', like: 'y' } }] } } }))
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], mirror: { percent: 10 } } } }))
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], retry: { hedge: 50 } } } }))
+const split = app.upstreams.split('checkout')
+expectType<TrafficSplit | undefined>(split)
+if (split !== undefined) {
+  expectType<void>(split.setWeights({ v1: 90, v2: 10 }))
+  expectType<Record<string, number>>(split.weights())
+  expectType<SplitStatus>(split.status())
+  expectError(split.setWeights({ v1: '90' }))
+}
+expectType<SplitStatus>(app.upstreams.status().splits.checkout)

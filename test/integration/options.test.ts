@@ -40,7 +40,7 @@ const cases: Array<[string, unknown, string]> = [
   ['statusRoute option misspelt', { statusRoute: { url: '/_up', onRequst: () => {} } }, 'statusRoute.onRequst: unknown option, did you mean `onRequest`?'],
   ['statusRoute hook not a function', { statusRoute: { url: '/_up', onRequest: 'auth' } }, 'statusRoute.onRequest: must be a function or an array of functions'],
   ['metrics option unknown', { metrics: { registy: {} } }, 'metrics.registy: unknown option, did you mean `registry`?'],
-  ['route naming an unknown pool', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'orders' }] }, 'routes[0].upstream: unknown pool "orders"'],
+  ['route naming an unknown pool', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'orders' }] }, 'routes[0].upstream: unknown pool or split "orders"'],
   ['route prefix without slash', { upstreams: { users: { targets: [] } }, routes: [{ prefix: 'u', upstream: 'users' }] }, "routes[0].prefix: must be a path starting with '/'"],
   ['route without upstream', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u' }] }, 'routes[0].upstream: is required'],
   ['route method unknown', { upstreams: { users: { targets: [] } }, routes: [{ prefix: '/u', upstream: 'users', methods: ['FETCH'] }] }, 'routes[0].methods[0]: must be one of'],

@@ -6,7 +6,8 @@ import fastifyUpstream from '../../lib/index'
 // the plugin's own classes and their state are out of reach.
 
 const POOL_MEMBERS = ['addTarget', 'name', 'removeTarget', 'select', 'setState', 'setWeight', 'status', 'target', 'targets']
-const REGISTRY_MEMBERS = ['add', 'get', 'has', 'keys', 'remove', 'size', 'status']
+const REGISTRY_MEMBERS = ['add', 'get', 'has', 'keys', 'remove', 'size', 'split', 'status']
+const SPLIT_MEMBERS = ['name', 'setWeights', 'status', 'weights']
 
 test('a pool and the registry have exactly the README members, frozen', async (t) => {
   const app = Fastify()
@@ -30,4 +31,16 @@ test('a pool and the registry have exactly the README members, frozen', async (t
   t.equal(app.upstreams.get('users'), pool)
   t.same([...app.upstreams], [pool])
   t.equal(app.upstreams.add('orders', { targets: [] }), app.upstreams.get('orders'))
+})
+
+test('a split has exactly the README members, frozen, and the same face every time', async (t) => {
+  const app = Fastify()
+  await app.register(fastifyUpstream, { upstreams: { users: { targets: ['http://127.0.0.1:1'] } }, splits: { s: { branches: [{ pool: 'users' }] } } })
+  await app.ready()
+  t.teardown(() => app.close())
+  const split = app.upstreams.split('s') as unknown as Record<string | symbol, unknown>
+  t.same(Reflect.ownKeys(split).sort(), SPLIT_MEMBERS)
+  t.ok(Object.isFrozen(split))
+  t.equal(app.upstreams.split('s'), split)
+  for (const name of ['branches', 'choose', 'fallbackFor', 'total']) t.equal(split[name], undefined, `split.${name} is not reachable`)
 })
