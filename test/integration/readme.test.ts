@@ -163,6 +163,15 @@ const PROGRAMS: Program[] = [
     ]
   },
   {
+    name: 'canary split with a rollout',
+    marker: "key: 'cookie:session'",
+    requests: [
+      { path: '/checkout/cart', headers: { 'x-canary': 'always' }, status: 200, reaches: { path: '/cart', on: ['http://10.0.1.1:8080'] } },
+      { path: '/checkout/pay', headers: { cookie: 'staff=1' }, status: 200, reaches: { path: '/pay', on: ['http://10.0.1.1:8080'] } },
+      { path: '/checkout/items?x=1', headers: { cookie: 'session=abc' }, status: 200, reaches: { path: '/items?x=1', on: ['http://10.0.0.1:8080', 'http://10.0.0.2:8080', 'http://10.0.1.1:8080'] } }
+    ]
+  },
+  {
     name: 'status route',
     marker: 'statusRoute: {',
     async setup (ctx) {
