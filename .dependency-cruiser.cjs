@@ -34,6 +34,20 @@ module.exports = {
       to: { path: '^lib/(proxy/|status/|index\\.ts$|events\\.ts$)' }
     },
     {
+      name: 'traffic-policies-stand-alone',
+      severity: 'error',
+      comment: 'A traffic policy decides (which branch); the proxy acts. traffic/ imports nothing of the proxy, the status route, the events or the entry, and nothing from Fastify but the request type its options name (schema.ts).',
+      from: { path: '^lib/traffic/' },
+      to: { path: '^lib/(proxy/|status/|index\\.ts$|events\\.ts$)' }
+    },
+    {
+      name: 'traffic-knows-no-fastify',
+      severity: 'error',
+      comment: 'The split and its rules read requests through MatchRequest; only the option schema types a rule function with Fastify\'s request.',
+      from: { path: '^lib/traffic/', pathNot: '^lib/traffic/schema\\.ts$' },
+      to: { path: '(^|/)node_modules/(fastify|fastify-plugin|@fastify/[^/]+)/' }
+    },
+    {
       name: 'balancers-stand-alone',
       severity: 'error',
       comment: 'A balancer sees targets only through balancers/types.ts: it reaches nothing of the plugin outside its folder but the schema helper.',
