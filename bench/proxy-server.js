@@ -7,6 +7,8 @@
 //                                                             usage: GET /users/:id -> reply.forward('pool', { url: '/v1/users/' + id })
 //   node bench/proxy-server.js plugin-stream <url1,url2,url3> the same with responseBuffer: 0 (every response streamed)
 //   node bench/proxy-server.js plugin-no-xff <url1,url2,url3> the same with forwardedHeaders: 'none' (the hop work bare does)
+//   node bench/proxy-server.js plugin-split <url1,url2,url3>  the mount on a split instead of a pool: 95 / 5 between two
+//                                                             pools of the same targets (what choosing a branch costs)
 //   node bench/proxy-server.js xff-floor <url1,url2,url3>     @fastify/reply-from, the urls in turn, adding the three
 //                                                             x-forwarded headers the plugin adds by default: a floor
 //   node bench/proxy-server.js bare <url1>                    @fastify/reply-from with `base`, catch-all route
@@ -48,6 +50,11 @@ async function build () {
       upstreams: { pool },
       routes: [{ prefix: '/', upstream: 'pool' }]
     })
+  } else if (kind === 'plugin-split') {
+    await app.register(require(pluginEntry), {
+      upstreams: { stable: { targets: urls, balancer: 'least-request' }, canary: { targets: urls, balancer: 'least-request' } },
+      routes: [{ prefix: '/', upstream: [{ pool: 'stable', weight: 95 }, { pool: 'canary', weight: 5 }] }]
+    })
   } else if (kind === 'xff-floor') {
     // the least any reply-from proxy over these targets can do while adding the headers
     await app.register(require('@fastify/reply-from'), { disableRequestLogging: true })
@@ -72,7 +79,7 @@ async function build () {
     await app.register(require('@fastify/reply-from'), { base: urls[0] })
     app.get('/users/:id', (request, reply) => reply.from('/v1/users/' + request.params.id))
   } else {
-    throw new Error(`unknown proxy kind ${kind}: expected plugin, plugin-forward, plugin-stream, plugin-no-xff, xff-floor, bare or bare-forward`)
+    throw new Error(`unknown proxy kind ${kind}: expected plugin, plugin-forward, plugin-stream, plugin-no-xff, plugin-split, xff-floor, bare or bare-forward`)
   }
   return app
 }

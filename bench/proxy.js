@@ -31,7 +31,7 @@
 //                       [--path=/users/1]      one fixed path instead (plugin-forward and
 //                                              bare-forward serve /users/:id only)
 //                       [--proxies=plugin,plugin-forward,plugin-stream,bare]   which to run (bare
-//                                              always; also plugin-no-xff, xff-floor, bare-forward)
+//                                              always; also plugin-no-xff, plugin-split, xff-floor, bare-forward)
 //                       [--no-pin]             do not pin the processes to CPUs (taskset)
 //                       [--wait-quiet=SECONDS] first wait (at most that long) for an idle machine
 //                       [--cpu-prof[=DIR]]     profile every proxy process with --cpu-prof
@@ -59,6 +59,7 @@ const PROXIES = {
   'plugin-forward': 'plugin, the same pool, GET /users/:id -> reply.forward()',
   'plugin-stream': 'plugin mount, the same with responseBuffer: 0 (streaming)',
   'plugin-no-xff': "plugin mount, the same with forwardedHeaders: 'none'",
+  'plugin-split': 'plugin mount on a split: 95 / 5 between two pools of the same 3 targets',
   'xff-floor': 'reply-from over the 3 targets adding x-forwarded-* (floor)',
   'bare-forward': 'bare reply-from, 1 target, GET /users/:id -> reply.from()',
   bare: 'bare @fastify/reply-from, 1 target'
