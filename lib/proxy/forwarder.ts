@@ -21,6 +21,7 @@ import {
 } from './forward-options'
 import { Forwarding, kForwarding, poolProxy, type ForwardedRequest, type PoolProxy } from './forwarding'
 import { applyHeaders, forwardingOf, rewriteHeaders, rewriteRequestHeaders } from './header-hooks'
+import { mirrorRequest } from './mirror'
 import { isSafePath, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
 import { RequestBody } from './replayable-body'
 import type { ReplyFrom } from './reply-from'
@@ -266,14 +267,11 @@ export class Forwarder implements ResponseBodySink {
       const record = retryConfig.methods.has(request.raw.method as string) || hasIdempotencyKey(retryConfig, request.headers)
       forwarding.body = new RequestBody(request.body, record)
     }
-    // a copy to the mount's or the pool's mirror, if any (see mirror.ts)
+    // a copy to the mount's or the pool's mirror, if any: it goes out after this attempt (see mirror.ts)
     const mirror = prepared.mirror ?? pool.config.mirror
-    if (mirror !== undefined) this.mirror(request, forwarding, mirror)
+    if (mirror !== undefined) mirrorRequest(this.registry, reply, forwarding, mirror)
     return this.send(reply, forwarding, forwarding.target as Target)
   }
-
-  /** Sends a copy of the request to `mirror`'s pool (not yet built: a placeholder for mirror.ts). */
-  private mirror (_request: FastifyRequest, _forwarding: Forwarding, _mirror: MirrorConfig): void {}
 
   private selected (request: FastifyRequest, pool: Pool, target: Target, attempt: number): void {
     const event: SelectEvent = { pool: pool.name, target: pool.viewOf(target), request, attempt }
