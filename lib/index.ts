@@ -4,6 +4,7 @@ import { UpstreamDispatcher } from './proxy/dispatcher'
 import { AlreadyRegisteredError } from './errors'
 import { onlyUrl, type ForwardOptions } from './proxy/forward-options'
 import { Forwarder } from './proxy/forwarder'
+import { warnOfUnknownMirrors } from './proxy/mirror'
 import { requestDecorations } from './proxy/forwarding'
 import { normalizeOptions } from './options/normalize'
 import { PoolRegistry } from './upstream/registry'
@@ -73,6 +74,7 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   const registry = new PoolRegistry(fastify.log, config.onTargetStateChange, new SplitRegistry(fastify.log, config.onSplitChange))
   for (const [name, pool] of config.pools) registry.add(name, pool)
   for (const [name, split] of config.splits) registry.splits.add(name, split.options, split.path)
+  warnOfUnknownMirrors(fastify.log, registry, config.routes)
   const router = routerPathOptions(fastify)
   // reply-from's own retries go back to the same target: off (an empty method list turns
   // them off without a per-request callback); the plugin retries on other targets itself

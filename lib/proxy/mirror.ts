@@ -17,6 +17,8 @@ import type { ServerResponse } from 'node:http'
 import { stringify } from 'node:querystring'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Dispatcher } from 'undici'
+import type { Logger } from '../contracts'
+import type { RouteOptions } from '../options/types'
 import type { MirrorConfig } from '../traffic/schema'
 import type { Pool } from '../upstream/pool'
 import type { PoolRegistry } from '../upstream/registry'
@@ -293,5 +295,18 @@ export function mirrorRequest (registry: PoolRegistry, reply: FastifyReply, forw
     copy.waitForBody(recording, reply.raw as ClientResponse)
   } else {
     setImmediate(sendCopy, copy)
+  }
+}
+
+/**
+ * Warns of each mirror that names a pool that does not exist (yet): its copies are not
+ * sent (nor counted) until a pool of that name is added.
+ */
+export function warnOfUnknownMirrors (log: Logger, registry: PoolRegistry, routes: readonly RouteOptions[]): void {
+  const mirrors: Array<[string, string]> = []
+  for (const pool of registry) if (pool.config.mirror !== undefined) mirrors.push([`upstreams.${pool.name}.mirror.pool`, pool.config.mirror.pool])
+  routes.forEach((route, i) => { if (route.mirror !== undefined) mirrors.push([`routes[${i}].mirror.pool`, route.mirror.pool]) })
+  for (const [field, name] of mirrors) {
+    if (!registry.has(name)) log.warn({ field, pool: name }, `no pool "${name}" to mirror to: copies are sent once a pool of that name is added`)
   }
 }

@@ -6,12 +6,12 @@ import type { AddressInfo } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import { Readable } from 'node:stream'
 import { test } from 'tap'
-import type { FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
-import type { UpstreamPool } from '../../lib/index'
+import fastifyUpstream, { type UpstreamPool } from '../../lib/index'
 import { poolProxy } from '../../lib/proxy/forwarding'
 import { internalPool, type Pool } from '../../lib/upstream/pool'
-import { closedPort, drive, echo, resources, settledResources, sleep, startGateway, startUpstream, startUpstreams, until, type Teardown } from '../helpers'
+import { closedPort, drive, echo, listen, logCapture, resources, settledResources, sleep, startGateway, startUpstream, startUpstreams, until, type Teardown } from '../helpers'
 
 /** What a mirror server received. */
 interface Received { method: string, url: string, headers: http.IncomingHttpHeaders, body: Buffer }
@@ -446,4 +446,41 @@ test('close() with copies in flight finishes promptly and leaves nothing open', 
   t.same(counts, { inflight: 0, sent: 0, dropped: 0, failed: 5 }, 'the held copies ended with the mirror pool\'s connections')
   for (let i = 0; i < 50 && resources().length > before.length; i++) await sleep(20)
   t.same(resources(), before, 'no timer, socket or server left behind')
+})
+
+test('the counts are in the metrics, by mirror pool and result', async (t) => {
+  const main = await startUpstream(t, 'main')
+  const shadow = await startShadow(t)
+  const { app, url } = await startGateway(t, {
+    upstreams: { main: { targets: [main.url], mirror: { pool: 'shadow' } }, shadow: { targets: [shadow.url] } },
+    routes: [{ prefix: '/', upstream: 'main' }],
+    statusRoute: '/status'
+  })
+  await drive(`${url}/x`, 12, 3)
+  await until('the copies ended', () => mirrors(app, 'shadow').sent === 12)
+  const text = await (await fetch(`${url}/status/metrics`)).text()
+  t.match(text, 'fastify_upstream_mirror_requests_total{pool="shadow",result="sent"} 12')
+  t.match(text, 'fastify_upstream_mirror_requests_total{pool="shadow",result="failed"} 0')
+  t.match(text, 'fastify_upstream_mirror_requests_total{pool="main",result="dropped"} 0')
+})
+
+test('a mirror naming no pool is a warning at register; its copies start once the pool is added', async (t) => {
+  const main = await startUpstream(t, 'main')
+  const shadow = await startShadow(t)
+  const { lines, stream } = logCapture()
+  const app = Fastify({ logger: { stream, level: 'warn' } })
+  await app.register(fastifyUpstream, {
+    upstreams: { main: { targets: [main.url], mirror: { pool: 'later' } } },
+    routes: [{ prefix: '/r', upstream: 'main', mirror: { pool: 'later-too' } }, { prefix: '/', upstream: 'main' }]
+  })
+  const url = await listen(t, app)
+  t.same(lines.filter((line) => line.level === 40).map((line) => line.msg), [
+    'no pool "later" to mirror to: copies are sent once a pool of that name is added',
+    'no pool "later-too" to mirror to: copies are sent once a pool of that name is added'
+  ])
+  t.equal((await fetch(`${url}/x`)).status, 200)
+  app.upstreams.add('later', { targets: [shadow.url] })
+  t.equal((await fetch(`${url}/y`)).status, 200)
+  await until('the copy arrived', () => shadow.received.length === 1)
+  t.equal(shadow.received[0].url, '/y')
 })
