@@ -35,3 +35,9 @@ export const BodyTimeoutError = createError('FST_UPSTREAM_BODY_TIMEOUT', 'The re
  * target's, so it is neither retried nor counted against any target.
  */
 export const BadHeaderError = createError('FST_UPSTREAM_BAD_HEADER', 'Invalid header produced by the gateway: %s', 500)
+/**
+ * An attempt a hedge cancelled (the other attempt answered first, or the client went away):
+ * never a client's answer, it shows on that attempt in `request.upstream`. 499, as NGINX
+ * logs a request whose client closed it.
+ */
+export const HedgeCancelledError = createError('FST_UPSTREAM_HEDGE_CANCELLED', 'Hedged attempt cancelled: %s', 499)

@@ -41,44 +41,47 @@ interface LegacyHandler {
  * It speaks undici's controller API (`onRequestStart`, `onResponseStart`...), the only one
  * left in undici 8. The handler it wraps may speak either: one with `onRequestStart` gets
  * every call as it came; one with the deprecated calls (`onConnect`, `onHeaders`...), as
- * undici 7's `request()` builds, gets them translated here rather than through undici's
- * `WrapHandler`, which would add an object per request and encode the headers once more.
+ * undici 7's `request()` builds, gets them translated here (the `relay` functions below,
+ * which a Hedge shares) rather than through undici's `WrapHandler`, which would add an
+ * object per request and encode the headers once more.
+ *
+ * A hedged request (see hedge.ts) has one Exchange per arm, each wrapping an arm of the
+ * Hedge rather than reply-from's handler: each arm is an attempt of its own, recorded here
+ * like any other.
  */
 export class Exchange implements Handler {
   private readonly handler: Handler
   private readonly forwarding: Forwarding
   private readonly target: Target
   private readonly detector: OutlierDetector | undefined
-  /** the wrapped handler has only the deprecated calls (undici's own test: no onRequestStart) */
+  /** the wrapped handler has only the deprecated calls (see isLegacy) */
   private readonly legacy: boolean
-  /** when the attempt was sent (performance.now() ms) */
-  private readonly start: number
-  /** the final response status, 0 until its headers arrive */
-  private status = 0
+  /** when the attempt was sent (performance.now() ms; read by a Hedge) */
+  readonly start: number
+  /** the final response status, 0 until its headers arrive (written here only; read by a Hedge) */
+  status = 0
   /** undici reported the end (guards against a second report) */
   private ended = false
   /** the answer was complete before undici said so (a 204 or 304): its later report is not passed on */
   private complete = false
 
-  constructor (handler: Handler, forwarding: Forwarding) {
-    const target = forwarding.target as Target
+  /**
+   * An attempt of `forwarding`'s request at `target` (the request's current target unless
+   * a Hedge sends its second arm elsewhere), which becomes the request's current exchange.
+   */
+  constructor (handler: Handler, forwarding: Forwarding, target: Target = forwarding.target as Target) {
     this.handler = handler
     this.forwarding = forwarding
     this.target = target
     this.detector = forwarding.pool.detector
-    this.legacy = typeof handler.onRequestStart !== 'function'
+    this.legacy = isLegacy(handler)
     this.start = performance.now()
     forwarding.exchange = this
     target.start()
   }
 
   onRequestStart (controller: Controller, context: unknown): void {
-    if (!this.legacy) {
-      this.handler.onRequestStart?.(controller, context)
-      return
-    }
-    // the deprecated handler calls abort() detached from any object, or with no reason
-    ;(this.handler as LegacyHandler).onConnect?.((reason) => { controller.abort(reason as Error) }, context)
+    relayRequestStart(this.handler, this.legacy, controller, context)
   }
 
   onResponseStarted (): void {
@@ -88,15 +91,7 @@ export class Exchange implements Handler {
   onResponseStart (controller: Controller, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
     // a 1xx (103 Early Hints, say) is not the answer: the exchange is still before headers
     if (statusCode >= 200) this.answered(statusCode)
-    if (!this.legacy) {
-      this.handler.onResponseStart?.(controller, statusCode, headers, statusMessage)
-    } else {
-      // a deprecated handler asks to stop reading by returning false, and to go on by resume()
-      const handler = this.handler as LegacyHandler
-      if (handler.onHeaders?.(statusCode, raw(controller.rawHeaders, headers), () => { controller.resume() }, statusMessage ?? '') === false) {
-        controller.pause()
-      }
-    }
+    relayResponseStart(this.handler, this.legacy, controller, statusCode, headers, statusMessage)
     // A 204 or 304 has no body, whatever its Content-Length says (RFC 9110 §8.6 lets a 304
     // carry the length the full answer would have): undici would fail the exchange for
     // the body that never comes. It is complete with its headers.
@@ -107,20 +102,12 @@ export class Exchange implements Handler {
   }
 
   onResponseData (controller: Controller, chunk: Buffer): void {
-    if (!this.legacy) {
-      this.handler.onResponseData?.(controller, chunk)
-      return
-    }
-    if ((this.handler as LegacyHandler).onData?.(chunk) === false) controller.pause()
+    relayResponseData(this.handler, this.legacy, controller, chunk)
   }
 
   onRequestUpgrade (controller: Controller, statusCode: number, headers: IncomingHttpHeaders, socket: Duplex): void {
     this.end()
-    if (!this.legacy) {
-      this.handler.onRequestUpgrade?.(controller, statusCode, headers, socket)
-      return
-    }
-    ;(this.handler as LegacyHandler).onUpgrade?.(statusCode, raw(controller.rawHeaders, headers), socket)
+    relayRequestUpgrade(this.handler, this.legacy, controller, statusCode, headers, socket)
   }
 
   onResponseEnd (controller: Controller, trailers: IncomingHttpHeaders): void {
@@ -128,11 +115,7 @@ export class Exchange implements Handler {
     // a status that counts as a failure was counted when it arrived (see answered)
     const detector = this.detector
     if (this.end() && detector !== undefined && !detector.isFailureStatus(this.status)) detector.success(this.target)
-    if (!this.legacy) {
-      this.handler.onResponseEnd?.(controller, trailers)
-      return
-    }
-    ;(this.handler as LegacyHandler).onComplete?.(raw(controller.rawTrailers, trailers))
+    relayResponseEnd(this.handler, this.legacy, controller, trailers)
   }
 
   onResponseError (controller: Controller, error: Error): void {
@@ -143,7 +126,8 @@ export class Exchange implements Handler {
     if (this.end()) {
       if (this.status === 0) {
         // before headers: a failure of the target's, unless the client's body or a header
-        // the gateway built was at fault (then no target would have done better)
+        // the gateway built was at fault (then no target would have done better), or a
+        // hedge cancelled the attempt (see targetsFault)
         if (this.forwarding.exchange === this) this.forwarding.time = now - this.start
         if (targetsFault(error)) countFailure(this.target, detector, now)
       } else if ((error as { code?: string }).code !== 'UND_ERR_ABORTED' && detector?.isFailureStatus(this.status) !== true) {
@@ -152,11 +136,7 @@ export class Exchange implements Handler {
         countFailure(this.target, detector, now)
       }
     }
-    if (!this.legacy) {
-      this.handler.onResponseError?.(controller, error)
-      return
-    }
-    ;(this.handler as LegacyHandler).onError?.(error)
+    relayResponseError(this.handler, this.legacy, controller, error)
   }
 
   /** The final response headers arrived: the attempt's status and latency, and a failure status counted at once. */
@@ -181,6 +161,68 @@ export class Exchange implements Handler {
     this.target.finish()
     return true
   }
+}
+
+// The calls as the wrapped handler takes them: passed on as they came to a handler with
+// the controller API; translated to the deprecated calls for one without (`legacy`).
+// Shared functions, not methods, so that a Hedge relays its winning arm's calls to
+// reply-from's handler through the same translation, with its own controller.
+
+/** true when `handler` has only the deprecated calls (undici's own test: no onRequestStart) */
+export function isLegacy (handler: Handler): boolean {
+  return typeof handler.onRequestStart !== 'function'
+}
+
+export function relayRequestStart (handler: Handler, legacy: boolean, controller: Controller, context: unknown): void {
+  if (!legacy) {
+    handler.onRequestStart?.(controller, context)
+    return
+  }
+  // the deprecated handler calls abort() detached from any object, or with no reason
+  ;(handler as LegacyHandler).onConnect?.((reason) => { controller.abort(reason as Error) }, context)
+}
+
+export function relayResponseStart (handler: Handler, legacy: boolean, controller: Controller, statusCode: number, headers: IncomingHttpHeaders, statusMessage: string | undefined): void {
+  if (!legacy) {
+    handler.onResponseStart?.(controller, statusCode, headers, statusMessage)
+    return
+  }
+  // a deprecated handler asks to stop reading by returning false, and to go on by resume()
+  if ((handler as LegacyHandler).onHeaders?.(statusCode, raw(controller.rawHeaders, headers), () => { controller.resume() }, statusMessage ?? '') === false) {
+    controller.pause()
+  }
+}
+
+export function relayResponseData (handler: Handler, legacy: boolean, controller: Controller, chunk: Buffer): void {
+  if (!legacy) {
+    handler.onResponseData?.(controller, chunk)
+    return
+  }
+  if ((handler as LegacyHandler).onData?.(chunk) === false) controller.pause()
+}
+
+export function relayRequestUpgrade (handler: Handler, legacy: boolean, controller: Controller, statusCode: number, headers: IncomingHttpHeaders, socket: Duplex): void {
+  if (!legacy) {
+    handler.onRequestUpgrade?.(controller, statusCode, headers, socket)
+    return
+  }
+  ;(handler as LegacyHandler).onUpgrade?.(statusCode, raw(controller.rawHeaders, headers), socket)
+}
+
+export function relayResponseEnd (handler: Handler, legacy: boolean, controller: Controller, trailers: IncomingHttpHeaders): void {
+  if (!legacy) {
+    handler.onResponseEnd?.(controller, trailers)
+    return
+  }
+  ;(handler as LegacyHandler).onComplete?.(raw(controller.rawTrailers, trailers))
+}
+
+export function relayResponseError (handler: Handler, legacy: boolean, controller: Controller, error: Error): void {
+  if (!legacy) {
+    handler.onResponseError?.(controller, error)
+    return
+  }
+  ;(handler as LegacyHandler).onError?.(error)
 }
 
 /**

@@ -60,7 +60,10 @@ export class Forwarding {
   path = ''
   /** the current attempt's target; null until one is picked */
   target: Target | null = null
-  /** the Exchange of the current attempt (earlier attempts' late reports are theirs alone) */
+  /**
+   * the Exchange of the current attempt (earlier attempts' late reports are theirs alone);
+   * while a hedge's two attempts race, the Hedge, which writes the winner's record (see hedge.ts)
+   */
   exchange: object | null = null
   /** when the current attempt was sent (performance.now() ms) */
   start = 0
@@ -71,9 +74,9 @@ export class Forwarding {
   /** the current attempt's error code, '' for none */
   error = ''
   retries = 0
-  /** the targets tried already (only a retry makes the list) */
+  /** the targets tried already (only a retry or a hedge makes the list) */
   tried: Target[] | null = null
-  /** the attempts before the current one (only a retry makes the list) */
+  /** the attempts before the current one (only a retry or a hedge makes the list) */
   attempts: UpstreamAttempt[] | null = null
   /** the client's body stream, when it is one and retries may need it again */
   body: RequestBody | null = null
@@ -105,6 +108,16 @@ export class Forwarding {
     this.status = 0
     this.error = ''
     this.time = 0
+  }
+
+  /**
+   * An attempt that ran beside the current one and ended first (a hedge's cancelled loser,
+   * or its attempt that failed while the other went on): recorded before the current one,
+   * and tried (a retry avoids its target).
+   */
+  sideAttempt (target: Target, error: string, time: number): void {
+    (this.attempts ??= []).push(attemptOf(target.url, 0, error, time))
+    ;(this.tried ??= []).push(target)
   }
 
   /** `request.upstream`: what the upstream did for the request. */

@@ -1,4 +1,4 @@
-import { BadGatewayError, BadHeaderError, ConnectError, TimeoutError } from '../errors'
+import { BadGatewayError, BadHeaderError, ConnectError, HedgeCancelledError, TimeoutError } from '../errors'
 import { TOKEN_CHAR } from '../header-syntax'
 
 // What went wrong with an attempt, from what reply-from or undici reported: one of the
@@ -14,10 +14,21 @@ const TLS_CODE = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|HO
 // The client's own faults, found while its body streams to the target (413, 408): passed
 // on as they are, and the rest of that body is never read
 export const CLIENT_BODY_CODES = new Set(['FST_UPSTREAM_BODY_TOO_LARGE', 'FST_UPSTREAM_BODY_TIMEOUT'])
+/**
+ * The code of an attempt a hedge cancelled (see hedge.ts): the other attempt answered
+ * first, or the client went away while both were pending. No fault of the target's: it is
+ * not counted against it, nor retried; `request.upstream` shows it on the cancelled attempt.
+ */
+export const HEDGE_CANCELLED: string = new HedgeCancelledError('').code
 // undici's message for a header it refuses; only a token is taken from it into the error
 const UNDICI_BAD_HEADER = new RegExp(`^invalid (${TOKEN_CHAR}+) header$`)
 
 export type MappedError = Error & { code: string, statusCode: number }
+
+/** The reason a hedge aborts an attempt with: it reaches no client (the answer went from the other attempt, or nobody waits). */
+export function hedgeCancelled (why: string): MappedError {
+  return new HedgeCancelledError(why) as MappedError
+}
 
 /** What to set when TLS with a target fails, by Node's error code: said in the 502 and the log. */
 function tlsHint (code: string): string {
@@ -34,8 +45,8 @@ function tlsHint (code: string): string {
 export function upstreamError (error: Error & { cause?: unknown }): MappedError {
   const cause = (error.cause ?? error) as Error & { code?: string }
   const code = cause.code ?? ''
-  // the client's own fault, found while streaming its body: not the target's
-  if (CLIENT_BODY_CODES.has(code)) return cause as MappedError
+  // the client's own fault, found while streaming its body: not the target's; nor a hedge's cancel
+  if (CLIENT_BODY_CODES.has(code) || code === HEDGE_CANCELLED) return cause as MappedError
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return new TimeoutError('no connection within the connect timeout', { cause })
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return new TimeoutError('no response within the response timeout', { cause })
   if (code === 'UND_ERR_BODY_TIMEOUT') return new TimeoutError('the response body stalled past the idle timeout', { cause })
@@ -67,10 +78,11 @@ export function neverSent (error: MappedError): boolean {
 
 /**
  * true when an error undici reports for an attempt counts against the target: not the
- * client's (its body too large or stalled) nor the gateway's (a header undici refused).
- * The same line `notTheTargets` draws, read from the raw error before it is mapped.
+ * client's (its body too large or stalled), nor the gateway's (a header undici refused, an
+ * attempt a hedge cancelled). The same line `notTheTargets` draws, read from the raw error
+ * before it is mapped.
  */
 export function targetsFault (error: Error & { cause?: unknown }): boolean {
   const code = ((error.cause ?? error) as { code?: unknown }).code
-  return typeof code !== 'string' || (!CLIENT_BODY_CODES.has(code) && code !== 'UND_ERR_INVALID_ARG')
+  return typeof code !== 'string' || (!CLIENT_BODY_CODES.has(code) && code !== 'UND_ERR_INVALID_ARG' && code !== HEDGE_CANCELLED)
 }

@@ -272,7 +272,7 @@ function newTarget (url: string): Target {
 
 /** An attempt of a request routed to a pool without passive checks: the exchange puts it in `target`'s in-flight count. */
 function attempt (handler: Dispatcher.DispatchHandler, target: Target): Exchange {
-  const forwarding = new Forwarding({ name: 'test', detector: undefined } as unknown as UpstreamPool, { headers: undefined as never, retriesInFlight: 0 })
+  const forwarding = new Forwarding({ name: 'test', detector: undefined } as unknown as UpstreamPool, { headers: undefined as never, retriesInFlight: 0, mirrors: { inflight: 0, sent: 0, dropped: 0, failed: 0 }, hedges: { sent: 0, won: 0 } }, null)
   forwarding.target = target
   return new Exchange(handler, forwarding)
 }

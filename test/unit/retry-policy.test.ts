@@ -15,6 +15,7 @@ function config (overrides: Partial<RetryConfig> = {}): RetryConfig {
     backoffMax: 1000,
     budgetPercent: 20,
     budgetMinRetries: 3,
+    hedgeDelay: 0,
     ...overrides
   }
 }
