@@ -8,6 +8,9 @@ import { warnOfUnknownMirrors } from './proxy/mirror'
 import { requestDecorations } from './proxy/forwarding'
 import { normalizeOptions } from './options/normalize'
 import { PoolRegistry } from './upstream/registry'
+import { EtcdPools } from './etcd/pools'
+import { registerTarget, type RegisterTargetOptions, type TargetRegistration } from './etcd/register'
+import type { EtcdPoolsOptions, EtcdDiscoveryOptions } from './etcd/schema'
 import { SplitRegistry, type TrafficSplit } from './traffic/splits'
 import type { MatchRule, MirrorOptions, SplitBranchOptions, SplitOptions } from './traffic/schema'
 import { setUpReplyFrom } from './proxy/reply-from'
@@ -79,11 +82,14 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   // reply-from's own retries go back to the same target: off (an empty method list turns
   // them off without a per-request callback); the plugin retries on other targets itself
   const from = setUpReplyFrom(fastify, { undici: dispatcher as never, disableRequestLogging: true, retryMethods: [] })
-  const forwarder = new Forwarder(registry, dispatcher, config, router, from)
+  const forwarder = new Forwarder(registry, dispatcher, config, router, from, config.etcd !== undefined)
+  const etcdPools = config.etcd === undefined ? undefined : new EtcdPools(config.etcd, registry, config.pools, fastify.log)
   fastify.decorate('upstreams', registry.api)
   for (const [key, initial] of requestDecorations) fastify.decorateRequest(key, initial as null)
   fastify.decorateReply('forward', function forward (this, name: string, options?: ForwardOptions) {
-    if ((this.request.raw as UpgradeRequest)[kUpgrade] !== undefined) return forwardUpgrade(this, forwarder.pool(name), name, options?.url)
+    if ((this.request.raw as UpgradeRequest)[kUpgrade] !== undefined) {
+      return forwardUpgrade(this, forwarder.upgradeRoute(this.request, name)?.pool ?? forwarder.missing(name), options?.url)
+    }
     // the README's own usage, `reply.forward(name, { url })`, prepares nothing per call
     const prepared = options === undefined || onlyUrl(options) ? forwarder.defaults : forwarder.prepare(options)
     return forwarder.forward(this, name, options?.url, prepared)
@@ -91,9 +97,16 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   const websockets = config.routes.flatMap((route, i) => mountRoute(fastify, route, forwarder, i, router) ?? [])
   listenForUpgrades(fastify, websockets, () => { for (const pool of registry) pool.closeStreams() })
   mountStatus(fastify, registry, config.statusRoute, config.metrics)
-  // active checks run their first round before the server starts serving
-  fastify.addHook('onReady', () => registry.start())
-  fastify.addHook('onClose', () => registry.close())
+  // the pools from etcd, then the first round of every pool's active checks, before the
+  // server starts serving
+  fastify.addHook('onReady', async () => {
+    await etcdPools?.start()
+    await registry.start()
+  })
+  fastify.addHook('onClose', async () => {
+    await etcdPools?.close()
+    await registry.close()
+  })
 }
 
 type FastifyUpstream = FastifyPluginCallback<PluginOptions>
@@ -123,10 +136,12 @@ declare namespace fastifyUpstream {
   export type { DiscoverySource, DiscoveredTargets }
   export type { StatusRouteOptions }
   export type { SplitOptions, SplitBranchOptions, MatchRule, MirrorOptions, TrafficSplit, SplitStatus, SplitChangeEvent }
+  export type { EtcdPoolsOptions, EtcdDiscoveryOptions, RegisterTargetOptions, TargetRegistration }
   export type { SelectEvent, ProxyErrorEvent, TargetStateEvent, RetryEvent }
   export type { UpstreamOutcome, UpstreamAttempt }
   export { errors, DnsSource, DnsSrvSource, StatusSchema, PoolStatusSchema, TargetStatusSchema, SplitStatusSchema }
   export { RoundRobinBalancer, RandomBalancer, LeastRequestBalancer, EwmaBalancer, ConsistentHashBalancer }
+  export { registerTarget }
   export const fastifyUpstream: FastifyUpstream
   export { fastifyUpstream as default }
 }
@@ -149,5 +164,6 @@ module.exports.RandomBalancer = RandomBalancer
 module.exports.LeastRequestBalancer = LeastRequestBalancer
 module.exports.EwmaBalancer = EwmaBalancer
 module.exports.ConsistentHashBalancer = ConsistentHashBalancer
+module.exports.registerTarget = registerTarget
 
 export = fastifyUpstream

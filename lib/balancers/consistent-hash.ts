@@ -54,6 +54,10 @@ export function keyHasher (key: HashKeyOption): KeyHasher {
   throw new TypeError(`unsupported hash key ${key}`)
 }
 
+function byUrl (a: BalancerTarget, b: BalancerTarget): number {
+  return a.url < b.url ? -1 : a.url > b.url ? 1 : 0
+}
+
 /**
  * Consistent hashing with a Maglev lookup table (Envoy MAGLEV): O(1) a pick, and removing
  * one of N targets moves only the keys that were on it plus a small fraction of the rest.
@@ -80,7 +84,10 @@ export class ConsistentHashBalancer implements Balancer {
     this.hashKey = keyHasher(options.key ?? 'ip')
   }
 
-  update (targets: readonly BalancerTarget[]): void {
+  update (candidates: readonly BalancerTarget[]): void {
+    // by URL: the table depends on the order the targets claim entries in, and gateways
+    // that learnt of the same targets in another order must build the same table
+    const targets = [...candidates].sort(byUrl)
     const n = targets.length
     const m = this.size
     this.targets = targets

@@ -110,7 +110,7 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     responseBuffer: input.responseBuffer ?? DEFAULTS.responseBuffer,
     tls: input.tls ?? {},
     discovery: input.discovery,
-    discoveryInterval: input.discovery?.interval ?? DEFAULTS.discoveryInterval,
+    discoveryInterval: (input.discovery !== undefined && 'interval' in input.discovery ? input.discovery.interval : undefined) ?? DEFAULTS.discoveryInterval,
     sticky: normalizeSticky(input.sticky, path),
     mirror: normalizeMirror(input.mirror),
     headerPolicy: {
@@ -162,6 +162,7 @@ export interface NormalizedOptions {
   onTargetStateChange: PluginOptions['onTargetStateChange']
   onRetry: PluginOptions['onRetry']
   onSplitChange: PluginOptions['onSplitChange']
+  etcd: PluginOptions['etcd']
   statusRoute: StatusRouteOptions | undefined
   metrics: MetricsOptions | false
 }
@@ -190,7 +191,10 @@ export function normalizeOptions (input: PluginOptions | undefined): NormalizedO
   routes.forEach((route, i) => {
     const upstream = route.upstream
     if (typeof upstream === 'string') {
-      if (!pools.has(upstream) && !splits.has(upstream)) throw new InvalidOptionError(`routes[${i}].upstream: unknown pool or split "${upstream}"`)
+      // with pools from etcd, a pool may come after register
+      if (!pools.has(upstream) && !splits.has(upstream) && options.etcd === undefined) {
+        throw new InvalidOptionError(`routes[${i}].upstream: unknown pool or split "${upstream}"`)
+      }
       return
     }
     const name = splitNameOf(route)
@@ -206,6 +210,7 @@ export function normalizeOptions (input: PluginOptions | undefined): NormalizedO
     onTargetStateChange: options.onTargetStateChange,
     onRetry: options.onRetry,
     onSplitChange: options.onSplitChange,
+    etcd: options.etcd,
     statusRoute: typeof options.statusRoute === 'string' ? { url: options.statusRoute } : options.statusRoute,
     metrics: options.metrics === false ? false : (options.metrics === true || options.metrics === undefined ? {} : options.metrics)
   }

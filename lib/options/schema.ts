@@ -2,6 +2,7 @@ import { Type, FormatRegistry, type Static } from '@sinclair/typebox'
 import type { FastifyRequest } from 'fastify'
 import type { TargetView } from '../contracts'
 import { BalancerSchema } from '../balancers/schema'
+import { EtcdDiscoverySchema, EtcdPoolsSchema } from '../etcd/schema'
 import { MirrorSchema, MountUpstreamSchema, SplitSchema } from '../traffic/schema'
 import { TOKEN_CHAR, VALUE_CHARS } from '../header-syntax'
 import { typed } from '../typed-schema'
@@ -141,6 +142,11 @@ export interface DiscoveredTargets {
 
 export interface DiscoverySource {
   resolve (): Promise<DiscoveredTargets | Array<Static<typeof TargetSchema>>>
+  /**
+   * a source that tells of changes itself (etcd): called once, after the first resolve(),
+   * with a listener for every later answer; the source is then not polled
+   */
+  watch? (listener: (answer: DiscoveredTargets | Array<Static<typeof TargetSchema>>) => void): void
   /** called on close: cancel lookups in flight */
   close? (): void
 }
@@ -167,8 +173,9 @@ export const DiscoverySchema = Type.Union([
     timeout: Type.Optional(Ms),
     servers: Type.Optional(DnsServers)
   }, { additionalProperties: false }),
+  EtcdDiscoverySchema,
   typed<DiscoverySource & { interval?: number }>(Type.Object({ resolve: Fn, interval: Type.Optional(Ms) }, { additionalProperties: true }))
-], { errorMessage: "must be { type: 'dns', hostname, port }, { type: 'dns-srv', name } or an object with resolve()" })
+], { errorMessage: "must be { type: 'dns', hostname, port }, { type: 'dns-srv', name }, { type: 'etcd', endpoints, prefix } or an object with resolve()" })
 
 /** Sticky sessions: a cookie the gateway sets, naming the target that answered (see upstream/sticky.ts). */
 export const StickySchema = Type.Object({
@@ -294,6 +301,7 @@ export const OptionsSchema = Type.Object({
   onTargetStateChange: Type.Optional(Fn),
   onRetry: Type.Optional(Fn),
   onSplitChange: Type.Optional(Fn),
+  etcd: Type.Optional(EtcdPoolsSchema),
   statusRoute: Type.Optional(Type.Union([Prefix, StatusRouteSchema], {
     errorMessage: "must be a path starting with '/' or an object { url, ...route hooks }"
   })),

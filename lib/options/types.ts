@@ -3,6 +3,7 @@ import type { RouteShorthandOptions } from 'fastify'
 import type { Registry } from 'prom-client'
 import type { SplitChangeEvent, TargetStateEvent } from '../contracts'
 import type { SplitOptions } from '../traffic/schema'
+import type { EtcdPoolsOptions } from '../etcd/schema'
 import type { ProxyErrorEvent, RetryEvent, SelectEvent } from '../events'
 import type { ForwardOptions } from '../proxy/forward-options'
 import type {
@@ -81,6 +82,8 @@ export interface PluginOptions {
   onTargetStateChange?: (event: TargetStateEvent) => void
   /** called before a failed request is tried again (also on diagnostics channel `fastify-upstream:retry`) */
   onRetry?: (event: RetryEvent) => void
+  /** pools from etcd: the key `<prefix><name>` holds pool `name`'s options as JSON, watched */
+  etcd?: EtcdPoolsOptions
   /** called when a split's weights change (also on diagnostics channel `fastify-upstream:split`) */
   onSplitChange?: (event: SplitChangeEvent) => void
   /** serves the status (JSON, or HTML to a browser) here, and Prometheus metrics at `/metrics` below it */

@@ -88,13 +88,25 @@ export class Forwarder implements ResponseBodySink {
   private readonly from: ReplyFrom
   readonly defaults: PreparedOptions
 
-  constructor (registry: PoolRegistry, dispatcher: UpstreamDispatcher, hooks: Hooks, router: RouterPathOptions, from: ReplyFrom) {
+  /** pools may come later (from etcd): a name that is no pool yet is unavailable, not unknown */
+  private readonly poolsMayAppear: boolean
+
+  constructor (registry: PoolRegistry, dispatcher: UpstreamDispatcher, hooks: Hooks, router: RouterPathOptions, from: ReplyFrom, poolsMayAppear = false) {
     this.registry = registry
     this.dispatcher = dispatcher
     this.hooks = hooks
     this.router = router
     this.from = from
+    this.poolsMayAppear = poolsMayAppear
     this.defaults = this.prepare(undefined)
+  }
+
+  /**
+   * The answer for a name that is no pool nor split: 500 FST_UPSTREAM_UNKNOWN_POOL, or, while
+   * pools may still come (from etcd), 503 FST_UPSTREAM_NO_TARGET.
+   */
+  missing (name: string): Error {
+    return this.poolsMayAppear ? new NoTargetError(name) : new UnknownPoolError(name)
   }
 
   /** The pool of that name, if any. */
@@ -199,7 +211,7 @@ export class Forwarder implements ResponseBodySink {
     if (pool === undefined) {
       const split = this.registry.splits.get(name)
       if (split !== undefined) return this.routeSplit(reply, split)
-      reply.send(new UnknownPoolError(name))
+      reply.send(this.missing(name))
       return undefined
     }
     const forwarding = request[kForwarding] = new Forwarding(pool, poolProxy(pool), null)

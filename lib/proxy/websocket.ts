@@ -6,7 +6,7 @@ import type { FastifyInstance, FastifyReply } from 'fastify'
 import { countFailure } from '../health/outlier-detector'
 import type { Pool } from '../upstream/pool'
 import type { OpenStream, Target } from '../upstream/target'
-import { BadPathError, UnknownPoolError } from '../errors'
+import { BadPathError } from '../errors'
 import { unavailable } from './forwarder'
 import { poolProxy } from './forwarding'
 import { isSafePath, originForm } from './paths'
@@ -220,11 +220,12 @@ function connect (reply: FastifyReply, pool: Pool, path: string, upgrade: { sock
 }
 
 /**
- * `reply.forward` of an Upgrade request: tunnelled to a target of pool `name`, at `url`
+ * `reply.forward` of an Upgrade request: tunnelled to a target of `pool` (or answered with
+ * the error of a name that has none), at `url`
  * (path and query) or the request's own, under the same path rule as any forward.
  */
-export function forwardUpgrade (reply: FastifyReply, pool: Pool | undefined, name: string, url: string | undefined): FastifyReply {
-  if (pool === undefined) return reply.send(new UnknownPoolError(name))
+export function forwardUpgrade (reply: FastifyReply, pool: Pool | Error, url: string | undefined): FastifyReply {
+  if (pool instanceof Error) return reply.send(pool)
   const path = url ?? originForm(reply.request.raw.url as string) ?? ''
   const query = path.indexOf('?')
   if (path === '' || !isSafePath(query === -1 ? path : path.slice(0, query))) return reply.send(new BadPathError())

@@ -1,5 +1,6 @@
 import { Resolver } from 'node:dns/promises'
 import type { Logger } from '../contracts'
+import { EtcdTargets } from '../etcd/targets'
 import { normalizeTarget } from '../options/normalize'
 import type { DiscoveredTargets, DiscoverySource } from '../options/schema'
 import type { DiscoveryOptions, TargetOptions } from '../options/types'
@@ -96,13 +97,17 @@ function isNoData (error: unknown): boolean {
   return code === 'ENODATA' || code === 'ENOTFOUND'
 }
 
-export function createSource (options: DiscoveryOptions): DiscoverySource {
+export function createSource (options: DiscoveryOptions, log: Logger, pool: string): DiscoverySource {
   if ('resolve' in options) return options
   if (options.type === 'dns-srv') return new DnsSrvSource(options)
+  if (options.type === 'etcd') return new EtcdTargets(options, log, pool)
   return new DnsSource(options)
 }
 
-/** Polls a source on `interval` (sooner when a TTL says so) and reconciles the pool. */
+/**
+ * Polls a source on `interval` (sooner when a TTL says so), or listens to one that tells of
+ * its changes (`watch`), and reconciles the pool.
+ */
 export class Discoverer {
   private readonly source: DiscoverySource
   private readonly host: DiscoveryHost
@@ -111,6 +116,7 @@ export class Discoverer {
   /** the URLs this discoverer added, and so may remove */
   private readonly managed = new Set<string>()
   private timer: NodeJS.Timeout | undefined
+  private watching = false
   private closed = false
   failures = 0
 
@@ -136,11 +142,7 @@ export class Discoverer {
   private async run (): Promise<void> {
     let next = this.interval
     try {
-      const answer = await this.source.resolve()
-      if (this.closed) return
-      const { targets, ttl } = Array.isArray(answer) ? { targets: answer, ttl: undefined } : answer
-      this.failures = 0
-      this.reconcile(targets)
+      const ttl = this.apply(await this.source.resolve())
       if (ttl !== undefined) next = Math.min(next, Math.max(1000, ttl * 1000))
     } catch (error) {
       if (this.closed) return
@@ -149,8 +151,25 @@ export class Discoverer {
       this.log.warn({ pool: this.host.name, err: error }, 'upstream discovery failed: keeping the last known targets')
     }
     if (this.closed) return
+    if (this.source.watch !== undefined) {
+      // the source tells of every change from here on: no polling
+      if (!this.watching) {
+        this.watching = true
+        this.source.watch((answer) => { this.apply(answer) })
+      }
+      return
+    }
     this.timer = setTimeout(() => { this.run().catch(() => {}) }, next)
     this.timer.unref()
+  }
+
+  /** Reconciles the pool with an answer; returns its TTL, if any. */
+  private apply (answer: DiscoveredTargets | TargetOptions[]): number | undefined {
+    if (this.closed) return undefined
+    const { targets, ttl } = Array.isArray(answer) ? { targets: answer, ttl: undefined } : answer
+    this.failures = 0
+    this.reconcile(targets)
+    return ttl
   }
 
   private reconcile (targets: TargetOptions[]): void {

@@ -78,7 +78,7 @@ export class Pool implements HealthHost {
     this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
     this.discoverer = config.discovery === undefined
       ? undefined
-      : new Discoverer(createSource(config.discovery), this, config.discoveryInterval, log)
+      : new Discoverer(createSource(config.discovery, log, name), this, config.discoveryInterval, log)
     for (const target of config.targets) this.insert(new Target(target, config.tls.servername))
     this.refresh()
   }

@@ -42,8 +42,16 @@ export class PoolRegistry implements Iterable<Pool> {
    * after it, the pool's active checks start at once.
    */
   add (name: string, options: PoolOptions): Pool {
-    checkPoolName(name)
     if (this.pools.has(name)) throw new DuplicateError(`Upstream pool "${name}"`)
+    const pool = this.build(name, options)
+    this.pools.set(name, pool)
+    if (this.started) pool.start().catch(() => {})
+    return pool
+  }
+
+  /** A pool built from `options`, validated as register validates them; not in the registry yet. */
+  private build (name: string, options: PoolOptions): Pool {
+    checkPoolName(name)
     if (this.splits.has(name)) throw new DuplicateError(`A split named "${name}"`)
     const config = normalizePool(options, `upstreams.${name}`)
     const pool = new Pool(name, config, this.stateChanged, this.log)
@@ -53,8 +61,6 @@ export class PoolRegistry implements Iterable<Pool> {
     if (config.headerPolicy.host === 'pass') {
       this.log.warn({ pool: name }, "the client's Host header is sent to this pool's targets (host: 'pass'): clients choose the virtual host upstream")
     }
-    this.pools.set(name, pool)
-    if (this.started) pool.start().catch(() => {})
     return pool
   }
 
@@ -63,8 +69,29 @@ export class PoolRegistry implements Iterable<Pool> {
     const pool = this.pools.get(name)
     if (pool === undefined) throw new UnknownPoolError(name)
     this.pools.delete(name)
-    await Promise.all(pool.targets.map((t) => pool.removeTarget(t.url)))
-    await pool.close(true)
+    await retire(pool)
+  }
+
+  /**
+   * Adds a pool, or replaces the pool of that name with a new one built from `options`
+   * (validated first: an invalid one changes nothing). After `ready`, the new pool's first
+   * round of active checks runs before it takes requests; the old one's in-flight requests
+   * finish on it.
+   */
+  async put (name: string, options: PoolOptions): Promise<void> {
+    const old = this.pools.get(name)
+    const pool = this.build(name, options)
+    if (this.started) await pool.start().catch(() => {})
+    // changed meanwhile (added, removed, or put again): this one is not wanted any more
+    if (this.pools.get(name) !== old) {
+      await pool.close()
+      return
+    }
+    this.pools.set(name, pool)
+    if (old !== undefined) {
+      this.log.info({ pool: name }, 'upstream pool replaced')
+      await retire(old)
+    }
   }
 
   status (): RegistryStatus {
@@ -104,6 +131,12 @@ export class PoolRegistry implements Iterable<Pool> {
     this.hook?.(event)
     channels.targetState.publish(event)
   }
+}
+
+/** Takes every target of a pool that left the registry out of rotation, and closes it once its requests are done. */
+async function retire (pool: Pool): Promise<void> {
+  await Promise.all(pool.targets.map((t) => pool.removeTarget(t.url)))
+  await pool.close(true)
 }
 
 /** The public face of `registry`: the README's members, handing out each pool's own face. */
