@@ -9,8 +9,9 @@ import type { Teardown } from './helpers'
 
 // A private CA made at test time with the `openssl` command, and certificates signed by
 // it: a server certificate for `upstream.test` and 127.0.0.1, one for `attacker.test`
-// only (a valid certificate for someone else's name), and a client certificate for
-// mutual TLS. Nothing is written to the repository; the files live only while they are made.
+// only (a valid certificate for someone else's name), one for `localhost` and 127.0.0.1
+// (etcd, test/etcd.ts), and a client certificate for mutual TLS. Nothing is written to
+// the repository; the files live only while they are made.
 
 export interface KeyPair { key: string, cert: string }
 
@@ -25,6 +26,8 @@ export let ca = ''
 export let upstreamCert: KeyPair = none
 /** for attacker.test only */
 export let attackerCert: KeyPair = none
+/** for localhost and IP 127.0.0.1 */
+export let localhostCert: KeyPair = none
 /** a client certificate, CN gateway-client */
 export let clientCert: KeyPair = none
 
@@ -44,6 +47,7 @@ if (skip === false) {
     ca = read('ca.crt')
     upstreamCert = sign('upstream', '/CN=upstream.test', 'DNS:upstream.test,IP:127.0.0.1')
     attackerCert = sign('attacker', '/CN=attacker.test', 'DNS:attacker.test')
+    localhostCert = sign('localhost', '/CN=localhost', 'DNS:localhost,IP:127.0.0.1')
     clientCert = sign('client', '/CN=gateway-client')
   } finally {
     rmSync(dir, { recursive: true, force: true })
