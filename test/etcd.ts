@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request } from 'undici'
 import type { Teardown } from './helpers'
-import { ca, clientCert, localhostCert, skip as opensslSkip } from './private-ca'
+import { ca, localhostCert, namelessClientCert, skip as opensslSkip } from './private-ca'
 
 // Real etcd clusters for the tests: the `etcd` command of the Debian package etcd-server
 // (3.4), one to three members on 127.0.0.1 with free ports and throwaway data dirs. The
@@ -132,7 +132,7 @@ export async function startEtcd (t: Teardown, options: EtcdOptions = {}): Promis
   const { members: count = 1, auth = false, tls = false, electionTimeout = 250, heartbeatInterval = 25 } = options
   if (tls && opensslSkip !== false) throw new Error(opensslSkip)
   const root = dataRoot()
-  const agent = new Agent(tls ? { connect: { ca, ...clientCert } } : {})
+  const agent = new Agent(tls ? { connect: { ca, ...namelessClientCert } } : {})
   const members: Member[] = []
   // with tls: etcd's certificate, its key and the CA, in files for etcd
   let tlsDir = ''
@@ -354,6 +354,6 @@ export async function startEtcd (t: Teardown, options: EtcdOptions = {}): Promis
     authEnabled = true
     cluster.credentials = { ...gatewayUser }
   }
-  if (tls) cluster.tls = { ca, ...clientCert }
+  if (tls) cluster.tls = { ca, ...namelessClientCert }
   return cluster
 }

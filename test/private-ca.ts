@@ -30,6 +30,11 @@ export let attackerCert: KeyPair = none
 export let localhostCert: KeyPair = none
 /** a client certificate, CN gateway-client */
 export let clientCert: KeyPair = none
+/**
+ * a client certificate with no CommonName: etcd's JSON gateway refuses a client certificate
+ * with one when auth is on (the user is the password's, and it will not seem otherwise)
+ */
+export let namelessClientCert: KeyPair = none
 
 if (skip === false) {
   const dir = mkdtempSync(join(tmpdir(), 'fastify-upstream-tls-'))
@@ -49,6 +54,7 @@ if (skip === false) {
     attackerCert = sign('attacker', '/CN=attacker.test', 'DNS:attacker.test')
     localhostCert = sign('localhost', '/CN=localhost', 'DNS:localhost,IP:127.0.0.1')
     clientCert = sign('client', '/CN=gateway-client')
+    namelessClientCert = sign('nameless', '/O=fastify-upstream gateway')
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
