@@ -36,6 +36,7 @@ import { join } from 'node:path'
 import { test, type Test } from 'tap'
 import ts from 'typescript'
 import { startDnsServer } from '../dns-server'
+import { etcdSkip, startEtcd } from '../etcd'
 import type { Teardown } from '../helpers'
 
 const root = join(__dirname, '..', '..')
@@ -57,6 +58,8 @@ interface Context extends Teardown {
   upstreams: Upstream[]
   /** [text of the block, replacement] */
   substitutions: Array<[string, string]>
+  /** origins of servers the setup started that are no upstreams (etcd): left as they are */
+  servers: string[]
   env: Record<string, string>
   start: (label: string, handler?: http.RequestListener) => Promise<Upstream>
 }
@@ -78,6 +81,8 @@ interface Program {
   requests: Check[]
   /** checks of what the app logged (its JSON lines), after the requests */
   log?: (t: Test, entries: Array<Record<string, unknown>>, upstreams: Upstream[]) => void
+  /** why the block cannot run here (a Debian package missing), false when it can */
+  skip?: string | false
 }
 
 interface Fragment {
@@ -160,6 +165,37 @@ const PROGRAMS: Program[] = [
     marker: "name: 'cart-route'",
     requests: [
       { path: '/cart/items', status: 200, reaches: { path: '/items', on: ['http://10.0.0.1:8080', 'http://10.0.0.2:8080'] } }
+    ]
+  },
+  {
+    name: 'pools and targets from etcd',
+    marker: "prefix: '/gateway/pools/'",
+    skip: etcdSkip,
+    async setup (ctx) {
+      const etcd = await startEtcd(ctx)
+      const api = await ctx.start('api target')
+      const orders = await ctx.start('orders target')
+      await etcd.put('/services/api/a', api.url)
+      await etcd.put('/gateway/pools/orders', JSON.stringify({ targets: [orders.url] }))
+      for (const member of ['http://10.0.0.5:2379', 'http://10.0.0.6:2379', 'http://10.0.0.7:2379']) ctx.substitutions.push([member, etcd.endpoints[0]])
+      ctx.servers.push(etcd.endpoints[0])
+    },
+    requests: [
+      { path: '/api/x', status: 200, reaches: { path: '/x', on: ['api target'] } },
+      { path: '/orders/7', status: 200, reaches: { path: '/7', on: ['orders target'] } }
+    ]
+  },
+  {
+    name: 'a target that registers itself in etcd',
+    marker: 'registerTarget({',
+    skip: etcdSkip,
+    async setup (ctx) {
+      const etcd = await startEtcd(ctx)
+      ctx.substitutions.push(['http://10.0.0.5:2379', etcd.endpoints[0]])
+      ctx.servers.push(etcd.endpoints[0])
+    },
+    requests: [
+      { path: '/hello', status: 200, body: /"hello":"from a target"/ }
     ]
   },
   {
@@ -306,6 +342,7 @@ function runBlock (block: Block, spec: Program, tmp: string, index: number): (t:
     const ctx: Context = {
       upstreams: [],
       substitutions: [],
+      servers: [],
       env: {},
       start: async (label, handler) => {
         const upstream = await startUpstream(t, label, handler)
@@ -322,7 +359,7 @@ function runBlock (block: Block, spec: Program, tmp: string, index: number): (t:
       t.ok(code.includes(from), `the block uses ${from}`)
       code = code.split(from).join(to)
     }
-    const ours = new Set(ctx.upstreams.map((upstream) => upstream.url))
+    const ours = new Set([...ctx.upstreams.map((upstream) => upstream.url), ...ctx.servers])
     for (const origin of new Set(code.match(ORIGIN) ?? [])) {
       if (ours.has(origin)) continue
       const upstream = await ctx.start(origin)
@@ -442,6 +479,6 @@ test('README code blocks run as shown', { skip: !built && 'run npm run build fir
       continue
     }
     const spec = programs[0]
-    await t.test(`README.md:${block.line} ${spec.name} (${block.lang})`, { timeout: 20_000 }, runBlock(block, spec, tmp, index++))
+    await t.test(`README.md:${block.line} ${spec.name} (${block.lang})`, { timeout: 20_000, skip: spec.skip ?? false }, runBlock(block, spec, tmp, index++))
   }
 })
