@@ -48,6 +48,13 @@ module.exports = {
       to: { path: '(^|/)node_modules/(fastify|fastify-plugin|@fastify/[^/]+)/' }
     },
     {
+      name: 'etcd-is-a-source',
+      severity: 'error',
+      comment: 'etcd/ is where pools and targets come from: it knows no Fastify, nothing of the proxy, the status route, the events or the entry.',
+      from: { path: '^lib/etcd/' },
+      to: { path: '(^lib/(proxy/|status/|index\\.ts$|events\\.ts$))|((^|/)node_modules/(fastify|fastify-plugin|@fastify/[^/]+)/)' }
+    },
+    {
       name: 'balancers-stand-alone',
       severity: 'error',
       comment: 'A balancer sees targets only through balancers/types.ts: it reaches nothing of the plugin outside its folder but the schema helper.',

@@ -14,7 +14,9 @@ import fastifyUpstream, {
   type UpstreamPool,
   type SplitChangeEvent,
   type SplitStatus,
-  type TrafficSplit
+  type TrafficSplit,
+  type TargetRegistration,
+  registerTarget
 } from '..'
 
 expectType<typeof fastifyUpstream>(named)
@@ -234,3 +236,18 @@ if (split !== undefined) {
   expectError(split.setWeights({ v1: '90' }))
 }
 expectType<SplitStatus>(app.upstreams.status().splits.checkout)
+
+// pools and targets from etcd, and a target that registers itself
+app.register(fastifyUpstream, {
+  etcd: { endpoints: ['http://127.0.0.1:2379'], prefix: '/gateway/pools/', username: 'gateway', password: 'secret', tls: { ca: 'PEM' }, timeout: 1000, startTimeout: 3000 },
+  upstreams: { api: { discovery: { type: 'etcd', endpoints: ['http://127.0.0.1:2379'], prefix: '/services/api/' } } },
+  routes: [{ prefix: '/orders', upstream: 'orders' }]
+})
+expectError(app.register(fastifyUpstream, { etcd: { prefix: '/p/' } }))
+expectError(app.register(fastifyUpstream, { upstreams: { a: { discovery: { type: 'etcd', endpoints: ['http://127.0.0.1:2379'] } } } }))
+expectType<Promise<TargetRegistration>>(registerTarget({ endpoints: ['http://127.0.0.1:2379'], prefix: '/services/api/', url: 'http://127.0.0.1:3001', ttl: 10, weight: 2 }))
+expectError(registerTarget({ prefix: '/s/', url: 'http://127.0.0.1:3001' }))
+registerTarget({ endpoints: ['http://127.0.0.1:2379'], prefix: '/s/', url: 'http://127.0.0.1:3001' }).then(async (registration) => {
+  expectType<string>(registration.key)
+  expectType<Promise<void>>(registration.close())
+}).catch(() => {})
