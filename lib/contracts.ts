@@ -98,11 +98,12 @@ export interface RemoveTargetOptions {
 
 /**
  * Published on every change of a target: its state (`kind: 'state'`), and also when it is
- * added or re-weighted (then `from` and `to` are its state, unchanged) and removed (then
+ * added, re-weighted or made a backup or a primary by its discovery source (then `from`
+ * and `to` are its state, unchanged) and removed (then
  * `from` is its state before the removal began, and `to` is `'removed'`).
  */
 export interface TargetStateEvent {
-  kind: 'state' | 'added' | 'removed' | 'weight'
+  kind: 'state' | 'added' | 'removed' | 'weight' | 'backup'
   pool: string
   target: TargetView
   from: TargetState

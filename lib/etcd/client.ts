@@ -215,7 +215,7 @@ export class EtcdClient {
     const response = await this.pools[index].request({
       path: '/v3/watch',
       method: 'POST',
-      headers: await this.headers(),
+      headers: await this.headers(index),
       body,
       signal,
       headersTimeout: this.timeout,
@@ -288,7 +288,7 @@ export class EtcdClient {
     const response = await this.pools[index].request({
       path,
       method: 'POST',
-      headers: await this.headers(),
+      headers: await this.headers(index),
       body: JSON.stringify(body),
       headersTimeout: this.timeout,
       bodyTimeout: this.timeout
@@ -301,11 +301,11 @@ export class EtcdClient {
     throw new EtcdError(message, answer.code ?? response.statusCode)
   }
 
-  /** The request headers: the auth token when there are credentials (fetched on first use). */
-  private async headers (): Promise<Record<string, string>> {
+  /** The request headers: the auth token when there are credentials (fetched on first use, from member `index`). */
+  private async headers (index: number): Promise<Record<string, string>> {
     if (this.username === undefined) return { 'content-type': 'application/json' }
     if (this.token === undefined) {
-      const response = await this.pools[this.current].request({
+      const response = await this.pools[index].request({
         path: '/v3/auth/authenticate',
         method: 'POST',
         headers: { 'content-type': 'application/json' },

@@ -14,7 +14,8 @@ const FIRST_READ_TIMEOUT = 5000
  * under `prefix` is a target, its value a URL or `{ url, weight, backup }` as JSON (a
  * target process may put itself there with a lease: see registerTarget). The keys are
  * watched, so changes reach the pool as etcd makes them, not at a polling interval; a
- * value that is no valid target is left out, with a warning naming its key.
+ * value that is no valid target is refused with a warning naming its key (the key's last
+ * valid target, if any, stays).
  */
 export class EtcdTargets implements DiscoverySource {
   private readonly client: EtcdClient
@@ -58,9 +59,9 @@ export class EtcdTargets implements DiscoverySource {
         this.targets.delete(key)
         continue
       }
+      // a value that is no target changes nothing: the key's last good target stays
       const target = this.parse(key, value)
-      if (target === undefined) this.targets.delete(key)
-      else this.targets.set(key, target)
+      if (target !== undefined) this.targets.set(key, target)
     }
     this.listener?.({ targets: [...this.targets.values()] })
   }

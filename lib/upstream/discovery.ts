@@ -3,6 +3,7 @@ import type { Logger } from '../contracts'
 import { EtcdTargets } from '../etcd/targets'
 import { normalizeTarget } from '../options/normalize'
 import type { DiscoveredTargets, DiscoverySource } from '../options/schema'
+import type { TargetConfig } from '../options/config'
 import type { DiscoveryOptions, TargetOptions } from '../options/types'
 
 /**
@@ -17,7 +18,8 @@ export interface DiscoveryHost {
   addTarget (target: TargetOptions): unknown
   removeTarget (url: string, options: { drain: boolean }): Promise<void>
   setWeight (url: string, weight: number): void
-  target (url: string): { weight: number } | undefined
+  setBackup (url: string, backup: boolean): void
+  target (url: string): { weight: number, backup: boolean } | undefined
 }
 
 function hostPort (address: string, port: number, protocol: string): string {
@@ -115,6 +117,10 @@ export class Discoverer {
   private readonly log: Logger
   /** the URLs this discoverer added, and so may remove */
   private readonly managed = new Set<string>()
+  /** the URLs it removed whose drain is not over */
+  private readonly draining = new Set<string>()
+  /** the targets of the last answer, by URL */
+  private wanted = new Map<string, TargetConfig>()
   private timer: NodeJS.Timeout | undefined
   private watching = false
   private closed = false
@@ -175,24 +181,38 @@ export class Discoverer {
   private reconcile (targets: TargetOptions[]): void {
     // the whole answer is checked (and normalised as `targets` are) before anything changes
     const wanted = targets.map((option, i) => normalizeTarget(option, `upstreams.${this.host.name}.discovery[${i}]`))
-    const seen = new Set<string>()
+    const seen = new Map<string, TargetConfig>()
     wanted.forEach((target, i) => {
-      seen.add(target.url)
+      seen.set(target.url, target)
+      // one this discoverer is draining comes back once its drain is over (see below)
+      if (this.draining.has(target.url)) return
       const existing = this.host.target(target.url)
       // a weight the source names is applied; one it leaves out is the operator's to set
       const named = typeof targets[i] !== 'string' && (targets[i] as { weight?: number }).weight !== undefined
       if (existing === undefined) {
         this.host.addTarget(target)
         this.managed.add(target.url)
-      } else if (named && this.managed.has(target.url) && existing.weight !== target.weight) {
-        this.host.setWeight(target.url, target.weight)
+      } else if (this.managed.has(target.url)) {
+        if (named && existing.weight !== target.weight) this.host.setWeight(target.url, target.weight)
+        if (existing.backup !== target.backup) this.host.setBackup(target.url, target.backup)
       }
     })
+    this.wanted = seen
     // a target that disappears is drained in the background: the next lookup need not wait
     for (const key of [...this.managed]) {
       if (seen.has(key)) continue
       this.managed.delete(key)
-      this.host.removeTarget(key, { drain: true }).catch(() => {})
+      this.draining.add(key)
+      this.host.removeTarget(key, { drain: true }).catch(() => {}).finally(() => { this.drained(key) })
     }
+  }
+
+  /** A target this discoverer removed is gone: the source may want it again meanwhile (a key put back). */
+  private drained (url: string): void {
+    this.draining.delete(url)
+    const target = this.wanted.get(url)
+    if (this.closed || target === undefined || this.host.target(url) !== undefined) return
+    this.host.addTarget(target)
+    this.managed.add(url)
   }
 }

@@ -196,6 +196,15 @@ export class Pool implements HealthHost {
     if (before !== weight) this.changed('weight', target, this.viewOf(target), `weight ${before} -> ${weight}`)
   }
 
+  /** Makes a target a backup, or a primary again (for discovery: a source that says so). */
+  setBackup (url: string, backup: boolean): void {
+    const target = this.mustGet(url)
+    if (target.backup === backup) return
+    target.backup = backup
+    this.refresh()
+    this.changed('backup', target, this.viewOf(target), backup ? 'now a backup' : 'now a primary')
+  }
+
   setState (url: string, state: 'disabled' | 'enabled'): void {
     const target = this.mustGet(url)
     if (state !== 'disabled' && state !== 'enabled') {
@@ -220,7 +229,7 @@ export class Pool implements HealthHost {
   }
 
   /** Reports a change that is not a change of state. */
-  private changed (kind: 'added' | 'weight', target: Target, view: TargetView, reason: string): void {
+  private changed (kind: 'added' | 'weight' | 'backup', target: Target, view: TargetView, reason: string): void {
     this.onStateChange({ kind, pool: this.name, target: view, from: target.state, to: target.state, reason })
   }
 

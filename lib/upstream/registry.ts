@@ -7,6 +7,9 @@ import type { UpstreamPool, UpstreamRegistry } from './api'
 import { Pool } from './pool'
 import { SplitRegistry } from '../traffic/splits'
 
+/** How each kind of change that is no state change reads in the log. */
+const OPERATOR_CHANGES = { added: 'added', removed: 'removed', weight: 're-weighted', backup: 'made a backup or a primary' } as const
+
 /** `fastify.upstreams`: the named pools of one plugin instance. */
 export class PoolRegistry implements Iterable<Pool> {
   private readonly pools = new Map<string, Pool>()
@@ -125,7 +128,7 @@ export class PoolRegistry implements Iterable<Pool> {
   private readonly stateChanged = (event: TargetStateEvent): void => {
     const line = { pool: event.pool, target: event.target.url, from: event.from, to: event.to, reason: event.reason }
     // what the operator did is news; what health checks found is a warning
-    if (event.kind !== 'state') this.log.info(line, `upstream target ${event.kind === 'weight' ? 're-weighted' : event.kind}`)
+    if (event.kind !== 'state') this.log.info(line, `upstream target ${OPERATOR_CHANGES[event.kind]}`)
     else if (event.to === 'unhealthy' || event.to === 'ejected') this.log.warn(line, `upstream target is ${event.to}`)
     else this.log.info(line, `upstream target is ${event.to}`)
     this.hook?.(event)

@@ -40,7 +40,8 @@ export class Target implements BalancerTarget {
    * client writes with `host: 'pass'`).
    */
   readonly servername: string
-  readonly backup: boolean
+  /** serves only while no primary may (discovery may change it) */
+  backup: boolean
   /** the target's value of the pool's sticky cookie ('' when the pool has none) */
   stickyId = ''
   configuredWeight: number

@@ -163,3 +163,49 @@ test('etcd with user/password auth and mutual TLS', { skip: etcdTlsSkip }, async
   t.same(denied.upstreams.get('api')?.targets, [], 'no target with a wrong password')
   t.ok(lines.some((line) => line.msg.startsWith('upstream discovery failed') || line.msg.startsWith('etcd is unreachable')), 'and a warning')
 })
+
+test('a key put back while its target drains brings the target back after the drain; backup follows the value', { skip: etcdSkip }, async (t) => {
+  const etcd = await startEtcd(t)
+  const main = await startUpstream(t, 'main')
+  const slow = await startUpstream(t, 'slow', (_req, res) => { setTimeout(() => { res.setHeader('x-upstream', 'slow'); res.end() }, 400) })
+  await etcd.put(prefix + 'main', main.url)
+  await etcd.put(prefix + 'slow', slow.url)
+  const { app, url } = await startGateway(t, {
+    upstreams: { api: { targets: [], discovery: { type: 'etcd', endpoints: etcd.endpoints, prefix } } },
+    routes: [{ prefix: '/', upstream: 'api' }]
+  })
+  const pool = app.upstreams.get('api')
+  if (pool === undefined) throw new Error('no pool')
+  // a request in flight on `slow`, then its key deleted and put back (a lease that lapsed and was renewed)
+  // round robin: of two requests, one goes to each
+  const pending = [fetch(`${url}/x`), fetch(`${url}/x`)]
+  await until('one in flight on slow', () => pool.target(slow.url)?.inflight === 1)
+  await etcd.del(prefix + 'slow')
+  await until('draining', () => pool.target(slow.url)?.state === 'draining')
+  await etcd.put(prefix + 'slow', slow.url)
+  const answered = await Promise.all(pending.map(async (res) => (await res).headers.get('x-upstream')))
+  t.same(answered.sort(), ['main', 'slow'], 'the request in flight finished on the draining target')
+  await until('back after its drain', () => pool.target(slow.url)?.state === 'healthy')
+
+  await etcd.put(prefix + 'slow', JSON.stringify({ url: slow.url, backup: true }))
+  await until('a backup', () => pool.target(slow.url)?.backup === true)
+  t.same(await load(`${url}/x`, 4, 2), { main: 4 }, 'a backup takes nothing while the primary can')
+  await etcd.put(prefix + 'slow', JSON.stringify({ url: slow.url, backup: false }))
+  await until('a primary again', () => pool.target(slow.url)?.backup === false)
+  await etcd.put(prefix + 'slow', 'not a url')
+  await sleep(100)
+  t.ok(pool.target(slow.url), 'a bad value keeps the key\'s last valid target')
+})
+
+test('with auth, a first endpoint that is down: the login and the calls go to the next member', { skip: etcdSkip }, async (t) => {
+  const etcd = await startEtcd(t, { members: 3, auth: true })
+  const up = await startUpstream(t, 'up')
+  await etcd.kill(etcd.members[0])
+  const connection = { endpoints: etcd.endpoints, ...etcd.credentials, timeout: 500 }
+  const registration = await registerTarget({ ...connection, prefix, url: up.url, ttl: 5 })
+  t.teardown(() => registration.close())
+  const { app } = await startGateway(t, {
+    upstreams: { api: { targets: [], discovery: { type: 'etcd', ...connection, prefix } } }
+  })
+  t.same(app.upstreams.get('api')?.targets.map((target) => target.url), [up.url], 'read through a live member')
+})
