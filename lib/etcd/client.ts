@@ -90,6 +90,15 @@ function tryAnother (error: unknown): boolean {
   return true
 }
 
+/** etcd's JSON answer; an answer that is no JSON (a proxy's, or a refusal in plain text) as its message. */
+function parse (body: string): unknown {
+  try {
+    return JSON.parse(body)
+  } catch {
+    return { message: body.trim().slice(0, 200) || 'an empty answer' }
+  }
+}
+
 interface RawKv { key?: string, value?: string, mod_revision?: string, lease?: string }
 
 function keyValue (kv: RawKv): KeyValue {
@@ -293,7 +302,7 @@ export class EtcdClient {
       headersTimeout: this.timeout,
       bodyTimeout: this.timeout
     } as Dispatcher.RequestOptions)
-    const answer = await response.body.json() as { error?: string, message?: string, code?: number }
+    const answer = parse(await response.body.text()) as { error?: string, message?: string, code?: number }
     if (response.statusCode === 200) return answer
     const message = answer.message ?? answer.error ?? `status ${response.statusCode}`
     // a token expires (etcd's --auth-token-ttl): once more with a fresh one
@@ -313,7 +322,7 @@ export class EtcdClient {
         headersTimeout: this.timeout,
         bodyTimeout: this.timeout
       })
-      const answer = await response.body.json() as { token?: string, message?: string, error?: string }
+      const answer = parse(await response.body.text()) as { token?: string, message?: string, error?: string }
       if (answer.token === undefined) throw new EtcdError(`etcd authentication failed: ${answer.message ?? answer.error ?? response.statusCode}`, 'auth')
       this.token = answer.token
     }
