@@ -108,7 +108,7 @@ test('options: the etcd option is validated, and without it a route to an unknow
   ]
   for (const [options, message] of cases) {
     const app = Fastify()
-    await t.rejects(app.register(fastifyUpstream, options as never).ready(), { code: 'FST_UPSTREAM_INVALID_OPTION', message }, JSON.stringify(options))
+    await t.rejects(async () => { await app.register(fastifyUpstream, options as never).ready() }, { code: 'FST_UPSTREAM_INVALID_OPTION', message }, JSON.stringify(options))
     await app.close()
   }
 })
