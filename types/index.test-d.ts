@@ -78,6 +78,12 @@ expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], balanc
 
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], balancer: 'fastest' } } }))
 expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], retry: { idempotencyKey: false } } } })
+
+// HTTP/2 to the targets
+expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], http2: 'h2c', http2Settings: { maxConcurrentStreams: 50, pingInterval: 0 } } } })
+expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], http2: true }, b: { targets: [], http2: false } } })
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], http2: 'h2' } } }))
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], http2: true, http2Settings: { maxStreams: 10 } } } }))
 expectAssignable<FastifyUpstreamOptions>({ upstreams: { a: { targets: [], sticky: { cookie: { name: 'route', maxAge: 60, sameSite: 'Strict' } } } } })
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], sticky: { cookie: { name: 'route', sameSite: 'lax' } } } } }))
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], retry: { idempotencyKey: true } } } }))

@@ -14,8 +14,8 @@ import { createProbe, type Probe } from './probes'
  * passed ones. The first round runs when the app gets ready, before it serves, and its
  * result counts at once, so that a target that is down at start never gets traffic.
  * Probes of one target never overlap; probes use their own connections, opened with the
- * pool's connection settings, so that busy traffic connections never delay them. Probes
- * are not traced (see untraced).
+ * pool's connection settings and protocol (HTTP/2 when `http2` says so), so that busy
+ * traffic connections never delay them. Probes are not traced (see untraced).
  */
 export class ActiveProber {
   private readonly config: ActiveCheckConfig
@@ -26,11 +26,11 @@ export class ActiveProber {
   private started = false
   private closed = false
 
-  constructor (config: ActiveCheckConfig, host: HealthHost, detector: OutlierDetector | undefined, connect: buildConnector.connector, lookup?: LookupFunction) {
+  constructor (config: ActiveCheckConfig, host: HealthHost, detector: OutlierDetector | undefined, connect: buildConnector.connector, lookup?: LookupFunction, http2 = false) {
     this.config = config
     this.host = host
     this.detector = detector
-    this.probe = createProbe(config, (target) => host.viewOf(target), connect, lookup)
+    this.probe = createProbe(config, (target) => host.viewOf(target), connect, lookup, http2)
   }
 
   /** Runs the first round of probes and schedules the next; resolves when the round is done. */
@@ -45,11 +45,12 @@ export class ActiveProber {
     if (this.started && !this.closed) this.run(target, true).catch(ignore)
   }
 
-  /** A target left the pool. */
+  /** A target left the pool (it is out of the host's list): the probe lets its origin go when no other target is on it. */
   remove (target: Target): void {
     const timer = this.timers.get(target)
     if (timer !== undefined) clearTimeout(timer)
     this.timers.delete(target)
+    if (!this.host.targetList.some((other) => other.origin === target.origin)) this.probe.release?.(target.origin)
   }
 
   async close (): Promise<void> {

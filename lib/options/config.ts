@@ -9,7 +9,6 @@ import type { ActiveCheckOptions, DiscoveryOptions, HeaderPolicyOptions, Timeout
  */
 
 /** A request or response header to set: a fixed value, or a function of the request (as the option takes it). */
-/** A request or response header to set: a fixed value, or a function of the request (as the option takes it). */
 export type HeaderValue = NonNullable<HeaderPolicyOptions['set']>[string]
 
 /** The normalised header options of a pool (see HeaderPolicy). */
@@ -78,6 +77,9 @@ export interface PoolConfig {
   maxConnections: number | undefined
   maxPending: number
   keepAliveTimeout: number
+  /** HTTP/2 to the targets: false (HTTP/1.1), true (h2 by ALPN on https targets), 'h2c' (cleartext, prior knowledge) */
+  http2: Http2Mode
+  http2Settings: Http2Settings
   drainTimeout: number
   /** responses with a Content-Length up to this many bytes are read whole before answering; 0: none */
   responseBuffer: number
@@ -89,6 +91,17 @@ export interface PoolConfig {
   sticky: StickyConfig | undefined
   /** copies of sampled requests to another pool; undefined when off */
   mirror: MirrorConfig | undefined
+}
+
+/** How a pool speaks to its targets (the `http2` option). */
+export type Http2Mode = false | true | 'h2c'
+
+/** The HTTP/2 connection settings after defaults (read only when `http2` is not false). */
+export interface Http2Settings {
+  /** the most streams (requests in flight) on one connection */
+  maxConcurrentStreams: number
+  /** ms between PING frames on each connection; 0: none */
+  pingInterval: number
 }
 
 /** The sticky cookie, normalised: its name and the attributes every Set-Cookie carries. */
@@ -118,6 +131,8 @@ export const DEFAULTS = {
   panicThreshold: 0,
   maxPending: 0,
   keepAliveTimeout: 4000,
+  http2: false,
+  http2Settings: { maxConcurrentStreams: 100, pingInterval: 30000 },
   drainTimeout: 30000,
   responseBuffer: 65536,
   host: 'target',

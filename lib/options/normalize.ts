@@ -1,5 +1,5 @@
 import { InvalidOptionError } from '../errors'
-import { DEFAULTS, statusSet, type ActiveCheckConfig, type PassiveCheckConfig, type PoolConfig, type StickyConfig, type TargetConfig } from './config'
+import { DEFAULTS, statusSet, type ActiveCheckConfig, type Http2Mode, type PassiveCheckConfig, type PoolConfig, type StickyConfig, type TargetConfig } from './config'
 import { OptionsSchema, PoolSchema, TargetSchema } from './schema'
 import type { MetricsOptions, PluginOptions, PoolOptions, RouteOptions, StatusRouteOptions, TargetOptions } from './types'
 import { check } from './validate'
@@ -22,6 +22,17 @@ export function normalizeTarget (input: TargetOptions, path: string): TargetConf
   return { url: href, weight: target.weight ?? DEFAULTS.weight, backup: target.backup ?? false }
 }
 
+/**
+ * Throws when the pool's protocol cannot reach `url`: `http2: 'h2c'` is HTTP/2 over
+ * cleartext TCP, which an https target does not speak (`true` is HTTP/2 over TLS, and an
+ * http target in a `true` pool simply speaks HTTP/1.1).
+ */
+export function checkTargetProtocol (url: string, http2: Http2Mode, path: string): void {
+  if (http2 === 'h2c' && url.startsWith('https:')) {
+    throw new InvalidOptionError(`${path}: ${url} is an https target, and http2 'h2c' is HTTP/2 over cleartext TCP: use http2: true for HTTP/2 over TLS`)
+  }
+}
+
 const POOL_NAME = /^[A-Za-z0-9_.:-]{1,128}$/
 
 /** Pool names appear in logs, metrics labels and URLs: keep them plain. */
@@ -37,13 +48,19 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
   if (input.targets === undefined && input.discovery === undefined) {
     throw new InvalidOptionError(`${path}.targets: is required (unless discovery is given)`)
   }
+  const http2 = input.http2 ?? DEFAULTS.http2
   const seen = new Set<string>()
   const targets = (input.targets ?? []).map((t, i) => {
     const target = normalizeTarget(t as TargetOptions, `${path}.targets[${i}]`)
+    checkTargetProtocol(target.url, http2, typeof t === 'string' ? `${path}.targets[${i}]` : `${path}.targets[${i}].url`)
     if (seen.has(target.url)) throw new InvalidOptionError(`${path}.targets[${i}].url: duplicate target ${target.url}`)
     seen.add(target.url)
     return target
   })
+  const discovery = input.discovery
+  if (http2 === 'h2c' && discovery !== undefined && 'type' in discovery && (discovery.type === 'dns' || discovery.type === 'dns-srv') && discovery.protocol === 'https') {
+    throw new InvalidOptionError(`${path}.discovery.protocol: 'https' targets cannot be reached with http2 'h2c' (HTTP/2 over cleartext TCP): use http2: true for HTTP/2 over TLS`)
+  }
   const balancer = input.balancer ?? DEFAULTS.balancer
   if (typeof balancer === 'object' && 'type' in balancer && balancer.type === 'consistent-hash' &&
       balancer.tableSize !== undefined && !isPrime(balancer.tableSize)) {
@@ -106,6 +123,11 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     maxConnections: input.maxConnections,
     maxPending: input.maxPending ?? DEFAULTS.maxPending,
     keepAliveTimeout: input.keepAliveTimeout ?? DEFAULTS.keepAliveTimeout,
+    http2,
+    http2Settings: {
+      maxConcurrentStreams: input.http2Settings?.maxConcurrentStreams ?? DEFAULTS.http2Settings.maxConcurrentStreams,
+      pingInterval: input.http2Settings?.pingInterval ?? DEFAULTS.http2Settings.pingInterval
+    },
     drainTimeout: input.drainTimeout ?? DEFAULTS.drainTimeout,
     responseBuffer: input.responseBuffer ?? DEFAULTS.responseBuffer,
     tls: input.tls ?? {},

@@ -113,6 +113,23 @@ export const TlsSchema = Type.Object({
   minVersion: Type.Optional(Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')], { errorMessage: "must be 'TLSv1.2' or 'TLSv1.3'" }))
 }, { additionalProperties: false })
 
+/**
+ * HTTP/2 to the targets: `true` offers h2 by ALPN on https targets (HTTP/1.1 when a
+ * target declines, and on http targets), `'h2c'` speaks cleartext HTTP/2 with prior
+ * knowledge to http targets (an https target is an error).
+ */
+export const Http2Schema = Type.Union([Type.Boolean(), Type.Literal('h2c')], { errorMessage: "must be false, true or 'h2c'" })
+
+export const Http2SettingsSchema = Type.Object({
+  /** the most requests (streams) one HTTP/2 connection carries at once */
+  maxConcurrentStreams: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000, errorMessage: 'must be an integer from 1 to 1000000' })),
+  /** ms between HTTP/2 PING frames on each connection; 0: none */
+  pingInterval: Type.Optional(Type.Union([
+    Type.Literal(0),
+    Type.Integer({ minimum: 1000, maximum: 2_147_483_647 })
+  ], { errorMessage: 'must be 0 (no PING) or an integer from 1000 to 2147483647 (milliseconds)' }))
+}, { additionalProperties: false, errorMessage: 'must be an object { maxConcurrentStreams, pingInterval }' })
+
 const HeaderName = `^${TOKEN_CHAR}+$`
 // Names and fixed values are checked once, here (Node's rules: a token; tab, visible ASCII
 // and obs-text); at request time only what a function returns is checked (see security.ts)
@@ -208,6 +225,8 @@ export const PoolSchema = Type.Object({
   maxConnections: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, errorMessage: 'must be an integer from 1 to 65535' })),
   maxPending: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, errorMessage: 'must be an integer from 0 to 1000000' })),
   keepAliveTimeout: Type.Optional(Ms),
+  http2: Type.Optional(Http2Schema),
+  http2Settings: Type.Optional(Http2SettingsSchema),
   drainTimeout: Type.Optional(Ms),
   responseBuffer: Type.Optional(Type.Integer({ minimum: 0, maximum: 16_777_216, errorMessage: 'must be an integer from 0 to 16777216 (bytes)' })),
   tls: Type.Optional(TlsSchema),

@@ -3,6 +3,7 @@ import { Dispatcher } from 'undici'
 import { undiciRequests } from '../channels'
 import type { Target } from '../upstream/target'
 import { Exchange } from './exchange'
+import { http2Request } from './header-policy'
 import type { Forwarding } from './forwarding'
 import { Hedge, hedgeable } from './hedge'
 import { dispatchTraced, type DispatchOptions } from './tracing'
@@ -39,6 +40,7 @@ export class UpstreamDispatcher extends Dispatcher {
     // a target's first request makes its connection pool (see TargetConnections)
     const connection = target.connection ?? target.connections?.connect(target)
     if (connection === undefined) throw refused(options.origin)
+    if (forwarding.pool.config.http2 !== false) http2Request(options)
     // hedging is off unless the pool sets a delay: then the first attempt of a request
     // that may be sent twice (see hedgeable) is the Hedge's to send
     const retry = forwarding.pool.config.retry

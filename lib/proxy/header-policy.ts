@@ -1,5 +1,6 @@
 import { isIP } from 'node:net'
 import type { FastifyRequest } from 'fastify'
+import type { Dispatcher } from 'undici'
 import { BadHeaderError } from '../errors'
 import { INVALID_VALUE, TOKEN } from '../header-syntax'
 import type { HeaderPolicyConfig, HeaderValue } from '../options/config'
@@ -15,7 +16,24 @@ type Headers = Record<string, string | string[] | number | undefined>
 // RFC 9110 7.6.1, plus the proxy-era names every proxy strips
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'])
 
-const REQUEST_HOP_BY_HOP = [...HOP_BY_HOP]
+// HTTP2-Settings is connection-specific too (RFC 9113 §8.2.2), a part of an h2c upgrade the
+// gateway never passes on; Node's HTTP/2 client throws on it (see dropConnectionHeaders)
+const REQUEST_HOP_BY_HOP = [...HOP_BY_HOP, 'http2-settings']
+
+/**
+ * The headers Node's HTTP/2 client refuses (RFC 9113 §8.2.2: connection-specific), `te`
+ * unless it is `trailers`. undici passes the others through to it, and Node throws from
+ * inside undici's send: the request fails and its connection takes no other (before the
+ * connection is up, the throw is uncaught and ends the process). The policy strips them
+ * all; what a caller's rewrite or `headers.set` adds after it is dropped here.
+ */
+const HTTP2_REFUSED = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings']
+
+/** Removes from the headers of a request sent over HTTP/2 those Node's HTTP/2 client would throw on. */
+export function dropConnectionHeaders (headers: Headers): void {
+  for (const name of HTTP2_REFUSED) if (headers[name] !== undefined) headers[name] = undefined
+  if (headers.te !== undefined && headers.te !== 'trailers') headers.te = undefined
+}
 
 // What proxies and frameworks read as the client's address, port, prefix or original URL
 // (IIS and Symfony route by X-Original-URL / X-Rewrite-URL). The gateway sends none of
@@ -51,6 +69,22 @@ function listedIn (connection: unknown): Set<string> | undefined {
  */
 export function stripHopByHop (headers: Headers): void {
   for (const name of REQUEST_HOP_BY_HOP) if (headers[name] !== undefined) headers[name] = undefined
+}
+
+/**
+ * Prepares a request to a target of a pool with `http2`. undici's HTTP/2 client sends a
+ * request it does not take as `idempotent` (all but GET and HEAD, unless told) only when
+ * no other is in flight on its connection, and those queued behind it there wait too:
+ * the flag means nothing else to undici 7 (it never resends a request itself; retries
+ * are the forwarder's), so it is set, and such requests share the connection too. A
+ * request with a streamed body still goes alone (undici's rule, which this cannot
+ * change). The
+ * headers Node's HTTP/2 client throws on are dropped (see dropConnectionHeaders).
+ */
+export function http2Request (options: Dispatcher.DispatchOptions): void {
+  options.idempotent = true
+  const headers = options.headers
+  if (headers != null && typeof headers === 'object' && !Array.isArray(headers)) dropConnectionHeaders(headers as Record<string, string | undefined>)
 }
 
 /** Response side: the headers without hop-by-hop ones (a new object only when one is there). */

@@ -25,6 +25,7 @@ import type { PoolRegistry } from '../upstream/registry'
 import type { Target } from '../upstream/target'
 import type { HeaderRecord, PreparedOptions } from './forward-options'
 import { poolProxy, type Forwarding, type PoolProxy } from './forwarding'
+import { http2Request } from './header-policy'
 import { RequestBody, type BodyCopy } from './replayable-body'
 
 type Counts = PoolProxy['mirrors']
@@ -203,18 +204,20 @@ class Copy implements Dispatcher.DispatchHandler, BodyCopy {
     const timeout = this.config.timeout
     this.timer = setTimeout(expireCopy, timeout, this)
     this.timer.unref()
+    const options = {
+      path,
+      // reply.forward's `method` option, as reply-from sends it
+      method: (typeof from.method === 'string' && from.method !== '' ? from.method : this.request.raw.method) as Dispatcher.HttpMethod,
+      headers: this.headers as Record<string, string>,
+      body: this.body,
+      headersTimeout: timeout,
+      bodyTimeout: timeout,
+      // a fixed name per target (see UpstreamDispatcher)
+      servername: target.servername
+    } as Dispatcher.DispatchOptions
+    if (this.pool.config.http2 !== false) http2Request(options)
     try {
-      connection.dispatch({
-        path,
-        // reply.forward's `method` option, as reply-from sends it
-        method: (typeof from.method === 'string' && from.method !== '' ? from.method : this.request.raw.method) as Dispatcher.HttpMethod,
-        headers: this.headers as Record<string, string>,
-        body: this.body,
-        headersTimeout: timeout,
-        bodyTimeout: timeout,
-        // a fixed name per target (see UpstreamDispatcher)
-        servername: target.servername
-      } as Dispatcher.DispatchOptions, this)
+      connection.dispatch(options, this)
     } catch (error) {
       this.onResponseError(null, error as Error)
     }

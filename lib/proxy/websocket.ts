@@ -18,7 +18,8 @@ import { upstreamError, type MappedError } from './upstream-error'
  * run first (an `onRequest` that answers 401 refuses the upgrade, and nothing reaches a
  * target); the mount's handler then hands it here. The target is picked by the pool like
  * any request's (balancer, sticky cookie, health, connection limits), connected with the
- * pool's connector (TLS settings, name lookup), and sent the handshake with the pool's
+ * pool's connector (TLS settings, name lookup; always HTTP/1.1, on a connection of its
+ * own, also in a pool with `http2`), and sent the handshake with the pool's
  * header policy applied; its answer goes back as it is, and after a 101 the two sockets
  * are piped both ways (backpressure, frames, pings and close frames untouched). An open
  * tunnel counts as in flight on its target, so least-request, `maxConnections` and drains
@@ -165,7 +166,8 @@ function connect (reply: FastifyReply, pool: Pool, path: string, upgrade: { sock
   headers.connection = 'Upgrade'
   headers.upgrade = req.headers.upgrade
   const open = new Tunnel(client, target)
-  pool.connections.connector({
+  // HTTP/1.1 whatever the pool's `http2`: the handshake and the frames are written on the socket
+  pool.connections.http1Connector({
     hostname: url.hostname.replace(/^\[|\]$/g, ''),
     host: url.host,
     protocol: url.protocol,

@@ -91,10 +91,17 @@ export class Candidates {
     return false
   }
 
-  /** true when the target is at its connection limit */
+  /**
+   * true when the target is at its connection limit: every one of its `maxConnections`
+   * connections carries all the requests it can, and `maxPending` more wait. Over
+   * HTTP/1.1 a connection carries one request; over HTTP/2 one per stream, up to
+   * `http2Settings.maxConcurrentStreams` (the target's `perConnection`), so an HTTP/2
+   * target is full at maxConnections × maxConcurrentStreams + maxPending requests in
+   * flight. Each request in flight is one stream, and counts once in `inflight`.
+   */
   isFull (target: Target): boolean {
     const max = this.limit.maxConnections
-    return max !== undefined && target.inflight >= max + this.limit.maxPending
+    return max !== undefined && target.inflight >= max * target.perConnection + this.limit.maxPending
   }
 
   /** true when `target` is not at its connection limit nor among those `exclude` lists */

@@ -1,5 +1,6 @@
 import type { LookupFunction } from 'node:net'
-import { buildConnector, Pool } from 'undici'
+import type { TLSSocket } from 'node:tls'
+import { buildConnector, Client, Pool, type Dispatcher } from 'undici'
 import type { PoolConfig } from '../options/config'
 import { skipUnaskedContinue } from './interim'
 import { NameLookup } from './name-lookup'
@@ -19,13 +20,22 @@ import type { Target } from './target'
  * Host names are resolved by `lookup` when given (the pool's DNS discovery servers, see
  * NameLookup), and every connection drops the unasked `100 Continue` undici would fail
  * on (see interim.ts).
+ *
+ * With `http2`, the connections speak the pool's `http2` option: `true` offers h2 and
+ * http/1.1 by ALPN on https targets (the target chooses; an http target speaks HTTP/1.1),
+ * `'h2c'` takes every cleartext connection as HTTP/2 with prior knowledge. undici speaks
+ * HTTP/2 on a socket whose `alpnProtocol` is 'h2', which its buildConnector sets when
+ * told here (undici's Pool options `allowH2` and `useH2c` do not reach a connector of
+ * one's own). Without it, every connection is HTTP/1.1 (WebSocket tunnels use such a one).
  */
-export function connector (config: PoolConfig, lookup?: LookupFunction): buildConnector.connector {
+export function connector (config: PoolConfig, lookup?: LookupFunction, http2 = false): buildConnector.connector {
   const connect = buildConnector({
     minVersion: 'TLSv1.2',
     ...config.tls,
     rejectUnauthorized: config.tls.rejectUnauthorized !== false,
     timeout: config.timeout.connect,
+    ...(http2 && config.http2 === true ? { allowH2: true } : {}),
+    ...(http2 && config.http2 === 'h2c' ? { useH2c: true } : {}),
     // passed on to net.connect / tls.connect
     ...(lookup === undefined ? {} : { lookup })
   } as buildConnector.BuildOptions)
@@ -45,6 +55,27 @@ export function connector (config: PoolConfig, lookup?: LookupFunction): buildCo
  */
 export const IDLE_SWEEP_INTERVAL = 60_000
 
+/**
+ * undici's Pool drops a connection (a Client) on `connectionError`, and undici's HTTP/2
+ * client reports a GOAWAY from the target so: the requests queued on that connection
+ * but not yet sent then go out on a new connection the dropped Client opens itself,
+ * which its Pool no longer knows and would never close. Each dropped Client is closed
+ * here instead: gracefully, once its queued requests are done (at once when it has none,
+ * as after a failed connect, the other cause of the event).
+ */
+function closeOrphans (_origin: URL, targets: readonly Dispatcher[]): void {
+  // the first is the Pool itself
+  for (let i = 1; i < targets.length; i++) {
+    const client = targets[i] as Client
+    // after undici's own handling of the error, of which this listener is a part
+    if (!client.closed && !client.destroyed) setImmediate(closeDropped, client)
+  }
+}
+
+function closeDropped (client: Client): void {
+  if (!client.closed && !client.destroyed) client.close().catch(() => {})
+}
+
 /** The targets of one origin in one upstream pool, and their connection pool while it lives. */
 interface OriginEntry {
   /** the targets on this origin (more than one when their paths differ) */
@@ -53,6 +84,28 @@ interface OriginEntry {
   pool: Pool | undefined
   /** the targets' request count at the last sweep (-1: not swept since the pool was made) */
   requests: number
+}
+
+/**
+ * The undici options of an HTTP/2 pool's connection pools. undici multiplexes only as
+ * many requests on one connection as `pipelining` allows (1 unless told), so it is set
+ * to `maxConcurrentStreams` (per connection, for `http2: true`, see TargetConnections),
+ * as undici's own H2CClient does; `maxConcurrentStreams` is what undici assumes of the
+ * target until its SETTINGS arrive (streams past the target's own limit wait in the
+ * connection). undici's HTTP/2 sessions have no idle timeout (`keepAliveTimeout` is for
+ * HTTP/1.1), and its PINGs (`pingInterval`) keep an idle one open through NATs and load
+ * balancers; the idle sweep closes them.
+ */
+function http2Options (config: PoolConfig): Partial<Pool.Options> {
+  if (config.http2 === false) return {}
+  const { maxConcurrentStreams, pingInterval } = config.http2Settings
+  return {
+    allowH2: true,
+    maxConcurrentStreams,
+    pingInterval,
+    // h2c connections are all HTTP/2; a `true` pool's each learn it by ALPN (see client())
+    pipelining: config.http2 === 'h2c' ? maxConcurrentStreams : 1
+  }
 }
 
 /**
@@ -77,8 +130,13 @@ export class TargetConnections {
   private readonly closing = new Set<Promise<void>>()
   private sweeper: NodeJS.Timeout | undefined = undefined
   private readonly config: PoolConfig
-  /** how the pool's connections are opened: one for all its origins, and for its active checks */
+  /**
+   * how the pool's connections are opened: one for all its origins, and for its active
+   * checks; they speak the pool's `http2` option
+   */
   readonly connector: buildConnector.connector
+  /** the same, always HTTP/1.1: for WebSocket tunnels, which speak HTTP/1.1 on the socket */
+  readonly http1Connector: buildConnector.connector
   /** target host names resolved by the pool's DNS discovery servers (dns-srv with `servers`) */
   readonly names: NameLookup | undefined
   private readonly sweepInterval: number
@@ -89,7 +147,8 @@ export class TargetConnections {
     this.names = discovery !== undefined && 'type' in discovery && discovery.type === 'dns-srv' && discovery.servers !== undefined
       ? new NameLookup(discovery.servers, discovery.timeout ?? 2000)
       : undefined
-    this.connector = connector(config, this.names?.lookup)
+    this.http1Connector = connector(config, this.names?.lookup)
+    this.connector = config.http2 === false ? this.http1Connector : connector(config, this.names?.lookup, true)
     this.sweepInterval = sweepInterval
   }
 
@@ -111,6 +170,13 @@ export class TargetConnections {
     entry.targets.push(target)
     target.connections = this
     target.connection = entry.pool
+    // as the origin's other targets; else HTTP/2 until a connection says otherwise (a
+    // `true` pool's https target may choose HTTP/1.1)
+    const http2 = this.config.http2
+    const multiplexed = http2 === 'h2c' || (http2 === true && target.origin.startsWith('https:'))
+    target.perConnection = entry.targets.length > 1
+      ? entry.targets[0].perConnection
+      : (multiplexed ? this.config.http2Settings.maxConcurrentStreams : 1)
   }
 
   /**
@@ -127,8 +193,11 @@ export class TargetConnections {
       keepAliveTimeout: config.keepAliveTimeout,
       headersTimeout: config.timeout.response,
       bodyTimeout: config.timeout.idle,
-      connect: this.connector
+      connect: this.connector,
+      ...http2Options(config),
+      ...(config.http2 === true ? { factory: (origin: URL, options: object) => this.client(entry as OriginEntry, origin, options as Client.Options) } : {})
     })
+    if (config.http2 !== false) pool.on('connectionError', closeOrphans)
     entry.pool = pool
     entry.requests = -1
     for (const other of entry.targets) other.connection = pool
@@ -141,10 +210,40 @@ export class TargetConnections {
   }
 
   /**
+   * A connection of a `http2: true` pool: it carries `maxConcurrentStreams` requests at
+   * once when the target chose h2 by ALPN, one when it chose HTTP/1.1 (undici would
+   * otherwise pipeline HTTP/1.1 requests on it), and the targets on its origin count as
+   * full accordingly (see Candidates.isFull). The protocol is known when the socket is,
+   * before undici sends anything on it.
+   */
+  private client (entry: OriginEntry, origin: URL, options: Client.Options): Client {
+    const connect = options.connect as buildConnector.connector
+    const streams = this.config.http2Settings.maxConcurrentStreams
+    const client: Client = new Client(origin, {
+      ...options,
+      connect: (opts, callback) => {
+        connect(opts, (error, socket) => {
+          if (socket != null) {
+            const perConnection = (socket as TLSSocket).alpnProtocol === 'h2' ? streams : 1
+            client.pipelining = perConnection
+            for (const target of entry.targets) target.perConnection = perConnection
+          }
+          callback(error as Error, socket as never)
+        })
+      }
+    })
+    return client
+  }
+
+  /**
    * Closes the connection pools that had no request since the last sweep and hold no
    * connection and no request now; the next request to their origin makes a new one.
+   * An HTTP/2 pool is closed with its connections open: undici keeps an idle HTTP/2
+   * session open for ever (and its PINGs keep it alive), where an idle HTTP/1.1
+   * connection closes after `keepAliveTimeout`.
    */
   sweep (): void {
+    const http2 = this.config.http2 !== false
     for (const entry of this.live) {
       const pool = entry.pool as Pool
       let requests = 0
@@ -154,7 +253,7 @@ export class TargetConnections {
         inflight += target.inflight
       }
       const stats = pool.stats
-      if (requests !== entry.requests || inflight > 0 || stats.connected > 0 || stats.size > 0 || stats.queued > 0) {
+      if (requests !== entry.requests || inflight > 0 || (stats.connected > 0 && !http2) || stats.size > 0 || stats.queued > 0) {
         entry.requests = requests
         continue
       }

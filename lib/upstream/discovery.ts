@@ -16,6 +16,8 @@ import type { DiscoveryOptions, TargetOptions } from '../options/types'
 export interface DiscoveryHost {
   readonly name: string
   addTarget (target: TargetOptions): unknown
+  /** throws when the pool cannot take the target (its protocol, say) */
+  checkTarget (target: TargetConfig, path: string): void
   removeTarget (url: string, options: { drain: boolean }): Promise<void>
   setWeight (url: string, weight: number): void
   setBackup (url: string, backup: boolean): void
@@ -180,7 +182,12 @@ export class Discoverer {
 
   private reconcile (targets: TargetOptions[]): void {
     // the whole answer is checked (and normalised as `targets` are) before anything changes
-    const wanted = targets.map((option, i) => normalizeTarget(option, `upstreams.${this.host.name}.discovery[${i}]`))
+    const wanted = targets.map((option, i) => {
+      const path = `upstreams.${this.host.name}.discovery[${i}]`
+      const target = normalizeTarget(option, path)
+      this.host.checkTarget(target, path)
+      return target
+    })
     const seen = new Map<string, TargetConfig>()
     wanted.forEach((target, i) => {
       seen.set(target.url, target)

@@ -10,8 +10,8 @@ import { TargetConnections } from './connections'
 import { DuplicateError, InvalidOptionError, UnknownPoolError, UnknownTargetError } from '../errors'
 import type { Logger, PoolStatus, RemoveTargetOptions, TargetStateEvent, TargetView } from '../contracts'
 import type { HealthHost } from '../health/host'
-import type { PoolConfig } from '../options/config'
-import { normalizeTarget } from '../options/normalize'
+import type { PoolConfig, TargetConfig } from '../options/config'
+import { checkTargetProtocol, normalizeTarget } from '../options/normalize'
 import type { TargetOptions } from '../options/types'
 import { OutlierDetector } from '../health/outlier-detector'
 import { createSource, Discoverer } from './discovery'
@@ -74,7 +74,7 @@ export class Pool implements HealthHost {
     this.candidates = new Candidates(balancer, config, config.panicThreshold)
     this.sticky = config.sticky === undefined ? undefined : new StickyTargets(name, config.sticky.name)
     this.detector = config.passive === undefined ? undefined : new OutlierDetector(config.passive, this)
-    this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, this.connections.connector, this.connections.names?.lookup)
+    this.prober = config.active === undefined ? undefined : new ActiveProber(config.active, this, this.detector, this.connections.connector, this.connections.names?.lookup, config.http2 !== false)
     this.slowStart = new SlowStart(config.slowStartWindow, config.slowStartMinWeight, () => this.refresh())
     this.discoverer = config.discovery === undefined
       ? undefined
@@ -141,6 +141,7 @@ export class Pool implements HealthHost {
   addTarget (input: TargetOptions): TargetView {
     this.assertOpen()
     const config = normalizeTarget(input, `upstreams.${this.name}.targets`)
+    this.checkTarget(config, `upstreams.${this.name}.targets`)
     if (this.byUrl.has(config.url)) throw new DuplicateError(`Target ${config.url} of pool "${this.name}"`)
     const target = new Target(config, this.config.tls.servername)
     if (this.started) {
@@ -155,6 +156,11 @@ export class Pool implements HealthHost {
     const view = this.views.get(target) as TargetView
     this.changed('added', target, view, `added with weight ${target.configuredWeight}${target.backup ? ' as a backup' : ''}`)
     return view
+  }
+
+  /** Throws when the pool cannot take `target` (an https target in an `http2: 'h2c'` pool). */
+  checkTarget (target: TargetConfig, path: string): void {
+    checkTargetProtocol(target.url, this.config.http2, path)
   }
 
   /**

@@ -53,6 +53,13 @@ export class Target implements BalancerTarget {
   unhealthy = false
   ejected = false
 
+  /**
+   * requests one connection to the target carries at once: 1 over HTTP/1.1, the pool's
+   * `http2Settings.maxConcurrentStreams` over HTTP/2 (set by TargetConnections, and again
+   * by each connection a `http2: true` pool opens, from the protocol ALPN agreed on)
+   */
+  perConnection = 1
+
   inflight = 0
   requests = 0
   failures = 0

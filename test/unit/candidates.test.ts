@@ -10,10 +10,12 @@ interface Fake {
   disabled: boolean
   available: boolean
   inflight: number
+  /** requests one connection carries at once: 1 over HTTP/1.1, maxConcurrentStreams over HTTP/2 */
+  perConnection: number
 }
 
 /** A target: available unless `down`, `draining` or `disabled` (as Target.available reads). */
-function target (name: string, flags: { backup?: boolean, down?: boolean, draining?: boolean, disabled?: boolean, inflight?: number } = {}): Fake {
+function target (name: string, flags: { backup?: boolean, down?: boolean, draining?: boolean, disabled?: boolean, inflight?: number, perConnection?: number } = {}): Fake {
   const draining = flags.draining === true
   const disabled = flags.disabled === true
   return {
@@ -22,7 +24,8 @@ function target (name: string, flags: { backup?: boolean, down?: boolean, draini
     draining,
     disabled,
     available: flags.down !== true && !draining && !disabled,
-    inflight: flags.inflight ?? 0
+    inflight: flags.inflight ?? 0,
+    perConnection: flags.perConnection ?? 1
   }
 }
 
@@ -197,6 +200,22 @@ test('Candidates.pick: passes over a target at its connection limit', async (t) 
   const cc = target('c', { inflight: 0 })
   c2.update([a, bb, cc] as never)
   t.equal(c2.pick(request), cc as never, 'a and b full, c free')
+})
+
+test('Candidates.isFull: an HTTP/2 target is full at maxConnections × its streams per connection + maxPending', async (t) => {
+  const c = new Candidates(balancer(alwaysFirst) as never, { maxConnections: 2, maxPending: 1 }, 0)
+  const h2 = target('h2', { inflight: 6, perConnection: 3 })
+  const h1 = target('h1', { inflight: 2 })
+  c.update([h2, h1] as never)
+  t.equal(c.isFull(h2 as never), false, '6 in flight < 2 connections × 3 streams + 1 pending')
+  t.equal(c.pick(request), h2 as never, 'so the balancer\'s pick stands')
+  h2.inflight = 7
+  t.equal(c.isFull(h2 as never), true, '7 >= 2 × 3 + 1: full')
+  t.equal(c.pick(request), h1 as never, 'and passed over')
+  h2.perConnection = 1
+  h2.inflight = 3
+  t.equal(c.isFull(h2 as never), true, 'a connection that fell back to HTTP/1.1 carries one: 3 >= 2 × 1 + 1')
+  t.equal(c.saturated, true, 'the pool reads saturated')
 })
 
 test('Candidates.pick: passes over an excluded target', async (t) => {
