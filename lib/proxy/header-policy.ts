@@ -78,8 +78,7 @@ export function stripHopByHop (headers: Headers): void {
  * the flag means nothing else to undici 7 (it never resends a request itself; retries
  * are the forwarder's), so it is set, and such requests share the connection too. A
  * request with a streamed body still goes alone (undici's rule, which this cannot
- * change). The
- * headers Node's HTTP/2 client throws on are dropped (see dropConnectionHeaders).
+ * change). The headers Node's HTTP/2 client throws on are dropped (see dropConnectionHeaders).
  */
 export function http2Request (options: Dispatcher.DispatchOptions): void {
   options.idempotent = true
