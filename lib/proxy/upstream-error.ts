@@ -70,19 +70,34 @@ export function notTheTargets (error: MappedError): boolean {
   return error.statusCode < 500 || error instanceof BadHeaderError
 }
 
-/** true when the failure happened before any byte of the request reached the target */
+/**
+ * true for an HTTP/2 stream the target refused (RST_STREAM REFUSED_STREAM): by RFC 9113
+ * §8.7 it did no processing of it. Node reports it with the code's name in the message only.
+ */
+function refusedStream (cause: { code?: string, message?: string } | undefined): boolean {
+  return cause?.code === 'ERR_HTTP2_STREAM_ERROR' && cause.message?.includes('NGHTTP2_REFUSED_STREAM') === true
+}
+
+/**
+ * true when the target did not process the request: nothing reached it (refused
+ * connection, connect timeout), or it refused the HTTP/2 stream. Such a request may go to
+ * another target whatever its method.
+ */
 export function neverSent (error: MappedError): boolean {
-  const code = (error.cause as { code?: string } | undefined)?.code
-  return error instanceof ConnectError || code === 'UND_ERR_CONNECT_TIMEOUT'
+  const cause = error.cause as { code?: string, message?: string } | undefined
+  return error instanceof ConnectError || cause?.code === 'UND_ERR_CONNECT_TIMEOUT' || refusedStream(cause)
 }
 
 /**
  * true when an error undici reports for an attempt counts against the target: not the
  * client's (its body too large or stalled), nor the gateway's (a header undici refused, an
- * attempt a hedge cancelled). The same line `notTheTargets` draws, read from the raw error
+ * attempt a hedge cancelled), nor a stream an HTTP/2 target refused. The same line `notTheTargets` draws, read from the raw error
  * before it is mapped.
  */
 export function targetsFault (error: Error & { cause?: unknown }): boolean {
-  const code = ((error.cause ?? error) as { code?: unknown }).code
-  return typeof code !== 'string' || (!CLIENT_BODY_CODES.has(code) && code !== 'UND_ERR_INVALID_ARG' && code !== HEDGE_CANCELLED)
+  const cause = (error.cause ?? error) as { code?: unknown, message?: string }
+  const code = cause.code
+  // a refused HTTP/2 stream: the target said it would not take it (it is busy or going
+  // away), and another target gets it
+  return typeof code !== 'string' || (!CLIENT_BODY_CODES.has(code) && code !== 'UND_ERR_INVALID_ARG' && code !== HEDGE_CANCELLED && !refusedStream(cause as { code: string }))
 }

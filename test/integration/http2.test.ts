@@ -575,3 +575,21 @@ test('a target closing its connection (GOAWAY) with requests queued: they go out
   await until('the resources from before the gateway started', () => resources().length <= before.length, 2000).catch(() => {})
   t.same(resources(), before, 'the same resources as before the gateway started')
 })
+
+test('a stream an HTTP/2 target refuses (REFUSED_STREAM) goes to another target whatever its method, and is no failure of the one that refused', async (t) => {
+  const refusing = await startTarget(t, 'refusing', 'h2c', (req) => { (req as http2.Http2ServerRequest).stream.close(http2.constants.NGHTTP2_REFUSED_STREAM) })
+  const good = await startTarget(t, 'good', 'h2c')
+  const { app, url } = await startGateway(t, {
+    upstreams: { pool: { targets: [refusing.url, good.url], http2: 'h2c', healthCheck: { passive: { consecutiveFailures: 1 } } } },
+    routes: [{ prefix: '/', upstream: 'pool' }]
+  })
+  for (const method of ['POST', 'PATCH', 'GET', 'POST']) {
+    const res = await fetch(`${url}/x`, { method })
+    t.equal(res.status, 200, `${method}: answered`)
+    t.equal((await res.json() as { upstream: string }).upstream, 'good', `${method}: by the other target`)
+  }
+  t.ok(refusing.seen.length >= 2, `the refusing target was tried (${refusing.seen.length} times)`)
+  const view = app.upstreams.get('pool')?.target(refusing.url)
+  t.equal(view?.failures, 0, 'no failure counted against it')
+  t.equal(view?.state, 'healthy', 'not ejected')
+})
