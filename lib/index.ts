@@ -88,7 +88,8 @@ function wire (fastify: FastifyInstance, options: PluginOptions): void {
   for (const [key, initial] of requestDecorations) fastify.decorateRequest(key, initial as null)
   fastify.decorateReply('forward', function forward (this, name: string, options?: ForwardOptions) {
     if ((this.request.raw as UpgradeRequest)[kUpgrade] !== undefined) {
-      return forwardUpgrade(this, forwarder.upgradeRoute(this.request, name)?.pool ?? forwarder.missing(name), options?.url)
+      const routed = forwarder.upgradeRoute(this.request, name)
+      return routed instanceof Error ? this.send(routed) : forwardUpgrade(this, routed.pool, options?.url, routed.branch?.rewritePrefix)
     }
     // the README's own usage, `reply.forward(name, { url })`, prepares nothing per call
     const prepared = options === undefined || onlyUrl(options) ? forwarder.defaults : forwarder.prepare(options)

@@ -30,6 +30,7 @@ export class EtcdPools {
   private readonly managed = new Set<string>()
   /** each pool's changes, one after the other */
   private readonly queues = new Map<string, Promise<void>>()
+  private closed = false
 
   constructor (options: EtcdPoolsOptions, registry: PoolRegistry, code: ReadonlyMap<string, PoolOptions>, log: Logger) {
     this.client = new EtcdClient(options)
@@ -54,21 +55,28 @@ export class EtcdPools {
     await Promise.all([...this.queues.values()])
   }
 
+  /** Stops watching; changes under way finish first, and none is applied after. */
   async close (): Promise<void> {
+    this.closed = true
     this.watcher.close()
+    await Promise.allSettled([...this.queues.values()])
     await this.client.close()
   }
 
   private readonly changed = (changes: PrefixChange[]): void => {
     for (const { key, value } of changes) {
       const name = key.slice(this.prefix.length)
-      const queued = (this.queues.get(name) ?? Promise.resolve()).then(async () => { await this.apply(key, name, value) })
+      // one change of a pool after the other; a failed one (logged) does not stop the next
+      const queued = (this.queues.get(name) ?? Promise.resolve()).then(async () => { await this.apply(key, name, value) }).catch((error: Error) => {
+        this.log.warn({ pool: name, key, reason: error.message }, 'upstream pool from etcd: the change could not be applied')
+      })
       this.queues.set(name, queued)
       queued.then(() => { if (this.queues.get(name) === queued) this.queues.delete(name) }, () => {})
     }
   }
 
   private async apply (key: string, name: string, value: string | null): Promise<void> {
+    if (this.closed) return
     if (value === null) {
       if (!this.managed.delete(name)) return
       const code = this.code.get(name)

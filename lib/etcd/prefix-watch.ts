@@ -39,7 +39,7 @@ export class PrefixWatch {
   /** when the current outage began (Date.now()), undefined while etcd answers */
   private outage: number | undefined = undefined
   private isSynced = false
-  private readonly waiting: Array<() => void> = []
+  private readonly waiting: Array<(synced: boolean) => void> = []
   private closed = false
 
   constructor (client: EtcdClient, prefix: string, listener: (changes: PrefixChange[]) => void, log: Logger, what: string) {
@@ -55,15 +55,15 @@ export class PrefixWatch {
     this.sync()
   }
 
-  /** Resolves true once the first read is applied, false if it was not within `timeout` ms. */
+  /** Resolves true once the first read is applied, false if it was not within `timeout` ms (or the watch was closed first). */
   async synced (timeout: number): Promise<boolean> {
     if (this.isSynced) return true
     return await new Promise<boolean>((resolve) => {
       const timer = setTimeout(() => { resolve(false) }, timeout)
       timer.unref()
-      this.waiting.push(() => {
+      this.waiting.push((synced) => {
         clearTimeout(timer)
-        resolve(true)
+        resolve(synced)
       })
     })
   }
@@ -74,7 +74,7 @@ export class PrefixWatch {
     this.watch = undefined
     clearTimeout(this.timer)
     clearInterval(this.health)
-    for (const wake of this.waiting.splice(0)) wake()
+    for (const wake of this.waiting.splice(0)) wake(false)
   }
 
   private sync (): void {
@@ -107,10 +107,10 @@ export class PrefixWatch {
     this.watch = this.client.watch(this.prefix, revision + 1, { events: this.events, ended: this.broken })
     this.health = setInterval(this.checkHealth, HEALTH_INTERVAL)
     this.health.unref()
-    if (changes.length > 0) this.listener(changes)
+    if (changes.length > 0) this.deliver(changes)
     if (!this.isSynced) {
       this.isSynced = true
-      for (const wake of this.waiting.splice(0)) wake()
+      for (const wake of this.waiting.splice(0)) wake(true)
     }
   }
 
@@ -125,7 +125,16 @@ export class PrefixWatch {
       }
       changes.push({ key: event.key, value: event.value })
     }
-    if (changes.length > 0) this.listener(changes)
+    if (changes.length > 0) this.deliver(changes)
+  }
+
+  /** Hands changes to the listener: what it cannot apply is its affair, no failure of etcd's. */
+  private deliver (changes: PrefixChange[]): void {
+    try {
+      this.listener(changes)
+    } catch (error) {
+      this.log.warn({ prefix: this.prefix, err: { message: (error as Error).message } }, `a change of the ${this.what} from etcd could not be applied`)
+    }
   }
 
   /** The watch, or a read, failed: keep what is known, and read afresh after a while. */

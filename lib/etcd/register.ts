@@ -71,9 +71,13 @@ export async function registerTarget (options: RegisterTargetOptions): Promise<T
       schedule(ttl * 1000 / 3)
     } catch (error) {
       if (closed) return
-      options.onError?.(error as Error)
       schedule(retry)
       retry = Math.min(MAX_RETRY, retry * 2)
+      try {
+        options.onError?.(error as Error)
+      } catch {
+        // the caller's callback failing must not stop the renewals
+      }
     }
   }
 

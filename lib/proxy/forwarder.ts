@@ -121,19 +121,22 @@ export class Forwarder implements ResponseBodySink {
 
   /**
    * Where a WebSocket handshake goes: pool `name`, or the pool of the branch a split
-   * chooses (or falls back to while a branch's pool is gone); undefined when there is none.
+   * chooses, falling back as for any request while a branch's pool is missing or has no
+   * target; when no branch can take it, the chosen branch's pool (whose answer is a 503).
+   * The error to answer with when there is no pool at all.
    */
-  upgradeRoute (request: FastifyRequest, name: string): { pool: Pool, branch: Branch | null } | undefined {
+  upgradeRoute (request: FastifyRequest, name: string): { pool: Pool, branch: Branch | null } | Error {
     const split = this.registry.splits.get(name)
     if (split === undefined) {
       const pool = this.registry.get(name)
-      return pool === undefined ? undefined : { pool, branch: null }
+      return pool === undefined ? this.missing(name) : { pool, branch: null }
     }
-    let branch: Branch | undefined = split.choose(request as unknown as MatchRequest)
+    const chosen = split.choose(request as unknown as MatchRequest)
+    let branch: Branch | undefined = chosen
     const tried: Branch[] = []
     while (branch !== undefined) {
       const pool = this.registry.get(branch.pool)
-      if (pool !== undefined) {
+      if (pool !== undefined && pool.pick(request) !== undefined) {
         branch.requests++
         if (tried.length > 0) branch.fallbacks++
         return { pool, branch }
@@ -141,7 +144,8 @@ export class Forwarder implements ResponseBodySink {
       tried.push(branch)
       branch = split.fallbackFor(tried)
     }
-    return undefined
+    const pool = this.registry.get(chosen.pool)
+    return pool === undefined ? new NoTargetError(chosen.pool) : { pool, branch: chosen }
   }
 
   /**

@@ -168,7 +168,7 @@ export function mountRoute (fastify: FastifyInstance, route: RouteOptions, forwa
     }
     if (websocket === true && (request.raw as UpgradeRequest)[kUpgrade] !== undefined) {
       const routed = forwarder.upgradeRoute(request, name)
-      if (routed === undefined) return reply.send(forwarder.missing(name))
+      if (routed instanceof Error) return reply.send(routed)
       const upstreamPath = render(routed.branch === null || branchPaths === undefined ? mount.upstream : branchPaths[routed.branch.index], segments) + rest
       if (upstreamPath.charCodeAt(1) === 47 || (hasParams && !isSafePath(upstreamPath))) return reply.send(new BadPathError())
       tunnel(reply, routed.pool, end === target.length ? upstreamPath : upstreamPath + '?' + target.slice(end + 1))

@@ -222,13 +222,13 @@ function connect (reply: FastifyReply, pool: Pool, path: string, upgrade: { sock
 }
 
 /**
- * `reply.forward` of an Upgrade request: tunnelled to a target of `pool` (or answered with
- * the error of a name that has none), at `url`
+ * `reply.forward` of an Upgrade request: tunnelled to a target of `pool`, at `url` (after a
+ * split branch's `prefix`)
  * (path and query) or the request's own, under the same path rule as any forward.
  */
-export function forwardUpgrade (reply: FastifyReply, pool: Pool | Error, url: string | undefined): FastifyReply {
-  if (pool instanceof Error) return reply.send(pool)
-  const path = url ?? originForm(reply.request.raw.url as string) ?? ''
+export function forwardUpgrade (reply: FastifyReply, pool: Pool, url: string | undefined, prefix = ''): FastifyReply {
+  const own = url ?? originForm(reply.request.raw.url as string) ?? ''
+  const path = own === '' ? '' : prefix + own
   const query = path.indexOf('?')
   if (path === '' || !isSafePath(query === -1 ? path : path.slice(0, query))) return reply.send(new BadPathError())
   tunnel(reply, pool, path)

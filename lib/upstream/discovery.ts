@@ -163,7 +163,7 @@ export class Discoverer {
       // the source tells of every change from here on: no polling
       if (!this.watching) {
         this.watching = true
-        this.source.watch((answer) => { this.apply(answer) })
+        this.source.watch(this.pushed)
       }
       return
     }
@@ -171,22 +171,44 @@ export class Discoverer {
     this.timer.unref()
   }
 
+  /**
+   * An answer a source pushed (see watch): each target it names is checked alone, and one
+   * the pool cannot take is left out with a warning, as the source checked its own keys;
+   * the others still apply.
+   */
+  private readonly pushed = (answer: DiscoveredTargets | TargetOptions[]): void => {
+    try {
+      this.apply(answer, true)
+    } catch (error) {
+      this.log.warn({ pool: this.host.name, err: error }, 'upstream discovery: a change could not be applied')
+    }
+  }
+
   /** Reconciles the pool with an answer; returns its TTL, if any. */
-  private apply (answer: DiscoveredTargets | TargetOptions[]): number | undefined {
+  private apply (answer: DiscoveredTargets | TargetOptions[], eachAlone = false): number | undefined {
     if (this.closed) return undefined
     const { targets, ttl } = Array.isArray(answer) ? { targets: answer, ttl: undefined } : answer
     this.failures = 0
-    this.reconcile(targets)
+    this.reconcile(targets, eachAlone)
     return ttl
   }
 
-  private reconcile (targets: TargetOptions[]): void {
-    // the whole answer is checked (and normalised as `targets` are) before anything changes
-    const wanted = targets.map((option, i) => {
+  private reconcile (answer: TargetOptions[], eachAlone: boolean): void {
+    // the whole answer is checked (and normalised as `targets` are) before anything changes;
+    // a pushed one target by target
+    const targets: TargetOptions[] = []
+    const wanted: TargetConfig[] = []
+    answer.forEach((option, i) => {
       const path = `upstreams.${this.host.name}.discovery[${i}]`
-      const target = normalizeTarget(option, path)
-      this.host.checkTarget(target, path)
-      return target
+      try {
+        const target = normalizeTarget(option, path)
+        this.host.checkTarget(target, path)
+        targets.push(option)
+        wanted.push(target)
+      } catch (error) {
+        if (!eachAlone) throw error
+        this.log.warn({ pool: this.host.name, reason: (error as Error).message }, 'upstream discovery: a target the pool cannot take is left out')
+      }
     })
     const seen = new Map<string, TargetConfig>()
     wanted.forEach((target, i) => {

@@ -209,3 +209,19 @@ test('with auth, a first endpoint that is down: the login and the calls go to th
   })
   t.same(app.upstreams.get('api')?.targets.map((target) => target.url), [up.url], 'read through a live member')
 })
+
+test('a key naming a target the pool cannot take (https in an h2c pool) is left out with a warning; later keys still apply', { skip: etcdSkip }, async (t) => {
+  const etcd = await startEtcd(t)
+  const { lines, stream } = logCapture()
+  const app = Fastify({ logger: { stream, level: 'warn' } })
+  await app.register(fastifyUpstream, {
+    upstreams: { api: { targets: [], http2: 'h2c', discovery: { type: 'etcd', endpoints: etcd.endpoints, prefix } } }
+  })
+  await listen(t, app)
+  await etcd.put(prefix + 'tls', 'https://127.0.0.1:4431')
+  await until('warned', () => lines.some((line) => line.msg === 'upstream discovery: a target the pool cannot take is left out'))
+  await etcd.put(prefix + 'plain', 'http://127.0.0.1:4432')
+  await until('the next key applied', () => app.upstreams.get('api')?.target('http://127.0.0.1:4432') !== undefined)
+  t.same(app.upstreams.get('api')?.targets.map((target) => target.url), ['http://127.0.0.1:4432'])
+  t.notOk(lines.some((line) => line.msg.startsWith('etcd is unreachable')), 'no outage made of it')
+})

@@ -274,6 +274,39 @@ test('WebSocket upgrades on a split mount go to the branch its rules or weights 
   t.same(targets[0].paths, ['/room'])
   t.same(targets[1].paths, ['/v2/room'], 'the branch\'s rewritePrefix')
   t.same(app.upstreams.status().splits['/ws'].branches.map((b) => b.requests), [1, 1])
+  // the canary's only target out of rotation: its handshakes fall back, as its requests do
+  app.upstreams.get('v2')?.setState(targets[1].url, 'disabled')
+  t.equal(await hello({ 'x-v': '2' }), 'v1', 'fell back to the other branch')
+  t.same(app.upstreams.status().splits['/ws'].branches.map((b) => [b.requests, b.fallbacks]), [[1, 0], [2, 1]])
+})
+
+test('reply.forward of a WebSocket handshake to a split: the branch\'s pool and rewritePrefix', async (t) => {
+  const server = http.createServer()
+  const wss = new WebSocketServer({ server })
+  wss.on('connection', (ws, req) => { ws.send(req.url as string) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    for (const ws of wss.clients) ws.terminate()
+    wss.close()
+    server.closeAllConnections()
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+  })
+  const target = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const { url } = await startGateway(t, {
+    upstreams: { v1: { targets: [target] }, v2: { targets: [target] } },
+    splits: { chat: { branches: [{ pool: 'v2', match: { header: 'x-v', equals: '2' }, rewritePrefix: '/next' }, { pool: 'v1' }] } }
+  }, (app) => {
+    app.get('/chat/*', (_request, reply) => reply.forward('chat'))
+  })
+  async function path (headers: Record<string, string>): Promise<string> {
+    const ws = new WebSocket(url.replace(/^http/, 'ws') + '/chat/room', { headers })
+    t.teardown(() => { ws.terminate() })
+    const [message] = await once(ws, 'message') as [Buffer]
+    ws.close()
+    return message.toString()
+  }
+  t.equal(await path({}), '/chat/room')
+  t.equal(await path({ 'x-v': '2' }), '/next/chat/room', 'the branch\'s prefix before the path')
 })
 
 test('invalid split options fail at register, naming the field', async (t) => {
