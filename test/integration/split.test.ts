@@ -7,7 +7,7 @@ import WebSocket, { WebSocketServer } from 'ws'
 import Fastify from 'fastify'
 import { test } from 'tap'
 import fastifyUpstream, { type SplitChangeEvent } from '../../lib/index'
-import { drive, echo, listen, load, logCapture, registerError, startGateway, startUpstream } from '../helpers'
+import { drive, echo, listen, load, logCapture, registerError, startGateway, startUpstream, type Teardown } from '../helpers'
 
 /** Two pools, v1 and v2, of one upstream each (named v1 and v2 in their answers). */
 async function twoVersions (t: Parameters<typeof startUpstream>[0]): Promise<{ upstreams: Record<string, { targets: string[] }>, urls: string[] }> {
@@ -243,32 +243,38 @@ test('metrics show each branch\'s requests, fallbacks and weight', async (t) => 
   t.match(page, 'id="splits"')
 })
 
+/** A WebSocket target that records each handshake's path and sends `greeting(path)` on open; `t` closes it. */
+async function wsTarget (t: Teardown, greeting: (path: string) => string): Promise<{ url: string, paths: string[] }> {
+  const server = http.createServer()
+  const wss = new WebSocketServer({ server })
+  const paths: string[] = []
+  wss.on('connection', (ws, req) => { paths.push(req.url as string); ws.send(greeting(req.url as string)) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    for (const ws of wss.clients) ws.terminate()
+    wss.close()
+    server.closeAllConnections()
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+  })
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, paths }
+}
+
+/** Opens a WebSocket to `url` with `headers`; resolves with the target's first message. */
+async function firstMessage (t: Teardown, url: string, headers: Record<string, string>): Promise<string> {
+  const ws = new WebSocket(url.replace(/^http/, 'ws'), { headers })
+  t.teardown(() => { ws.terminate() })
+  const [message] = await once(ws, 'message') as [Buffer]
+  ws.close()
+  return message.toString()
+}
+
 test('WebSocket upgrades on a split mount go to the branch its rules or weights choose, on the branch\'s path', async (t) => {
-  const targets = await Promise.all(['v1', 'v2'].map(async (name) => {
-    const server = http.createServer()
-    const wss = new WebSocketServer({ server })
-    const paths: string[] = []
-    wss.on('connection', (ws, req) => { paths.push(req.url as string); ws.send(name) })
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-    t.teardown(async () => {
-      for (const ws of wss.clients) ws.terminate()
-      wss.close()
-      server.closeAllConnections()
-      await new Promise<void>((resolve) => server.close(() => resolve()))
-    })
-    return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, paths }
-  }))
+  const targets = await Promise.all(['v1', 'v2'].map(async (name) => await wsTarget(t, () => name)))
   const { app, url } = await startGateway(t, {
     upstreams: { v1: { targets: [targets[0].url] }, v2: { targets: [targets[1].url] } },
     routes: [{ prefix: '/ws', websocket: true, upstream: [{ pool: 'v2', match: { header: 'x-v', equals: '2' }, rewritePrefix: '/v2' }, { pool: 'v1' }] }]
   })
-  async function hello (headers: Record<string, string>): Promise<string> {
-    const ws = new WebSocket(url.replace(/^http/, 'ws') + '/ws/room', { headers })
-    t.teardown(() => { ws.terminate() })
-    const [message] = await once(ws, 'message') as [Buffer]
-    ws.close()
-    return message.toString()
-  }
+  const hello = async (headers: Record<string, string>): Promise<string> => await firstMessage(t, `${url}/ws/room`, headers)
   t.equal(await hello({}), 'v1')
   t.equal(await hello({ 'x-v': '2' }), 'v2')
   t.same(targets[0].paths, ['/room'])
@@ -281,32 +287,15 @@ test('WebSocket upgrades on a split mount go to the branch its rules or weights 
 })
 
 test('reply.forward of a WebSocket handshake to a split: the branch\'s pool and rewritePrefix', async (t) => {
-  const server = http.createServer()
-  const wss = new WebSocketServer({ server })
-  wss.on('connection', (ws, req) => { ws.send(req.url as string) })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => {
-    for (const ws of wss.clients) ws.terminate()
-    wss.close()
-    server.closeAllConnections()
-    await new Promise<void>((resolve) => server.close(() => resolve()))
-  })
-  const target = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const target = await wsTarget(t, (path) => path)
   const { url } = await startGateway(t, {
-    upstreams: { v1: { targets: [target] }, v2: { targets: [target] } },
+    upstreams: { v1: { targets: [target.url] }, v2: { targets: [target.url] } },
     splits: { chat: { branches: [{ pool: 'v2', match: { header: 'x-v', equals: '2' }, rewritePrefix: '/next' }, { pool: 'v1' }] } }
   }, (app) => {
     app.get('/chat/*', (_request, reply) => reply.forward('chat'))
   })
-  async function path (headers: Record<string, string>): Promise<string> {
-    const ws = new WebSocket(url.replace(/^http/, 'ws') + '/chat/room', { headers })
-    t.teardown(() => { ws.terminate() })
-    const [message] = await once(ws, 'message') as [Buffer]
-    ws.close()
-    return message.toString()
-  }
-  t.equal(await path({}), '/chat/room')
-  t.equal(await path({ 'x-v': '2' }), '/next/chat/room', 'the branch\'s prefix before the path')
+  t.equal(await firstMessage(t, `${url}/chat/room`, {}), '/chat/room')
+  t.equal(await firstMessage(t, `${url}/chat/room`, { 'x-v': '2' }), '/next/chat/room', 'the branch\'s prefix before the path')
 })
 
 test('invalid split options fail at register, naming the field', async (t) => {
