@@ -7,7 +7,7 @@ import type { RetryConfig } from '../options/config'
 import type { Target } from '../upstream/target'
 import { Exchange, isLegacy, relayRequestStart, relayResponseData, relayResponseEnd, relayResponseError, relayResponseStart } from './exchange'
 import type { Forwarding, PoolProxy } from './forwarding'
-import { hasIdempotencyKey } from './retry'
+import { budgetAllows, hasIdempotencyKey } from './retry'
 import { dispatchTraced, type DispatchOptions } from './tracing'
 import { HEDGE_CANCELLED, hedgeCancelled, upstreamError } from './upstream-error'
 
@@ -71,11 +71,6 @@ export function hedgeable (config: RetryConfig, options: DispatchOptions): boole
   if (config.methods.has(options.method)) return true
   const headers = options.headers
   return headers != null && !Array.isArray(headers) && !(Symbol.iterator in headers) && hasIdempotencyKey(config, headers as Record<string, unknown>)
-}
-
-/** The retry budget's rule (see mayRetry): room for one more retry, or hedge, in flight. */
-export function budgetAllows (config: RetryConfig, inflight: number, retriesInFlight: number): boolean {
-  return retriesInFlight < Math.max(config.budgetMinRetries, (inflight * config.budgetPercent) / 100)
 }
 
 /** host[:port] of a target's URL, as reply-from sets the Host header from it */

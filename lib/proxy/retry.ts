@@ -35,8 +35,12 @@ export interface AttemptFacts {
 export function mayRetry (config: RetryConfig, budget: RetryBudget, facts: AttemptFacts): boolean {
   if (facts.retries >= config.attempts || !facts.bodyReplayable) return false
   if (!facts.neverSent && !facts.keyed && !config.methods.has(facts.method)) return false
-  const allowed = Math.max(config.budgetMinRetries, (budget.inflight * config.budgetPercent) / 100)
-  return budget.retriesInFlight < allowed
+  return budgetAllows(config, budget.inflight, budget.retriesInFlight)
+}
+
+/** The retry budget: room for one more retry (or hedge) in flight, with `inflight` requests in flight. */
+export function budgetAllows (config: RetryConfig, inflight: number, retriesInFlight: number): boolean {
+  return retriesInFlight < Math.max(config.budgetMinRetries, (inflight * config.budgetPercent) / 100)
 }
 
 /** true when `headers` carry the Idempotency-Key header `config` names */
