@@ -41,3 +41,10 @@ export const BadHeaderError = createError('FST_UPSTREAM_BAD_HEADER', 'Invalid he
  * logs a request whose client closed it.
  */
 export const HedgeCancelledError = createError('FST_UPSTREAM_HEDGE_CANCELLED', 'Hedged attempt cancelled: %s', 499)
+
+/**
+ * A gRPC call's deadline (its `grpc-timeout` header) passed while the gateway waited for
+ * the target: the attempt is cancelled and the client gets DEADLINE_EXCEEDED. The
+ * client's own limit, not the target's fault: neither retried nor counted against it.
+ */
+export const DeadlineExceededError = createError('FST_UPSTREAM_DEADLINE_EXCEEDED', 'The call\'s deadline of %s ms passed', 504)

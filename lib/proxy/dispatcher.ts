@@ -40,7 +40,7 @@ export class UpstreamDispatcher extends Dispatcher {
     // a target's first request makes its connection pool (see TargetConnections)
     const connection = target.connection ?? target.connections?.connect(target)
     if (connection === undefined) throw refused(options.origin)
-    if (forwarding.pool.config.http2 !== false) http2Request(options)
+    if (forwarding.pool.config.http2 !== false) http2Request(options, request)
     // hedging is off unless the pool sets a delay: then the first attempt of a request
     // that may be sent twice (see hedgeable) is the Hedge's to send
     const retry = forwarding.pool.config.retry

@@ -5,6 +5,7 @@ import type { Dispatcher } from 'undici'
 import { countFailure, type OutlierDetector } from '../health/outlier-detector'
 import type { Target } from '../upstream/target'
 import type { Forwarding } from './forwarding'
+import { passTrailers } from './header-policy'
 import { targetsFault } from './upstream-error'
 
 type Handler = Dispatcher.DispatchHandler
@@ -64,6 +65,8 @@ export class Exchange implements Handler {
   private ended = false
   /** the answer was complete before undici said so (a 204 or 304): its later report is not passed on */
   private complete = false
+  /** undici's controller of the attempt, from its start (see cancel) */
+  private controller: Controller | null = null
 
   /**
    * An attempt of `forwarding`'s request at `target` (the request's current target unless
@@ -81,7 +84,15 @@ export class Exchange implements Handler {
   }
 
   onRequestStart (controller: Controller, context: unknown): void {
+    this.controller = controller
     relayRequestStart(this.handler, this.legacy, controller, context)
+  }
+
+  /** Aborts the attempt with `reason` (reported as its failure); false when it is over or not started. */
+  cancel (reason: Error): boolean {
+    if (this.ended || this.controller === null) return false
+    this.controller.abort(reason)
+    return true
   }
 
   onResponseStarted (): void {
@@ -115,6 +126,10 @@ export class Exchange implements Handler {
     // a status that counts as a failure was counted when it arrived (see answered)
     const detector = this.detector
     if (this.end() && detector !== undefined && !detector.isFailureStatus(this.status)) detector.success(this.target)
+    // before the body's end reaches the client: the trailers go out with it (an answer
+    // dropped for a retry is no longer the request's exchange)
+    const forwarding = this.forwarding
+    if (forwarding.trailersTo !== null && forwarding.exchange === this) passTrailers(forwarding.trailersTo, trailersOf(controller, trailers))
     relayResponseEnd(this.handler, this.legacy, controller, trailers)
   }
 
@@ -223,6 +238,15 @@ export function relayResponseError (handler: Handler, legacy: boolean, controlle
     return
   }
   ;(handler as LegacyHandler).onError?.(error)
+}
+
+/**
+ * The trailers of an answer. Over HTTP/2, undici 7 keeps them only as the controller's
+ * `rawTrailers`, an object (its parse of them, made for HTTP/1.1's list, is empty).
+ */
+function trailersOf (controller: Controller, trailers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const raw: unknown = controller.rawTrailers
+  return raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? raw as IncomingHttpHeaders : trailers
 }
 
 /**

@@ -20,7 +20,10 @@ import {
   type ReplyFromOptions, type RewriteHeaders, type RewriteLocation, type RewriteRequestHeaders, type UpstreamResponse
 } from './forward-options'
 import { Forwarding, kForwarding, poolProxy, type ForwardedRequest, type PoolProxy } from './forwarding'
+import { Exchange } from './exchange'
+import { isGrpc, holdToDeadline, sendError, sendGrpcError } from './grpc'
 import { applyHeaders, forwardingOf, rewriteHeaders, rewriteRequestHeaders } from './header-hooks'
+import { acceptsTrailers } from './header-policy'
 import { mirrorRequest } from './mirror'
 import { isSafePath, originForm, pathEnd, routedPath, upstreamQuery, type RouterPathOptions } from './paths'
 import { RequestBody } from './replayable-body'
@@ -53,11 +56,11 @@ function flushOnPipe (this: FastifyReply['raw']): void {
 export function unavailable (reply: FastifyReply, pool: Pool): FastifyReply {
   if (pool.saturated) {
     reply.header('retry-after', 1)
-    return reply.send(new OverloadedError(pool.name))
+    return sendError(reply, new OverloadedError(pool.name))
   }
   const after = pool.retryAfter()
   if (after !== undefined) reply.header('retry-after', after)
-  return reply.send(new NoTargetError(pool.name))
+  return sendError(reply, new NoTargetError(pool.name))
 }
 
 /** The retry budget a retried request's response holds until it closes. */
@@ -193,7 +196,7 @@ export class Forwarder implements ResponseBodySink {
       // only its path); a target with a fragment is refused (see pathEnd)
       const target = originForm(request.raw.url as string) ?? ''
       const end = pathEnd(target, this.router.semicolonDelimiter)
-      if (end === -1) return reply.send(new BadPathError())
+      if (end === -1) return sendError(reply, new BadPathError())
       path = routedPath(target, end, this.router)
       // reply-from appends the request's own `?query`; a `;` the router took for a `?` is ours to send
       if (target.charCodeAt(end) === 59) path += upstreamQuery(target, end)
@@ -215,7 +218,7 @@ export class Forwarder implements ResponseBodySink {
     if (pool === undefined) {
       const split = this.registry.splits.get(name)
       if (split !== undefined) return this.routeSplit(reply, split)
-      reply.send(this.missing(name))
+      sendError(reply, this.missing(name))
       return undefined
     }
     const forwarding = request[kForwarding] = new Forwarding(pool, poolProxy(pool), null)
@@ -250,7 +253,7 @@ export class Forwarder implements ResponseBodySink {
     // none could take it: the answer of the branch chosen first
     const pool = this.registry.get(chosen.pool)
     if (pool === undefined) {
-      reply.send(new NoTargetError(chosen.pool))
+      sendError(reply, new NoTargetError(chosen.pool))
       return undefined
     }
     request[kForwarding] = new Forwarding(pool, poolProxy(pool), chosen)
@@ -272,7 +275,7 @@ export class Forwarder implements ResponseBodySink {
     // checked its own already)
     if (!checked) {
       const query = path.indexOf('?')
-      if (!isSafePath(query === -1 ? path : path.slice(0, query))) return reply.send(new BadPathError())
+      if (!isSafePath(query === -1 ? path : path.slice(0, query))) return sendError(reply, new BadPathError())
     }
     forwarding.prepared = prepared
     forwarding.path = path
@@ -286,7 +289,26 @@ export class Forwarder implements ResponseBodySink {
     // a copy to the mount's or the pool's mirror, if any: it goes out after this attempt (see mirror.ts)
     const mirror = prepared.mirror ?? pool.config.mirror
     if (mirror !== undefined) mirrorRequest(this.registry, reply, forwarding, mirror)
+    // the target's trailers go to a client that takes them (see Exchange.onResponseEnd)
+    if (acceptsTrailers(request)) {
+      forwarding.trailersTo = reply.raw
+      if (isGrpc(request)) holdToDeadline(reply, forwarding, this.deadlinePassed)
+    }
     return this.send(reply, forwarding, forwarding.target as Target)
+  }
+
+  /**
+   * A gRPC call's deadline passed: the attempt in flight is cancelled (its failure then
+   * answers DEADLINE_EXCEEDED, or breaks off an answer under way); a call between
+   * attempts is answered at once.
+   */
+  private readonly deadlinePassed = (reply: FastifyReply, forwarding: Forwarding, error: Error): void => {
+    const exchange = forwarding.exchange
+    if (exchange instanceof Exchange && exchange.cancel(error)) return
+    if (reply.sent || reply.raw.destroyed) return
+    forwarding.error = (error as MappedError).code
+    this.report(forwarding, reply.request, error as MappedError)
+    sendGrpcError(reply, error)
   }
 
   private selected (request: FastifyRequest, pool: Pool, target: Target, attempt: number): void {
@@ -318,7 +340,7 @@ export class Forwarder implements ResponseBodySink {
     // a rewrite threw (or the header policy refused a value) before anything was sent: the
     // gateway's own error, no target's. Answered here, as a retry calls this from a
     // callback or a timer, where a throw would end the process.
-    return reply.send(thrown instanceof Error ? thrown : new Error(String(thrown)))
+    return sendError(reply, thrown instanceof Error ? thrown : new Error(String(thrown)))
   }
 
   /**
@@ -367,7 +389,8 @@ export class Forwarder implements ResponseBodySink {
       // while it waits, the request is in no target's in-flight count (nor sent anywhere
       // if the client leaves meanwhile); it still holds its retry budget
       setTimeout(() => {
-        if (reply.raw.destroyed) return
+        // the client left, or the call's deadline passed meanwhile
+        if (reply.raw.destroyed || reply.sent) return
         this.send(reply, forwarding, next)
       }, delay)
     }
@@ -391,7 +414,7 @@ export class Forwarder implements ResponseBodySink {
       res.stream.resume()
       const code = (headers as { code?: unknown }).code
       if (typeof code === 'string') forwarding.error = code
-      reply.send(headers)
+      sendError(reply, headers)
       return
     }
     const user = (forwarding.prepared as PreparedOptions).onResponse
@@ -409,12 +432,17 @@ export class Forwarder implements ResponseBodySink {
   }
 
   readonly bodyRead = (reply: FastifyReply, body: Buffer): void => {
-    applyHeaders(reply, forwardingOf(reply.request))
-    reply.send(body)
+    if (applyHeaders(reply, forwardingOf(reply.request))) reply.send()
+    else reply.send(body)
   }
 
   readonly bodyStarts = (reply: FastifyReply, stream: Readable, now: boolean): void => {
-    applyHeaders(reply, forwardingOf(reply.request))
+    if (applyHeaders(reply, forwardingOf(reply.request))) {
+      // a gRPC Trailers-Only answer: no body (see applyHeaders)
+      stream.resume()
+      reply.send()
+      return
+    }
     // Fastify writes the headers with the first bytes it pipes; an event stream's (sent
     // `now`) go as soon as the piping starts, which may be within send() (see flushOnPipe)
     if (now) reply.raw.on('pipe', flushOnPipe)
@@ -458,9 +486,9 @@ export class Forwarder implements ResponseBodySink {
     if (!notTheTargets(mapped) && this.retry(reply, forwarding, mapped.code, nothingSent)) return
     this.report(forwarding, reply.request, mapped)
     // the rest of a body that was cut off is not read: the connection cannot carry another request
-    if (CLIENT_BODY_CODES.has(mapped.code)) reply.header('connection', 'close')
+    if (CLIENT_BODY_CODES.has(mapped.code) && reply.request.raw.httpVersionMajor === 1) reply.header('connection', 'close')
     const user = (forwarding.prepared as PreparedOptions).onError
     if (user !== undefined) user(reply, { error: mapped })
-    else reply.send(mapped)
+    else sendError(reply, mapped)
   }
 }

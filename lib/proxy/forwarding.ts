@@ -3,7 +3,7 @@ import type { Branch } from '../traffic/split'
 import type { Pool } from '../upstream/pool'
 import type { Target } from '../upstream/target'
 import type { HeaderRecord, PreparedOptions } from './forward-options'
-import { HeaderPolicy } from './header-policy'
+import { HeaderPolicy, type TrailerSink } from './header-policy'
 import type { RequestBody } from './replayable-body'
 import { attemptAttributes, attemptOf, outcomeOf, type UpstreamAttempt, type UpstreamOutcome } from './outcome'
 
@@ -85,6 +85,8 @@ export class Forwarding {
    * makes them unsendable (see the forwarder's rewriteHeaders)
    */
   headers: HeaderRecord | Error | null = null
+  /** where the target's trailers go: the client's response, when the client takes trailers (see acceptsTrailers) */
+  trailersTo: TrailerSink | null = null
 
   constructor (pool: Pool, proxy: PoolProxy, branch: Branch | null) {
     this.pool = pool

@@ -3,7 +3,7 @@ import type { HeaderRecord, PreparedOptions } from './forward-options'
 import { kForwarding, type ForwardedRequest, type Forwarding } from './forwarding'
 import type { StickyConfig } from '../options/config'
 import { cookieValue } from '../upstream/sticky'
-import { checkResponseHeaders } from './header-policy'
+import { checkResponseHeaders, passTrailers, type TrailerSink } from './header-policy'
 
 // The headers of a proxied exchange, between reply-from and the pool's header policy:
 // reply-from calls these two on every request and response (they are shared functions,
@@ -76,11 +76,28 @@ export function rewriteHeaders (headers: HeaderRecord, request: FastifyRequest):
   return NO_HEADERS
 }
 
-/** Sets the response headers held for the request on its reply (as reply-from would have). */
-export function applyHeaders (reply: FastifyReply, forwarding: Forwarding): void {
+// A gRPC answer with no message (Trailers-Only) has its outcome in its headers
+const GRPC_OUTCOME = new Set(['grpc-status', 'grpc-message', 'grpc-status-details-bin'])
+
+/**
+ * Sets the response headers held for the request on its reply (as reply-from would have).
+ * A gRPC answer with its outcome in the headers (Trailers-Only: one HEADERS frame that
+ * ends the stream) cannot go out so through Fastify, which sends headers and then ends
+ * the stream: its outcome goes in the trailers, where clients read it then, and the caller
+ * answers with no body (true) rather than the answer's empty one, which Node would send
+ * with the headers, ending the stream before the trailers.
+ */
+export function applyHeaders (reply: FastifyReply, forwarding: Forwarding): boolean {
   const headers = forwarding.headers as HeaderRecord
+  const trailersOnly = headers['grpc-status'] !== undefined && forwarding.trailersTo !== null
+  let outcome: Record<string, string | string[] | undefined> | undefined
   for (const name in headers) {
     // as reply-from: no HTTP/2 pseudo-headers
-    if (name.charCodeAt(0) !== 58) reply.header(name, headers[name])
+    if (name.charCodeAt(0) === 58) continue
+    if (trailersOnly && GRPC_OUTCOME.has(name)) (outcome ??= {})[name] = headers[name] as string
+    else reply.header(name, headers[name])
   }
+  if (outcome === undefined) return false
+  passTrailers(forwarding.trailersTo as TrailerSink, outcome)
+  return true
 }

@@ -80,10 +80,63 @@ export function stripHopByHop (headers: Headers): void {
  * request with a streamed body still goes alone (undici's rule, which this cannot
  * change). The headers Node's HTTP/2 client throws on are dropped (see dropConnectionHeaders).
  */
-export function http2Request (options: Dispatcher.DispatchOptions): void {
+export function http2Request (options: Dispatcher.DispatchOptions, request?: FastifyRequest): void {
   options.idempotent = true
   const headers = options.headers
-  if (headers != null && typeof headers === 'object' && !Array.isArray(headers)) dropConnectionHeaders(headers as Record<string, string | undefined>)
+  if (headers != null && typeof headers === 'object' && !Array.isArray(headers)) {
+    dropConnectionHeaders(headers as Record<string, string | undefined>)
+    // the one TE HTTP/2 allows, which gRPC servers may ask for: the client takes the
+    // trailers the target sends (see acceptsTrailers)
+    if (request !== undefined && takesTrailers(request.headers.te)) (headers as Record<string, string>).te = 'trailers'
+  }
+}
+
+/** true when a TE header lists `trailers` */
+function takesTrailers (te: unknown): boolean {
+  return typeof te === 'string' && /(?:^|,)\s*trailers\s*(?:[,;]|$)/i.test(te)
+}
+
+/**
+ * true when the client takes trailers: any HTTP/2 client (its framing carries them), an
+ * HTTP/1.1 one that said so (`TE: trailers`, RFC 9110 §10.1.4; they go in a chunked body).
+ */
+export function acceptsTrailers (request: FastifyRequest): boolean {
+  return request.raw.httpVersionMajor === 2 || takesTrailers(request.headers.te)
+}
+
+/** A client's response, which the target's trailers are added to. */
+export interface TrailerSink {
+  readonly writableEnded: boolean
+  addTrailers (headers: Record<string, string | string[]>): void
+}
+
+// Fields a trailer may not carry (RFC 9110 §6.5.1: framing, routing, authentication,
+// controls, and what the response's headers settle), as well as the hop-by-hop ones
+const NOT_TRAILERS = new Set([
+  ...HOP_BY_HOP, 'content-length', 'content-type', 'content-encoding', 'content-range', 'host', 'authorization',
+  'set-cookie', 'cache-control', 'expect', 'max-forwards', 'range', 'age', 'expires', 'date', 'location',
+  'retry-after', 'vary', 'www-authenticate', 'proxy-authenticate', 'http2-settings'
+])
+
+function validValue (value: string | string[]): boolean {
+  if (typeof value === 'string') return !INVALID_VALUE.test(value)
+  for (const item of value) if (INVALID_VALUE.test(item)) return false
+  return true
+}
+
+/**
+ * Adds a target's trailers to the client's response, without the fields no trailer may
+ * carry and any Node would refuse to send; nothing when the response is over.
+ */
+export function passTrailers (sink: TrailerSink, trailers: Record<string, string | string[] | undefined> | null | undefined): void {
+  if (trailers == null) return
+  let kept: Record<string, string | string[]> | undefined
+  for (const name in trailers) {
+    const value = trailers[name]
+    if (value === undefined || name.charCodeAt(0) === 58 || NOT_TRAILERS.has(name) || !TOKEN.test(name) || !validValue(value)) continue
+    (kept ??= {})[name] = value
+  }
+  if (kept !== undefined && !sink.writableEnded) sink.addTrailers(kept)
 }
 
 /** Response side: the headers without hop-by-hop ones (a new object only when one is there). */

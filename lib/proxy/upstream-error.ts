@@ -1,4 +1,4 @@
-import { BadGatewayError, BadHeaderError, ConnectError, HedgeCancelledError, TimeoutError } from '../errors'
+import { BadGatewayError, BadHeaderError, ConnectError, DeadlineExceededError, HedgeCancelledError, TimeoutError } from '../errors'
 import { TOKEN_CHAR } from '../header-syntax'
 
 // What went wrong with an attempt, from what reply-from or undici reported: one of the
@@ -20,6 +20,8 @@ export const CLIENT_BODY_CODES = new Set(['FST_UPSTREAM_BODY_TOO_LARGE', 'FST_UP
  * not counted against it, nor retried; `request.upstream` shows it on the cancelled attempt.
  */
 export const HEDGE_CANCELLED: string = new HedgeCancelledError('').code
+/** The code of an attempt a gRPC call's deadline cancelled: the client's limit, no target's fault; not retried. */
+const DEADLINE_EXCEEDED: string = new DeadlineExceededError(0).code
 // undici's message for a header it refuses; only a token is taken from it into the error
 const UNDICI_BAD_HEADER = new RegExp(`^invalid (${TOKEN_CHAR}+) header$`)
 
@@ -45,8 +47,9 @@ function tlsHint (code: string): string {
 export function upstreamError (error: Error & { cause?: unknown }): MappedError {
   const cause = (error.cause ?? error) as Error & { code?: string }
   const code = cause.code ?? ''
-  // the client's own fault, found while streaming its body: not the target's; nor a hedge's cancel
-  if (CLIENT_BODY_CODES.has(code) || code === HEDGE_CANCELLED) return cause as MappedError
+  // the client's own fault, found while streaming its body: not the target's; nor a hedge's
+  // cancel, nor a call's deadline
+  if (CLIENT_BODY_CODES.has(code) || code === HEDGE_CANCELLED || code === DEADLINE_EXCEEDED) return cause as MappedError
   if (code === 'UND_ERR_CONNECT_TIMEOUT') return new TimeoutError('no connection within the connect timeout', { cause })
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return new TimeoutError('no response within the response timeout', { cause })
   if (code === 'UND_ERR_BODY_TIMEOUT') return new TimeoutError('the response body stalled past the idle timeout', { cause })
@@ -67,7 +70,7 @@ export function upstreamError (error: Error & { cause?: unknown }): MappedError 
  * target nor is retried.
  */
 export function notTheTargets (error: MappedError): boolean {
-  return error.statusCode < 500 || error instanceof BadHeaderError
+  return error.statusCode < 500 || error instanceof BadHeaderError || error.code === DEADLINE_EXCEEDED
 }
 
 /**
@@ -90,7 +93,7 @@ export function neverSent (error: MappedError): boolean {
 
 /**
  * true when an error undici reports for an attempt counts against the target: not the
- * client's (its body too large or stalled), nor the gateway's (a header undici refused, an
+ * client's (its body too large or stalled, its call's deadline), nor the gateway's (a header undici refused, an
  * attempt a hedge cancelled), nor a stream an HTTP/2 target refused. The same line `notTheTargets` draws, read from the raw error
  * before it is mapped.
  */
@@ -99,5 +102,5 @@ export function targetsFault (error: Error & { cause?: unknown }): boolean {
   const code = cause.code
   // a refused HTTP/2 stream: the target said it would not take it (it is busy or going
   // away), and another target gets it
-  return typeof code !== 'string' || (!CLIENT_BODY_CODES.has(code) && code !== 'UND_ERR_INVALID_ARG' && code !== HEDGE_CANCELLED && !refusedStream(cause as { code: string }))
+  return typeof code !== 'string' || (!CLIENT_BODY_CODES.has(code) && code !== 'UND_ERR_INVALID_ARG' && code !== HEDGE_CANCELLED && code !== DEADLINE_EXCEEDED && !refusedStream(cause as { code: string }))
 }
