@@ -52,11 +52,39 @@ if (process.env.README_DNS_SERVER) {
   }
 }
 
+// One request over cleartext HTTP/2 (to an app served with `http2: true` and no TLS, as gRPC
+// clients call it): its status, body and trailers.
+function http2Request (port, request) {
+  const http2 = require('node:http2')
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(`http://127.0.0.1:${port}`)
+    session.on('error', reject)
+    const stream = session.request({ ':method': request.method ?? 'GET', ':path': request.path, ...(request.headers ?? {}) })
+    const chunks = []
+    let status = 0
+    let trailers = {}
+    stream.on('response', (headers) => { status = headers[':status'] })
+    stream.on('trailers', (received) => { trailers = { ...received } })
+    stream.on('data', (chunk) => chunks.push(chunk))
+    stream.on('error', reject)
+    stream.on('close', () => {
+      session.close()
+      resolve({ path: request.path, status, body: Buffer.concat(chunks).toString('latin1'), trailers })
+    })
+    stream.end(request.body64 === undefined ? undefined : Buffer.from(request.body64, 'base64'))
+  })
+}
+
 async function drive (app) {
   results.listened++
   const { port } = app.server.address()
+  const h2c = app.initialConfig.http2 === true && app.initialConfig.https === undefined
   try {
     for (const request of requests) {
+      if (h2c) {
+        results.responses.push(await http2Request(port, request))
+        continue
+      }
       const response = await fetch(`http://127.0.0.1:${port}${request.path}`, { method: request.method ?? 'GET', headers: request.headers ?? {} })
       results.responses.push({ path: request.path, status: response.status, body: await response.text() })
     }

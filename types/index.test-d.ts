@@ -66,6 +66,14 @@ app.register(fastifyUpstream, {
   onRetry: (event) => { expectType<number>(event.attempt) }
 })
 expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], healthCheck: { active: { type: 'udp' } } } } }))
+expectError(app.register(fastifyUpstream, { upstreams: { a: { targets: [], http2: 'h2c', healthCheck: { active: { type: 'grpc', service: 1 } } } } }))
+
+// a gRPC gateway: an HTTP/2 app, a pool of h2c gRPC servers checked by the gRPC health protocol
+const grpcApp = Fastify({ http2: true })
+grpcApp.register(fastifyUpstream, {
+  upstreams: { greeter: { targets: ['http://127.0.0.1:50051'], http2: 'h2c', healthCheck: { active: { type: 'grpc', service: 'helloworld.Greeter' } } } },
+  routes: [{ prefix: '/helloworld.Greeter', upstream: 'greeter', rewritePrefix: '/helloworld.Greeter' }]
+})
 
 // a custom balancer implements the same interface as the built-ins
 class First implements Balancer {

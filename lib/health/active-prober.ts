@@ -5,11 +5,14 @@ import { untraced } from '../otel'
 import type { Target } from '../upstream/target'
 import type { HealthHost } from './host'
 import type { OutlierDetector } from './outlier-detector'
-import { createProbe, type Probe } from './probes'
+import { GrpcProbe } from './grpc-probe'
+import { HttpProbe } from './http-probe'
+import { CustomProbe, TcpProbe, type Probe } from './probes'
+import type { TargetView } from '../contracts'
 
 /**
  * Active health checks: probes every target on `interval` (plus up to `jitter`), by HTTP
- * request, TCP connect or a custom function (see probes.ts). A target turns unhealthy after
+ * request, gRPC health check, TCP connect or a custom function (see createProbe). A target turns unhealthy after
  * `unhealthyThreshold` failed probes in a row and healthy after `healthyThreshold`
  * passed ones. The first round runs when the app gets ready, before it serves, and its
  * result counts at once, so that a target that is down at start never gets traffic.
@@ -106,3 +109,15 @@ export class ActiveProber {
 
 /** run() records every failure itself and never rejects */
 function ignore (): void {}
+
+/**
+ * The probe a pool's active check asks for: its own function, a TCP connect, a gRPC health
+ * check (see grpc-probe.ts) or an HTTP request, sent with `connect`: the pool's connector, so that the probe speaks the
+ * protocol the pool's traffic does (HTTP/2 when `http2` says so).
+ */
+export function createProbe (config: ActiveCheckConfig, viewOf: (target: Target) => TargetView, connect: buildConnector.connector, lookup?: LookupFunction, http2 = false): Probe {
+  if (config.check !== undefined) return new CustomProbe(config.check, config.timeout, viewOf)
+  if (config.type === 'tcp') return new TcpProbe(config.timeout, lookup)
+  if (config.type === 'grpc') return new GrpcProbe(config, connect, true)
+  return new HttpProbe(config, connect, http2)
+}

@@ -28,7 +28,9 @@ export interface TargetConfig { url: string, weight: number, backup: boolean }
 export type StatusSet = Uint8Array
 
 export interface ActiveCheckConfig {
-  type: 'http' | 'tcp'
+  type: 'http' | 'tcp' | 'grpc'
+  /** the service a 'grpc' check asks about */
+  service: string
   path: string
   method: string
   headers: Record<string, string>

@@ -68,6 +68,9 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
   }
   const active = input.healthCheck?.active
   const passive = input.healthCheck?.passive
+  if (active?.type === 'grpc' && http2 === false && active.check === undefined) {
+    throw new InvalidOptionError(`${path}.healthCheck.active.type: 'grpc' checks are gRPC calls, over HTTP/2: set the pool's http2 ('h2c' for cleartext targets, true for TLS)`)
+  }
   const retry = input.retry ?? {}
   for (const [field, list] of [['healthCheck.active.expectedStatus', active?.expectedStatus], ['healthCheck.passive.statusCodes', passive?.statusCodes], ['retry.statusCodes', retry.statusCodes]] as const) {
     for (const [i, item] of (list ?? []).entries()) {
@@ -80,6 +83,7 @@ export function normalizePool (input: PoolOptions, path: string): PoolConfig {
     ? undefined
     : {
         type: active.type ?? DEFAULTS.active.type,
+        service: active.service ?? '',
         path: active.path ?? DEFAULTS.active.path,
         method: active.method ?? DEFAULTS.active.method,
         headers: active.headers ?? {},

@@ -56,7 +56,9 @@ const StatusList = Type.Array(Type.Union([StatusCode, StatusRange], { errorMessa
 const AnyMethod = Type.String({ pattern: '^[A-Z]+$', errorMessage: 'must be an upper-case HTTP method' })
 
 export const ActiveCheckSchema = Type.Object({
-  type: Type.Optional(Type.Union([Type.Literal('http'), Type.Literal('tcp')], { errorMessage: "must be 'http' or 'tcp'" })),
+  type: Type.Optional(Type.Union([Type.Literal('http'), Type.Literal('tcp'), Type.Literal('grpc')], { errorMessage: "must be 'http', 'tcp' or 'grpc'" })),
+  /** the service a 'grpc' check asks about ('' for the server as a whole) */
+  service: Type.Optional(Type.String()),
   path: Type.Optional(Type.String({ pattern: '^/', errorMessage: "must be a path starting with '/'" })),
   method: Type.Optional(AnyMethod),
   headers: Type.Optional(Type.Record(Type.String(), Type.String(), { errorMessage: 'must be an object of header strings' })),

@@ -30,6 +30,7 @@
 import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
+import http2 from 'node:http2'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -66,9 +67,14 @@ interface Context extends Teardown {
 
 interface Check {
   path: string
+  method?: string
   headers?: Record<string, string>
+  /** a request body (an app served over h2c only) */
+  body64?: string
   status: number
   body?: RegExp
+  /** trailers the answer must have (an app served over h2c only) */
+  trailers?: Record<string, string | RegExp>
   /** a proxied request: the path the upstream must get, and the labels of the upstreams that may get it */
   reaches?: { path: string, on: string[] }
 }
@@ -208,6 +214,37 @@ const PROGRAMS: Program[] = [
     ]
   },
   {
+    name: 'gRPC through a mount',
+    marker: "type: 'grpc'",
+    async setup (ctx) {
+      for (const [origin, label] of [['http://10.0.3.1:50051', 'greeter a'], ['http://10.0.3.2:50051', 'greeter b']]) {
+        const target = await startGrpcTarget(ctx, label)
+        ctx.substitutions.push([origin, target.url])
+      }
+    },
+    requests: [
+      {
+        path: '/helloworld.Greeter/SayHello',
+        method: 'POST',
+        headers: { 'content-type': 'application/grpc', te: 'trailers' },
+        body64: grpcFrame('\n\u0005world'),
+        status: 200,
+        body: /greeter [ab]/,
+        trailers: { 'grpc-status': '0' },
+        reaches: { path: '/helloworld.Greeter/SayHello', on: ['greeter a', 'greeter b'] }
+      },
+      {
+        path: '/helloworld.Greeter/SayHelloAgain',
+        method: 'POST',
+        headers: { 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': '1S' },
+        body64: grpcFrame(''),
+        status: 200,
+        trailers: { 'grpc-status': '0' },
+        reaches: { path: '/helloworld.Greeter/SayHelloAgain', on: ['greeter a', 'greeter b'] }
+      }
+    ]
+  },
+  {
     name: 'status route',
     marker: 'statusRoute: {',
     async setup (ctx) {
@@ -221,6 +258,48 @@ const PROGRAMS: Program[] = [
     ]
   }
 ]
+
+/**
+ * A gRPC target as the README's gRPC block needs one, on cleartext HTTP/2 (node:http2):
+ * it answers grpc.health.v1.Health/Check with SERVING and any other call with its own
+ * label as the message, then `grpc-status: 0` in the trailers. Health checks are not hits.
+ */
+async function startGrpcTarget (ctx: Context, label: string): Promise<Upstream> {
+  const server = http2.createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (chunk: Buffer) => chunks.push(chunk))
+    req.on('end', () => {
+      if (req.url !== '/grpc.health.v1.Health/Check') upstream.hits.push(req.url)
+      const message = req.url === '/grpc.health.v1.Health/Check' ? Buffer.from([0x08, 1]) : Buffer.from(label)
+      const frame = Buffer.alloc(5 + message.length)
+      frame.writeUInt32BE(message.length, 1)
+      message.copy(frame, 5)
+      res.setHeader('content-type', 'application/grpc')
+      res.addTrailers({ 'grpc-status': '0', 'grpc-message': '' })
+      res.end(frame)
+    })
+  })
+  const sessions = new Set<http2.ServerHttp2Session>()
+  server.on('session', (session) => { sessions.add(session); session.on('close', () => sessions.delete(session)) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  const upstream: Upstream = { label, url: `http://127.0.0.1:${port}`, port, hits: [] }
+  ctx.teardown(() => new Promise<void>((resolve) => {
+    for (const session of sessions) session.destroy()
+    server.close(() => resolve())
+  }))
+  ctx.upstreams.push(upstream)
+  return upstream
+}
+
+/** A gRPC request's body: one message in gRPC's frame, base64 (for Check.body64). */
+function grpcFrame (message: string): string {
+  const bytes = Buffer.from(message)
+  const frame = Buffer.alloc(5 + bytes.length)
+  frame.writeUInt32BE(bytes.length, 1)
+  bytes.copy(frame, 5)
+  return frame.toString('base64')
+}
 
 // Excerpts that cannot run as they are. Keep this short: examples are whole programs.
 const FRAGMENTS: Fragment[] = []
@@ -333,7 +412,7 @@ function runNode (file: string, cwd: string, env: Record<string, string>): Promi
 
 const ORIGIN = /\bhttps?:\/\/(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d+)?/g
 
-interface Results { listened: number, responses: Array<{ path: string, status: number, body: string }>, violations: string[], error?: string }
+interface Results { listened: number, responses: Array<{ path: string, status: number, body: string, trailers?: Record<string, string> }>, violations: string[], error?: string }
 
 function runBlock (block: Block, spec: Program, tmp: string, index: number): (t: Test) => Promise<void> {
   return async (t) => {
@@ -395,7 +474,7 @@ function runBlock (block: Block, spec: Program, tmp: string, index: number): (t:
     const env = {
       ...ctx.env,
       README_RESULTS: resultsFile,
-      README_REQUESTS: JSON.stringify(spec.requests.map(({ path, headers }) => ({ path, headers })))
+      README_REQUESTS: JSON.stringify(spec.requests.map(({ path, method, headers, body64 }) => ({ path, method, headers, body64 })))
     }
     const run = await runNode(file, dir, env)
     const output = `--- program (${esm ? 'ES module' : 'CommonJS'}) ---\n${code}--- stdout ---\n${run.stdout.slice(-4000)}--- stderr ---\n${run.stderr.slice(-4000)}`
@@ -421,6 +500,7 @@ function runBlock (block: Block, spec: Program, tmp: string, index: number): (t:
       if (response === undefined) { t.fail(`${check.path}: no answer`, { output }); return }
       t.equal(response.status, check.status, `${check.path} -> ${check.status}`, { body: response.body })
       if (check.body !== undefined) t.match(response.body, check.body, `${check.path}: body`)
+      if (check.trailers !== undefined) t.match(response.trailers, check.trailers, `${check.path}: trailers`)
       if (check.reaches !== undefined) {
         const reached = ctx.upstreams.flatMap((upstream) => upstream.hits.filter((hit) => hit === check.reaches!.path).map(() => upstream.label))
         t.equal(reached.length, 1, `${check.path} reached an upstream once, as ${check.reaches.path}`)
