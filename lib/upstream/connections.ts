@@ -1,6 +1,6 @@
 import type { LookupFunction } from 'node:net'
-import type { TLSSocket } from 'node:tls'
-import { buildConnector, Client, Pool, type Dispatcher } from 'undici'
+import { buildConnector, Pool } from 'undici'
+import { Http2Client } from './http2-client'
 import type { PoolConfig } from '../options/config'
 import { skipUnaskedContinue } from './interim'
 import { NameLookup } from './name-lookup'
@@ -23,10 +23,12 @@ import type { Target } from './target'
  *
  * With `http2`, the connections speak the pool's `http2` option: `true` offers h2 and
  * http/1.1 by ALPN on https targets (the target chooses; an http target speaks HTTP/1.1),
- * `'h2c'` takes every cleartext connection as HTTP/2 with prior knowledge. undici speaks
- * HTTP/2 on a socket whose `alpnProtocol` is 'h2', which its buildConnector sets when
- * told here (undici's Pool options `allowH2` and `useH2c` do not reach a connector of
- * one's own). Without it, every connection is HTTP/1.1 (WebSocket tunnels use such a one).
+ * `'h2c'` takes every cleartext connection as HTTP/2 with prior knowledge. Traffic goes
+ * through an Http2Client, which reads the protocol ALPN agreed on; active checks through
+ * undici's Client, which speaks HTTP/2 on a socket whose `alpnProtocol` is 'h2', as its
+ * buildConnector sets it when told here (undici's Client options `allowH2` and `useH2c` do
+ * not reach a connector of one's own). Without it, every connection is HTTP/1.1
+ * (WebSocket tunnels use such a one).
  */
 export function connector (config: PoolConfig, lookup?: LookupFunction, http2 = false): buildConnector.connector {
   const connect = buildConnector({
@@ -55,57 +57,17 @@ export function connector (config: PoolConfig, lookup?: LookupFunction, http2 = 
  */
 export const IDLE_SWEEP_INTERVAL = 60_000
 
-/**
- * undici's Pool drops a connection (a Client) on `connectionError`, and undici's HTTP/2
- * client reports a GOAWAY from the target so: the requests queued on that connection
- * but not yet sent then go out on a new connection the dropped Client opens itself,
- * which its Pool no longer knows and would never close. Each dropped Client is closed
- * here instead: gracefully, once its queued requests are done (at once when it has none,
- * as after a failed connect, the other cause of the event).
- */
-function closeOrphans (_origin: URL, targets: readonly Dispatcher[]): void {
-  // the first is the Pool itself
-  for (let i = 1; i < targets.length; i++) {
-    const client = targets[i] as Client
-    // after undici's own handling of the error, of which this listener is a part
-    if (!client.closed && !client.destroyed) setImmediate(closeDropped, client)
-  }
-}
-
-function closeDropped (client: Client): void {
-  if (!client.closed && !client.destroyed) client.close().catch(() => {})
-}
+/** What the targets of one origin send through: undici's Pool over HTTP/1.1, an Http2Client with `http2`. */
+type ConnectionPool = Pool | Http2Client
 
 /** The targets of one origin in one upstream pool, and their connection pool while it lives. */
 interface OriginEntry {
   /** the targets on this origin (more than one when their paths differ) */
   readonly targets: Target[]
-  /** undici's pool, made by the first request; undefined until then and once idle */
-  pool: Pool | undefined
+  /** the connection pool (undici's, or an Http2Client), made by the first request; undefined until then and once idle */
+  pool: ConnectionPool | undefined
   /** the targets' request count at the last sweep (-1: not swept since the pool was made) */
   requests: number
-}
-
-/**
- * The undici options of an HTTP/2 pool's connection pools. undici multiplexes only as
- * many requests on one connection as `pipelining` allows (1 unless told), so it is set
- * to `maxConcurrentStreams` (per connection, for `http2: true`, see TargetConnections),
- * as undici's own H2CClient does; `maxConcurrentStreams` is what undici assumes of the
- * target until its SETTINGS arrive (streams past the target's own limit wait in the
- * connection). undici's HTTP/2 sessions have no idle timeout (`keepAliveTimeout` is for
- * HTTP/1.1), and its PINGs (`pingInterval`) keep an idle one open through NATs and load
- * balancers; the idle sweep closes them.
- */
-function http2Options (config: PoolConfig): Partial<Pool.Options> {
-  if (config.http2 === false) return {}
-  const { maxConcurrentStreams, pingInterval } = config.http2Settings
-  return {
-    allowH2: true,
-    maxConcurrentStreams,
-    pingInterval,
-    // h2c connections are all HTTP/2; a `true` pool's each learn it by ALPN (see client())
-    pipelining: config.http2 === 'h2c' ? maxConcurrentStreams : 1
-  }
 }
 
 /**
@@ -183,21 +145,26 @@ export class TargetConnections {
    * Makes the connection pool of `target`'s origin, on its first request, and hands it to
    * every target on that origin. Undefined for a target that has left the pool.
    */
-  connect (target: Target): Pool | undefined {
+  connect (target: Target): ConnectionPool | undefined {
     const entry = this.origins.get(target.origin)
     if (entry === undefined || !entry.targets.includes(target)) return undefined
     if (entry.pool !== undefined) return (target.connection = entry.pool)
     const config = this.config
-    const pool = new Pool(target.origin, {
-      connections: config.maxConnections ?? null,
-      keepAliveTimeout: config.keepAliveTimeout,
-      headersTimeout: config.timeout.response,
-      bodyTimeout: config.timeout.idle,
-      connect: this.connector,
-      ...http2Options(config),
-      ...(config.http2 === true ? { factory: (origin: URL, options: object) => this.client(entry as OriginEntry, origin, options as Client.Options) } : {})
-    })
-    if (config.http2 !== false) pool.on('connectionError', closeOrphans)
+    // an http target of a `true` pool speaks HTTP/1.1 (there is no ALPN to offer h2 with)
+    const http2 = config.http2 === 'h2c' || (config.http2 === true && target.origin.startsWith('https:'))
+    const pool = !http2
+      ? new Pool(target.origin, this.http1Options(this.connector))
+      : new Http2Client(target.origin, {
+        connect: this.connector,
+        maxConnections: config.maxConnections,
+        maxConcurrentStreams: config.http2Settings.maxConcurrentStreams,
+        pingInterval: config.http2Settings.pingInterval,
+        headersTimeout: config.timeout.response,
+        bodyTimeout: config.timeout.idle,
+        // a `true` pool's target that chooses HTTP/1.1 by ALPN: one request per connection
+        http1: () => new Pool(target.origin, this.http1Options(this.http1Connector)),
+        onProtocol: (perConnection) => { for (const other of entry.targets) other.perConnection = perConnection }
+      })
     entry.pool = pool
     entry.requests = -1
     for (const other of entry.targets) other.connection = pool
@@ -209,43 +176,29 @@ export class TargetConnections {
     return pool
   }
 
-  /**
-   * A connection of a `http2: true` pool: it carries `maxConcurrentStreams` requests at
-   * once when the target chose h2 by ALPN, one when it chose HTTP/1.1 (undici would
-   * otherwise pipeline HTTP/1.1 requests on it), and the targets on its origin count as
-   * full accordingly (see Candidates.isFull). The protocol is known when the socket is,
-   * before undici sends anything on it.
-   */
-  private client (entry: OriginEntry, origin: URL, options: Client.Options): Client {
-    const connect = options.connect as buildConnector.connector
-    const streams = this.config.http2Settings.maxConcurrentStreams
-    const client: Client = new Client(origin, {
-      ...options,
-      connect: (opts, callback) => {
-        connect(opts, (error, socket) => {
-          if (socket != null) {
-            const perConnection = (socket as TLSSocket).alpnProtocol === 'h2' ? streams : 1
-            client.pipelining = perConnection
-            for (const target of entry.targets) target.perConnection = perConnection
-          }
-          callback(error as Error, socket as never)
-        })
-      }
-    })
-    return client
+  /** undici's Pool options for HTTP/1.1 connections made by `connect`. */
+  private http1Options (connect: buildConnector.connector): Pool.Options {
+    const config = this.config
+    return {
+      connections: config.maxConnections ?? null,
+      keepAliveTimeout: config.keepAliveTimeout,
+      headersTimeout: config.timeout.response,
+      bodyTimeout: config.timeout.idle,
+      connect
+    }
   }
 
   /**
    * Closes the connection pools that had no request since the last sweep and hold no
    * connection and no request now; the next request to their origin makes a new one.
-   * An HTTP/2 pool is closed with its connections open: undici keeps an idle HTTP/2
-   * session open for ever (and its PINGs keep it alive), where an idle HTTP/1.1
-   * connection closes after `keepAliveTimeout`.
+   * An HTTP/2 pool is closed with its connections open: an HTTP/2 connection has no idle
+   * timeout (and its PINGs keep it alive), where an idle HTTP/1.1 connection closes after
+   * `keepAliveTimeout`.
    */
   sweep (): void {
     const http2 = this.config.http2 !== false
     for (const entry of this.live) {
-      const pool = entry.pool as Pool
+      const pool = entry.pool as ConnectionPool
       let requests = 0
       let inflight = 0
       for (const target of entry.targets) {
@@ -285,7 +238,7 @@ export class TargetConnections {
 
   /** Closes every connection pool: gracefully (in-flight requests finish) or at once. */
   async close (graceful: boolean): Promise<void> {
-    const pools: Pool[] = []
+    const pools: ConnectionPool[] = []
     for (const entry of this.origins.values()) {
       for (const target of entry.targets) {
         target.connections = undefined

@@ -1,0 +1,602 @@
+import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2'
+import { pipeline, Readable } from 'node:stream'
+import type { TLSSocket } from 'node:tls'
+import { Dispatcher, errors, type buildConnector } from 'undici'
+
+const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants
+
+/** How an HTTP/2 client of one target origin connects and what it asks of its connections. */
+export interface Http2ClientOptions {
+  /** opens a connection: the pool's connector (h2c with prior knowledge, or TLS offering h2 by ALPN) */
+  connect: buildConnector.connector
+  /** the most connections at once (undefined: as many as the requests need) */
+  maxConnections: number | undefined
+  /** the most streams one connection carries at once (less if the target says so) */
+  maxConcurrentStreams: number
+  /** ms between PINGs on each connection; a PING unanswered by the next one closes it (0: none) */
+  pingInterval: number
+  /** ms from a stream's start to its response headers */
+  headersTimeout: number
+  /** ms of silence allowed in a response body */
+  bodyTimeout: number
+  /**
+   * For `http2: true`: the dispatcher for an origin whose target chose HTTP/1.1 by ALPN
+   * (made once, on the first such connection); every request goes there from then on.
+   */
+  http1?: () => Dispatcher
+  /** told how many requests one connection carries, once the first connection knows its protocol */
+  onProtocol?: (perConnection: number) => void
+}
+
+/**
+ * What undici's own errors look like to the forwarder (upstream-error.ts reads `code`): a
+ * refused stream as Node reports one, whatever made it refused.
+ */
+function refused (why: string): Error {
+  return Object.assign(new Error(`Stream closed with error code NGHTTP2_REFUSED_STREAM (${why})`), { code: 'ERR_HTTP2_STREAM_ERROR' })
+}
+
+type Handler = Dispatcher.DispatchHandler
+type DispatchOptions = Dispatcher.DispatchOptions
+
+const kAttempt = Symbol('fastify-upstream.h2-attempt')
+const kConnection = Symbol('fastify-upstream.h2-connection')
+type TaggedStream = ClientHttp2Stream & { [kAttempt]?: Attempt }
+type TaggedSession = ClientHttp2Session & { [kConnection]?: Connection }
+const kClient = Symbol('fastify-upstream.h2-client')
+type ClientSession = TaggedSession & { [kClient]?: Http2Client }
+
+/** One connection (an HTTP/2 session) and what the client knows of it. */
+class Connection {
+  readonly session: TaggedSession
+  /** streams open on it */
+  streams = 0
+  /** the most streams it takes: ours, or less once the target's SETTINGS say so */
+  maxStreams: number
+  /** the GOAWAY's last stream id, -1 until one came: then it takes no new stream */
+  lastStreamId = -1
+  /** a PING sent and not yet answered */
+  awaitingPing = false
+  /** the requests with a stream on it, not yet reported (a GOAWAY reads them) */
+  readonly attempts = new Set<Attempt>()
+  pinger: NodeJS.Timeout | undefined = undefined
+
+  constructor (session: TaggedSession, maxStreams: number) {
+    this.session = session
+    this.maxStreams = maxStreams
+    session[kConnection] = this
+  }
+
+  get open (): boolean {
+    return this.lastStreamId === -1 && !this.session.closed && !this.session.destroyed
+  }
+}
+
+/**
+ * The HTTP/2 connections to one target origin, as an undici dispatcher: what a pool with
+ * `http2` sends its requests through (see TargetConnections), built on Node's HTTP/2 client.
+ *
+ * Why not undici's own: undici 7 fails every stream of a connection that gets a GOAWAY,
+ * the ones the target promised to finish too, and drops the GOAWAY's last stream id (which
+ * tells the unprocessed streams apart); it reports a stream reset after part of a body as
+ * a complete answer; it never notices an unanswered PING; and it passes HTTP/2 trailers
+ * only half parsed. Here:
+ * - **GOAWAY** drains the connection: no new stream goes on it, the streams up to the last
+ *   stream id finish, those above it (and those not yet sent) fail as refused
+ *   (REFUSED_STREAM: not processed, RFC 9113 §8.7), which the forwarder retries on another
+ *   target whatever the method; the next requests open a new connection.
+ * - **A stream that closes before the end of its answer** (a reset, or the connection
+ *   lost) is a failure, never a complete answer.
+ * - **PING**: every `pingInterval`, and a connection whose last PING is still unanswered
+ *   then is closed (its streams fail).
+ * - **Trailers** reach the handler's `onResponseEnd` as Node parsed them.
+ *
+ * A stream is a request in flight; a connection carries `maxConcurrentStreams` (or what
+ * the target allows, if less), and a request that finds every connection full opens
+ * another (up to `maxConnections`) or waits, in order. For `http2: true`, a target that
+ * chooses HTTP/1.1 by ALPN gets its requests through the `http1` dispatcher instead.
+ */
+export class Http2Client extends Dispatcher {
+  private readonly origin: URL
+  readonly options: Http2ClientOptions
+  private readonly connections: Connection[] = []
+  /** requests waiting for a stream, in order */
+  private readonly queue: Attempt[] = []
+  /** connections being opened */
+  private connecting = 0
+  /** streams open on every connection */
+  private running = 0
+  private http1: Dispatcher | undefined = undefined
+  private closing: Promise<void> | undefined = undefined
+  private whenIdle: (() => void) | undefined = undefined
+  private destroyedError: Error | undefined = undefined
+
+  constructor (origin: string | URL, options: Http2ClientOptions) {
+    super()
+    this.origin = new URL(origin)
+    this.options = options
+  }
+
+  /** What the idle sweep reads, as undici's Pool has it. */
+  get stats (): { connected: number, size: number, queued: number, running: number, pending: number } {
+    const queued = this.queue.length
+    const h1 = (this.http1 as unknown as { stats?: { connected: number, size: number, queued: number } } | undefined)?.stats
+    return {
+      connected: this.connections.length + (h1?.connected ?? 0),
+      size: queued + this.running + (h1?.size ?? 0),
+      queued: queued + (h1?.queued ?? 0),
+      running: this.running,
+      pending: queued
+    }
+  }
+
+  override dispatch (options: DispatchOptions, handler: Handler): boolean {
+    if (this.http1 !== undefined) return this.http1.dispatch(options, handler)
+    const attempt = new Attempt(this, options, handler)
+    if (this.closing !== undefined || this.destroyedError !== undefined) {
+      const error = this.destroyedError !== undefined ? new errors.ClientDestroyedError() : new errors.ClientClosedError()
+      queueMicrotask(() => attempt.fail(error))
+      return true
+    }
+    attempt.started()
+    if (!attempt.finished) {
+      this.queue.push(attempt)
+      this.drive()
+    }
+    return true
+  }
+
+  /** Starts what waits on connections that can take it, and opens one when none can. */
+  drive (): void {
+    const queue = this.queue
+    while (queue.length > 0) {
+      const attempt = queue[0]
+      if (attempt.finished) {
+        queue.shift()
+        continue
+      }
+      const connection = this.free()
+      if (connection === undefined) break
+      queue.shift()
+      this.send(attempt, connection)
+    }
+    if (queue.length > 0 && this.connecting === 0 && this.http1 === undefined && this.destroyedError === undefined) {
+      // a connection draining after a GOAWAY takes no new stream, nor counts against the limit
+      const max = this.options.maxConnections
+      let open = 0
+      for (const connection of this.connections) if (connection.open) open++
+      if (max === undefined || open < max) this.open()
+    }
+    if (queue.length === 0 && this.running === 0 && this.whenIdle !== undefined) this.whenIdle()
+  }
+
+  /** A connection with room for a stream, the first one (older connections fill first). */
+  private free (): Connection | undefined {
+    for (const connection of this.connections) {
+      if (connection.open && connection.streams < connection.maxStreams) return connection
+    }
+    return undefined
+  }
+
+  private open (): void {
+    this.connecting++
+    const url = this.origin
+    this.options.connect({
+      hostname: url.hostname,
+      host: url.host,
+      protocol: url.protocol,
+      port: url.port,
+      servername: null,
+      localAddress: null,
+      httpSocket: undefined
+    } as unknown as buildConnector.Options, (error, socket) => {
+      this.connecting--
+      if (error !== null || socket === null) {
+        this.connectFailed(error ?? new errors.SocketError('no socket'))
+        return
+      }
+      if (this.destroyedError !== undefined || this.closing !== undefined) {
+        socket.destroy()
+        this.drive()
+        return
+      }
+      if (url.protocol === 'https:' && (socket as TLSSocket).alpnProtocol !== 'h2') {
+        socket.destroy()
+        this.toHttp1()
+        return
+      }
+      this.options.onProtocol?.(this.options.maxConcurrentStreams)
+      this.connected(socket)
+    })
+  }
+
+  /**
+   * No connection could be opened: what waits fails with the reason (the forwarder sends
+   * it elsewhere; nothing was sent), and no connection is tried again until a request
+   * comes.
+   */
+  private connectFailed (error: Error): void {
+    for (const attempt of this.queue.splice(0)) attempt.fail(error)
+    this.drive()
+  }
+
+  /** The target chose HTTP/1.1: this origin's requests, waiting and to come, go to the HTTP/1.1 dispatcher. */
+  private toHttp1 (): void {
+    const factory = this.options.http1
+    if (factory === undefined) {
+      this.connectFailed(new errors.SocketError('the target declined HTTP/2'))
+      return
+    }
+    this.options.onProtocol?.(1)
+    const http1 = this.http1 = factory()
+    for (const attempt of this.queue.splice(0)) {
+      if (!attempt.finished) http1.dispatch(attempt.options, attempt.handler)
+    }
+    this.drive()
+  }
+
+  private connected (socket: NonNullable<Parameters<Parameters<buildConnector.connector>[1]>[1]>): void {
+    const session: ClientSession = http2.connect(this.origin, {
+      createConnection: () => socket as never,
+      peerMaxConcurrentStreams: this.options.maxConcurrentStreams,
+      settings: { enablePush: false }
+    })
+    const connection = new Connection(session, this.options.maxConcurrentStreams)
+    this.connections.push(connection)
+    session[kClient] = this
+    session.on('remoteSettings', onRemoteSettings)
+    session.on('goaway', onGoaway)
+    session.on('close', onSessionClose)
+    // its streams report what broke; the session's own error needs a listener, no more
+    session.on('error', ignore)
+    session.unref()
+    const interval = this.options.pingInterval
+    if (interval > 0) {
+      connection.pinger = setInterval(ping, interval, connection)
+      connection.pinger.unref()
+    }
+    this.drive()
+  }
+
+  /** Sends `attempt` as a stream on `connection`. */
+  private send (attempt: Attempt, connection: Connection): void {
+    const { options } = attempt
+    const body = options.body
+    const headers = requestHeaders(options, this.origin)
+    const bodiless = body == null || (typeof body === 'string' && body.length === 0) || (body instanceof Uint8Array && body.byteLength === 0)
+    let stream: TaggedStream
+    try {
+      stream = connection.session.request(headers, { endStream: bodiless })
+    } catch (error) {
+      // the session closed under us (a GOAWAY in this very tick): not sent
+      attempt.fail(refused(String((error as Error).message)))
+      return
+    }
+    connection.streams++
+    this.running++
+    connection.session.ref()
+    connection.attempts.add(attempt)
+    stream[kAttempt] = attempt
+    attempt.stream = stream
+    attempt.connection = connection
+    stream.setTimeout(this.options.headersTimeout)
+    stream.on('response', onResponse)
+    stream.on('data', onData)
+    stream.on('trailers', onTrailers)
+    stream.on('end', onEnd)
+    stream.on('timeout', onTimeout)
+    stream.on('error', onStreamError)
+    stream.on('close', onStreamClose)
+    if (attempt.paused) stream.pause()
+    if (bodiless) return
+    if (typeof body === 'string' || body instanceof Uint8Array) {
+      stream.end(body)
+    } else if (body instanceof Readable) {
+      pipeline(body, stream, (error) => { if (error != null) attempt.bodyFailed(error) })
+    } else {
+      pipeline(Readable.from(body as unknown as AsyncIterable<Uint8Array>), stream, (error) => { if (error != null) attempt.bodyFailed(error) })
+    }
+  }
+
+  /** A stream closed: its room is free for the next request. */
+  streamClosed (connection: Connection): void {
+    connection.streams--
+    this.running--
+    if (connection.streams === 0) {
+      connection.session.unref()
+      // a connection draining after a GOAWAY is done once its last stream is
+      if (connection.lastStreamId !== -1 && !connection.session.destroyed) connection.session.close()
+    }
+    this.drive()
+  }
+
+  /** A connection closed (drained, lost, or closed by the client). */
+  connectionClosed (connection: Connection): void {
+    clearInterval(connection.pinger)
+    const index = this.connections.indexOf(connection)
+    if (index !== -1) this.connections.splice(index, 1)
+    this.drive()
+  }
+
+  /** Closes gracefully: what was dispatched is answered first. */
+  override close (): Promise<void> {
+    if (this.closing !== undefined) return this.closing
+    this.closing = (async () => {
+      if (this.queue.length > 0 || this.running > 0) await new Promise<void>((resolve) => { this.whenIdle = resolve })
+      await Promise.all([
+        ...this.connections.map((connection) => closeSession(connection.session)),
+        this.http1?.close()
+      ])
+    })()
+    return this.closing
+  }
+
+  /** Closes at once: what is waiting or in flight fails. */
+  override async destroy (): Promise<void> {
+    this.destroyedError ??= new errors.ClientDestroyedError()
+    for (const attempt of this.queue.splice(0)) attempt.fail(this.destroyedError)
+    this.whenIdle?.()
+    await Promise.all([
+      ...this.connections.map((connection) => destroySession(connection.session)),
+      this.http1?.destroy()
+    ])
+  }
+}
+
+function closeSession (session: ClientHttp2Session): Promise<void> {
+  if (session.destroyed) return Promise.resolve()
+  return new Promise((resolve) => { session.close(() => resolve()) })
+}
+
+function destroySession (session: ClientHttp2Session): Promise<void> {
+  if (session.destroyed) return Promise.resolve()
+  return new Promise((resolve) => {
+    session.once('close', () => resolve())
+    session.destroy()
+  })
+}
+
+function ignore (): void {}
+
+// Session listeners, shared (no closure per connection): `this` is the session
+
+function onRemoteSettings (this: ClientSession, settings: http2.Settings): void {
+  const connection = this[kConnection] as Connection
+  const theirs = settings.maxConcurrentStreams
+  // ours is the most we want, theirs the most they take
+  if (theirs !== undefined) connection.maxStreams = Math.max(1, Math.min(theirs, (this[kClient] as Http2Client).options.maxConcurrentStreams))
+  this[kClient]?.drive()
+}
+
+/**
+ * A GOAWAY: the connection takes no new stream; the streams above the last id (and those
+ * Node has not sent yet) were not processed and fail as refused; the others finish (Node
+ * closes the session once they have; with an error code it destroys it at once).
+ */
+function onGoaway (this: ClientSession, _code: number, lastStreamId: number): void {
+  const connection = this[kConnection] as Connection
+  connection.lastStreamId = lastStreamId
+  for (const attempt of [...connection.attempts]) {
+    const id = attempt.stream?.id
+    if (id === undefined || id > lastStreamId) attempt.abandon(refused(`GOAWAY, last stream ${lastStreamId}`))
+  }
+  this[kClient]?.drive()
+}
+
+function onSessionClose (this: ClientSession): void {
+  this[kClient]?.connectionClosed(this[kConnection] as Connection)
+}
+
+/** Every interval: the PING before this one is still unanswered, the connection is gone. */
+function ping (connection: Connection): void {
+  const session = connection.session
+  if (session.destroyed) return
+  if (connection.awaitingPing) {
+    session.destroy(new errors.SocketError('HTTP/2: PING unanswered'))
+    return
+  }
+  connection.awaitingPing = true
+  try {
+    session.ping(function pong (error) { if (error == null) connection.awaitingPing = false })
+  } catch {
+    // too many PINGs unanswered already
+  }
+}
+
+// Stream listeners, shared: `this` is the stream
+
+function onResponse (this: TaggedStream, headers: IncomingHttpHeaders): void {
+  this[kAttempt]?.response(headers)
+}
+
+function onData (this: TaggedStream, chunk: Buffer): void {
+  this[kAttempt]?.data(chunk)
+}
+
+function onTrailers (this: TaggedStream, trailers: IncomingHttpHeaders): void {
+  const attempt = this[kAttempt]
+  if (attempt !== undefined) attempt.trailers = trailers
+}
+
+function onEnd (this: TaggedStream): void {
+  this[kAttempt]?.end()
+}
+
+function onTimeout (this: TaggedStream): void {
+  const attempt = this[kAttempt]
+  if (attempt === undefined) return
+  attempt.abandon(attempt.status === 0
+    ? new errors.HeadersTimeoutError('HTTP/2: no response headers within the response timeout')
+    : new errors.BodyTimeoutError('HTTP/2: the response body stalled past the idle timeout'))
+}
+
+function onStreamError (this: TaggedStream, error: Error): void {
+  this[kAttempt]?.streamFailed(error, this)
+}
+
+function onStreamClose (this: TaggedStream): void {
+  const attempt = this[kAttempt]
+  if (attempt === undefined) return
+  this[kAttempt] = undefined
+  attempt.closed(this)
+}
+
+/** The headers of a request as Node's HTTP/2 client takes them: Host as :authority, no undefined values. */
+function requestHeaders (options: DispatchOptions, origin: URL): http2.OutgoingHttpHeaders {
+  const headers: http2.OutgoingHttpHeaders = {
+    ':method': options.method,
+    ':path': options.path,
+    ':authority': origin.host
+  }
+  const given = options.headers
+  if (given != null && typeof given === 'object' && !Array.isArray(given)) {
+    const record = given as Record<string, string | string[] | number | undefined>
+    for (const name in record) {
+      const value = record[name]
+      if (value === undefined) continue
+      const lower = name.toLowerCase()
+      if (lower === 'host') headers[':authority'] = String(value)
+      else headers[lower] = value
+    }
+  } else if (Array.isArray(given)) {
+    for (let i = 0; i < given.length; i += 2) {
+      const lower = String(given[i]).toLowerCase()
+      if (lower === 'host') headers[':authority'] = String(given[i + 1])
+      else headers[lower] = given[i + 1] as string
+    }
+  }
+  const body = options.body
+  if (headers['content-length'] === undefined && (typeof body === 'string' || body instanceof Uint8Array)) {
+    headers['content-length'] = typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength
+  }
+  return headers
+}
+
+/** The response headers without Node's pseudo-headers. */
+function responseHeaders (headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const out: IncomingHttpHeaders = {}
+  for (const name in headers) {
+    if (name.charCodeAt(0) !== 58) out[name] = headers[name]
+  }
+  return out
+}
+
+/**
+ * One request on the client: its handler's controller (abort, pause, resume) and, once
+ * sent, its stream. It reports to the handler once: an answer's end or a failure.
+ */
+class Attempt implements Dispatcher.DispatchController {
+  readonly client: Http2Client
+  readonly options: DispatchOptions
+  readonly handler: Handler
+  stream: TaggedStream | undefined = undefined
+  connection: Connection | undefined = undefined
+  status = 0
+  trailers: IncomingHttpHeaders | undefined = undefined
+  finished = false
+  aborted = false
+  paused = false
+  reason: Error | null = null
+
+  constructor (client: Http2Client, options: DispatchOptions, handler: Handler) {
+    this.client = client
+    this.options = options
+    this.handler = handler
+  }
+
+  started (): void {
+    try {
+      this.handler.onRequestStart?.(this, {})
+    } catch (error) {
+      this.fail(error as Error)
+    }
+  }
+
+  // the controller
+
+  abort (reason: Error): void {
+    if (this.finished) return
+    this.aborted = true
+    this.reason = reason
+    this.abandon(reason)
+  }
+
+  pause (): void {
+    this.paused = true
+    this.stream?.pause()
+  }
+
+  resume (): void {
+    this.paused = false
+    this.stream?.resume()
+  }
+
+  // the stream's reports
+
+  response (headers: IncomingHttpHeaders): void {
+    if (this.finished) return
+    const status = Number(headers[':status'])
+    this.status = status
+    this.stream?.setTimeout(this.client.options.bodyTimeout)
+    this.handler.onResponseStart?.(this, status, responseHeaders(headers), '')
+  }
+
+  data (chunk: Buffer): void {
+    if (this.finished) return
+    this.handler.onResponseData?.(this, chunk)
+  }
+
+  /** END_STREAM: the answer is complete. */
+  end (): void {
+    if (this.finished || this.status === 0) return
+    this.settle()
+    this.handler.onResponseEnd?.(this, this.trailers === undefined ? {} : responseHeaders(this.trailers))
+  }
+
+  /** The request body failed (the client's stream broke, was too large, or stalled): its error is the attempt's. */
+  bodyFailed (error: Error): void {
+    this.abandon(error)
+  }
+
+  streamFailed (error: Error, stream: TaggedStream): void {
+    this.fail(this.unprocessed(stream) ? refused(error.message) : error)
+  }
+
+  /** The stream closed: unless the answer ended, the attempt failed. */
+  closed (stream: TaggedStream): void {
+    const connection = this.connection as Connection
+    if (!this.finished) {
+      const code = stream.rstCode
+      this.fail(code === NGHTTP2_REFUSED_STREAM || this.unprocessed(stream)
+        ? refused(`code ${code ?? 'none'}`)
+        : new errors.SocketError(`HTTP/2: the stream closed before the response was complete (code ${code ?? 'none'})`))
+    }
+    this.client.streamClosed(connection)
+  }
+
+  /** true when the target said it did not process the stream: a GOAWAY whose last id is below it. */
+  private unprocessed (stream: TaggedStream): boolean {
+    const last = this.connection?.lastStreamId ?? -1
+    return last !== -1 && (stream.id === undefined || stream.id > last)
+  }
+
+  /** Fails the attempt with `error` and cancels its stream (RST_STREAM CANCEL), if it has one. */
+  abandon (error: Error): void {
+    if (this.finished) return
+    const stream = this.stream
+    this.fail(error)
+    if (stream !== undefined && !stream.closed) stream.close(NGHTTP2_CANCEL)
+  }
+
+  /** Reports `error` to the handler, once. */
+  fail (error: Error): void {
+    if (this.finished) return
+    this.settle()
+    this.handler.onResponseError?.(this, error)
+  }
+
+  private settle (): void {
+    this.finished = true
+    this.connection?.attempts.delete(this)
+  }
+}
