@@ -280,10 +280,11 @@ export class Forwarder implements ResponseBodySink {
     forwarding.prepared = prepared
     forwarding.path = path
     // keep a streamed body replayable when a retry may need it (and only then), recorded
-    // as it goes when a retry may follow a target's reading it
+    // as it goes when a retry may follow a target's reading it: a retried method or key,
+    // or HTTP/2, where a target may refuse a stream it has read part of (GOAWAY, REFUSED_STREAM)
     const retryConfig = pool.config.retry
     if (request.body instanceof Readable && retryConfig.attempts > 0 && pool.targetList.length > 1) {
-      const record = retryConfig.methods.has(request.raw.method as string) || hasIdempotencyKey(retryConfig, request.headers)
+      const record = retryConfig.methods.has(request.raw.method as string) || hasIdempotencyKey(retryConfig, request.headers) || pool.config.http2 !== false
       forwarding.body = new RequestBody(request.body, record)
     }
     // a copy to the mount's or the pool's mirror, if any: it goes out after this attempt (see mirror.ts)

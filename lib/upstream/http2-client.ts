@@ -492,6 +492,9 @@ class Attempt implements Dispatcher.DispatchController {
   stream: TaggedStream | undefined = undefined
   connection: Connection | undefined = undefined
   status = 0
+  /** the answer's Content-Length (-1: none, or an answer with no body), and the body bytes so far */
+  expected = -1
+  received = 0
   trailers: IncomingHttpHeaders | undefined = undefined
   finished = false
   aborted = false
@@ -537,18 +540,31 @@ class Attempt implements Dispatcher.DispatchController {
     if (this.finished) return
     const status = Number(headers[':status'])
     this.status = status
+    const length = headers['content-length']
+    if (length !== undefined && this.options.method !== 'HEAD' && status !== 204 && status !== 304) this.expected = Number(length)
     this.stream?.setTimeout(this.client.options.bodyTimeout)
     this.handler.onResponseStart?.(this, status, responseHeaders(headers), '')
   }
 
   data (chunk: Buffer): void {
     if (this.finished) return
+    this.received += chunk.length
     this.handler.onResponseData?.(this, chunk)
   }
 
-  /** END_STREAM: the answer is complete. */
+  /**
+   * The body ended: complete, unless the stream was closed under it. Node ends the body
+   * of a stream closed by its connection's loss (CANCEL) as it ends a complete one, and
+   * a reset with NO_ERROR before END_STREAM too: a length short of Content-Length tells
+   * the latter.
+   */
   end (): void {
     if (this.finished || this.status === 0) return
+    const code = this.stream?.rstCode
+    if ((code !== undefined && code !== 0) || (this.expected !== -1 && this.received !== this.expected)) {
+      this.fail(new errors.SocketError(`HTTP/2: the stream closed before the response was complete (code ${code ?? 'none'}, ${this.received} of ${this.expected === -1 ? 'unknown' : this.expected} bytes)`))
+      return
+    }
     this.settle()
     this.handler.onResponseEnd?.(this, this.trailers === undefined ? {} : responseHeaders(this.trailers))
   }
