@@ -1,9 +1,10 @@
 'use strict'
 
 // Child process: one proxy of the fault benchmark, on 127.0.0.1 (ephemeral port).
-//   node bench/faults-proxy.js plugin <balancer> <url1,url2,url3> [checked]
+//   node bench/faults-proxy.js plugin <balancer> <url1,url2,url3> [checked] [h2c]
 //     fastify-upstream with passive checks and its default retries; `checked` adds active
-//     checks of GET /health every 100 ms (for the restarts)
+//     checks of GET /health every 100 ms (for the restarts); `h2c` speaks cleartext HTTP/2
+//     to the targets (pool option http2: 'h2c')
 //   node bench/faults-proxy.js bare - <url1,url2,url3>
 //     @fastify/reply-from with a round-robin getUpstream and its own defaults
 // IPC: sends { type: 'ready', url }, and { type: 'state', ... , at } on every target state
@@ -11,7 +12,7 @@
 
 const Fastify = require('fastify')
 
-const [kind, balancer, list, checked] = process.argv.slice(2)
+const [kind, balancer, list, checked, protocol] = process.argv.slice(2)
 const urls = list.split(',')
 
 async function build () {
@@ -22,6 +23,7 @@ async function build () {
         pool: {
           targets: urls,
           balancer,
+          ...(protocol === 'h2c' ? { http2: 'h2c' } : {}),
           healthCheck: {
             passive: { consecutiveFailures: 3, ejectionTime: 10_000 },
             ...(checked === 'checked' ? { active: { path: '/health', interval: 100, timeout: 200, healthyThreshold: 1, unhealthyThreshold: 1 } } : {})

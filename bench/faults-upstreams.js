@@ -9,10 +9,16 @@
 // (close() at once, keep-alive connections closed as they go idle) or 'crash' (every
 // socket destroyed), back `down` ms later. A request with an Idempotency-Key is applied
 // once across the servers (a shared store), a repeat gets the same answer.
+//   node bench/faults-upstreams.js <count> [h2c]
+// With `h2c`, the servers speak cleartext HTTP/2 (node:http2), and a restart closes each
+// connection as an HTTP/2 server going away does: GOAWAY (graceful and crude: the
+// streams it took finish), or the connection destroyed (crash).
 
 const http = require('node:http')
+const http2 = require('node:http2')
 
 const count = Number(process.argv[2] ?? 3)
+const h2c = process.argv[3] === 'h2c'
 const body = Buffer.from('{"hello":"world"}')
 const hits = new Array(count).fill(0)
 const delays = new Array(count).fill(0)
@@ -41,9 +47,15 @@ function handler (req, res) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 async function listen (index, port) {
-  const server = http.createServer({ keepAliveTimeout: 60_000 }, handler)
+  const server = h2c ? http2.createServer(handler) : http.createServer({ keepAliveTimeout: 60_000 }, handler)
   server.index = index
   server.sockets = new Set()
+  server.sessions = new Set()
+  server.on('session', (session) => {
+    server.sessions.add(session)
+    session.once('close', () => server.sessions.delete(session))
+    session.on('error', () => {})
+  })
   server.on('connection', (socket) => {
     server.sockets.add(socket)
     socket.once('close', () => server.sockets.delete(socket))
@@ -61,7 +73,12 @@ async function restart (servers, { index, mode, grace, down }) {
   }
   const closed = new Promise((resolve) => server.close(resolve))
   let idle
-  if (mode === 'crude') idle = setInterval(() => server.closeIdleConnections(), 5)
+  if (h2c) {
+    // Node's HTTP/2 server.close() leaves its sessions open: each goes away as a server's would
+    for (const session of server.sessions) mode === 'crash' ? session.destroy() : session.close()
+  } else if (mode === 'crude') {
+    idle = setInterval(() => server.closeIdleConnections(), 5)
+  }
   if (mode === 'crash') for (const socket of server.sockets) socket.resetAndDestroy()
   await closed
   clearInterval(idle)
@@ -74,15 +91,19 @@ async function main () {
   const servers = []
   for (let i = 0; i < count; i++) servers.push(await listen(i, 0))
   const close = () => {
-    for (const server of servers) server.closeAllConnections()
+    for (const server of servers) {
+      for (const session of server.sessions) session.destroy()
+      server.closeAllConnections?.()
+    }
     process.exit(0)
   }
   process.on('message', (message) => {
     if (message?.type === 'kill') {
       const server = servers[message.index]
       server.close()
+      for (const session of server.sessions) session.destroy()
       for (const socket of server.sockets ?? []) socket.resetAndDestroy()
-      server.closeAllConnections()
+      server.closeAllConnections?.()
       process.send({ type: 'killed' })
     } else if (message?.type === 'slow') {
       delays[message.index] = message.ms

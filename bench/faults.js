@@ -42,9 +42,9 @@ function cannon (url) {
 }
 
 async function start (proxy, checked = false) {
-  const upstreams = spawnChild(path.join(__dirname, 'faults-upstreams.js'), ['3'])
+  const upstreams = spawnChild(path.join(__dirname, 'faults-upstreams.js'), ['3', ...(proxy.h2c === true ? ['h2c'] : [])])
   const { urls } = await waitMessage(upstreams, 'ready')
-  const child = spawnChild(path.join(__dirname, 'faults-proxy.js'), [proxy.kind, proxy.balancer, urls.join(','), ...(checked ? ['checked'] : [])])
+  const child = spawnChild(path.join(__dirname, 'faults-proxy.js'), [proxy.kind, proxy.balancer, urls.join(','), checked ? 'checked' : '-', ...(proxy.h2c === true ? ['h2c'] : [])])
   const states = []
   child.on('message', (message) => { if (message?.type === 'state') states.push(message) })
   const { url } = await waitMessage(child, 'ready')
@@ -195,7 +195,7 @@ async function main () {
 
 async function restartFigures () {
   console.log(`restarts: each of three targets restarted in turn under ${CONNECTIONS} clients (GET, POST, keyed POST in turn), ${rounds} rounds\n`)
-  const compared = [proxies[0], proxies[2]]
+  const compared = [proxies[0], { ...proxies[0], name: 'fastify-upstream least-request, h2c targets', h2c: true }, proxies[2]]
   if (nginxInstalled()) compared.push({ name: 'nginx (keepalive, max_fails=1)', kind: 'nginx', balancer: '-' })
   else console.log('nginx is not installed (Debian: apt-get install nginx-light): its figures are left out\n')
   const figures = []
@@ -218,6 +218,9 @@ async function restartFigures () {
   console.log('\ntargets')
   console.log(`${MODES.every((mode) => lost(mode, ['GET', 'keyed POST']) === 0) ? 'PASS' : 'FAIL'}  0 failed GETs and keyed POSTs in every kind of restart`)
   console.log(`${lost('graceful', KINDS) === 0 ? 'PASS' : 'FAIL'}  0 failed requests of any method in graceful restarts`)
+  const h2c = figures.filter((f) => f.proxy === compared[1].name)
+  const lostH2c = (mode) => h2c.filter((f) => f.mode === mode).reduce((sum, f) => sum + KINDS.reduce((s, kind) => s + f.tally[kind].failed, 0), 0)
+  console.log(`${lostH2c('graceful') + lostH2c('crude') === 0 ? 'PASS' : 'FAIL'}  h2c targets: 0 failed requests of any method in graceful and crude restarts (GOAWAY)`)
 }
 
 main().catch((error) => {

@@ -15,3 +15,13 @@ export const channels = {
  * way) subscribes, to start the request's span and add its trace headers to the request.
  */
 export const undiciRequests = diagnostics.channel('undici:request:create')
+
+/**
+ * The rest of undici's request channels, which the plugin's own HTTP/2 client publishes on
+ * as undici would (see http2-client.ts), so that such tracers see its requests too.
+ */
+export const undiciRequestChannels = {
+  headers: diagnostics.channel('undici:request:headers'),
+  trailers: diagnostics.channel('undici:request:trailers'),
+  error: diagnostics.channel('undici:request:error')
+}

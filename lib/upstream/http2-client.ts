@@ -2,6 +2,7 @@ import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHt
 import { pipeline, Readable } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import { Dispatcher, errors, type buildConnector } from 'undici'
+import { undiciRequestChannels, undiciRequests } from '../channels'
 
 const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants
 
@@ -138,6 +139,7 @@ export class Http2Client extends Dispatcher {
       queueMicrotask(() => attempt.fail(error))
       return true
     }
+    if (undiciRequests.hasSubscribers) attempt.traced = tracedRequest(options, this.origin)
     attempt.started()
     if (!attempt.finished) {
       this.queue.push(attempt)
@@ -497,6 +499,8 @@ class Attempt implements Dispatcher.DispatchController {
   received = 0
   trailers: IncomingHttpHeaders | undefined = undefined
   finished = false
+  /** what undici's request channels carry for this request, while a tracer listens (see tracedRequest) */
+  traced: TracedRequest | null = null
   aborted = false
   paused = false
   reason: Error | null = null
@@ -543,7 +547,9 @@ class Attempt implements Dispatcher.DispatchController {
     const length = headers['content-length']
     if (length !== undefined && this.options.method !== 'HEAD' && status !== 204 && status !== 304) this.expected = Number(length)
     this.stream?.setTimeout(this.client.options.bodyTimeout)
-    this.handler.onResponseStart?.(this, status, responseHeaders(headers), '')
+    const outbound = responseHeaders(headers)
+    if (this.traced !== null) undiciRequestChannels.headers.publish({ request: this.traced, response: { statusCode: status, statusText: '', headers: rawHeaders(outbound) } })
+    this.handler.onResponseStart?.(this, status, outbound, '')
   }
 
   data (chunk: Buffer): void {
@@ -566,7 +572,9 @@ class Attempt implements Dispatcher.DispatchController {
       return
     }
     this.settle()
-    this.handler.onResponseEnd?.(this, this.trailers === undefined ? {} : responseHeaders(this.trailers))
+    const trailers = this.trailers === undefined ? {} : responseHeaders(this.trailers)
+    if (this.traced !== null) undiciRequestChannels.trailers.publish({ request: this.traced, trailers: rawHeaders(trailers) })
+    this.handler.onResponseEnd?.(this, trailers)
   }
 
   /** The request body failed (the client's stream broke, was too large, or stalled): its error is the attempt's. */
@@ -608,6 +616,7 @@ class Attempt implements Dispatcher.DispatchController {
   fail (error: Error): void {
     if (this.finished) return
     this.settle()
+    if (this.traced !== null) undiciRequestChannels.error.publish({ request: this.traced, error })
     this.handler.onResponseError?.(this, error)
   }
 
@@ -615,4 +624,60 @@ class Attempt implements Dispatcher.DispatchController {
     this.finished = true
     this.connection?.attempts.delete(this)
   }
+}
+
+/** A request as undici's request channels show one: what tracers read, and `addHeader` for their trace headers. */
+interface TracedRequest {
+  origin: string
+  method: string
+  path: string
+  headers: string[]
+  addHeader: (name: string, value: string) => TracedRequest
+}
+
+/**
+ * Publishes the request on undici's `request:create` channel, as undici does for its own,
+ * and returns what the later channels carry. A tracer's `addHeader` goes into the
+ * request's headers before they are sent.
+ */
+function tracedRequest (options: DispatchOptions, origin: URL): TracedRequest {
+  const given = options.headers
+  let record: Record<string, unknown>
+  if (given != null && typeof given === 'object' && !Array.isArray(given)) {
+    record = given as Record<string, unknown>
+  } else {
+    // a list of names and values (or none): made an object the tracer's headers join
+    record = {}
+    if (Array.isArray(given)) for (let i = 0; i < given.length; i += 2) record[String(given[i]).toLowerCase()] = given[i + 1]
+    options.headers = record as DispatchOptions['headers']
+  }
+  const headers: string[] = []
+  for (const name in record) {
+    const value = record[name]
+    if (value !== undefined) headers.push(name, String(value))
+  }
+  const request: TracedRequest = {
+    origin: origin.origin,
+    method: options.method,
+    path: options.path,
+    headers,
+    addHeader (name, value) {
+      record[name.toLowerCase()] = value
+      headers.push(name, value)
+      return request
+    }
+  }
+  undiciRequests.publish({ request })
+  return request
+}
+
+/** Headers as undici's channels carry them: a flat list of names and values. */
+function rawHeaders (headers: IncomingHttpHeaders): Buffer[] {
+  const list: Buffer[] = []
+  for (const name in headers) {
+    const value = headers[name]
+    if (value === undefined) continue
+    for (const item of Array.isArray(value) ? value : [value]) list.push(Buffer.from(name), Buffer.from(String(item)))
+  }
+  return list
 }

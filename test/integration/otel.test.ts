@@ -1,4 +1,6 @@
 import http from 'node:http'
+import http2 from 'node:http2'
+import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import { test } from 'tap'
 import { context, propagation, SpanKind, trace } from '@opentelemetry/api'
@@ -95,6 +97,29 @@ test('traced with OpenTelemetry (undici instrumentation, @fastify/otel)', async 
     t.same(target.seen[0].tracestate, [CALLER_STATE], 'one tracestate, the caller\'s, carried by the trace')
     t.equal(span.attributes['fastify_upstream.pool'], 'api')
     t.equal(span.attributes['http.request.resend_count'], undefined, 'no resend count on a first attempt')
+  })
+
+  t.test('HTTP/2 targets: each attempt is a span too, and the target gets its traceparent', async (t) => {
+    exporter.reset()
+    const seen: Array<string | string[] | undefined> = []
+    const server = http2.createServer((req, res) => {
+      seen.push(req.headers.traceparent)
+      res.end('h2')
+    })
+    const sessions = new Set<http2.ServerHttp2Session>()
+    server.on('session', (session) => { sessions.add(session) })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => { for (const session of sessions) session.destroy(); server.close() })
+    const gw = await gateway(t, {
+      upstreams: { h2: { targets: [`http://127.0.0.1:${(server.address() as AddressInfo).port}`], http2: 'h2c' } },
+      routes: [{ prefix: '/', upstream: 'h2' }]
+    })
+    t.same(await call(`${gw.url}/h`), { status: 200, body: 'h2' })
+    await until('the attempt\'s span', () => clientSpans().length === 1)
+    const [span] = clientSpans()
+    t.equal(span.spanContext().traceId, TRACE_ID, 'in the caller\'s trace')
+    t.match(span.attributes, { 'fastify_upstream.pool': 'h2', 'http.response.status_code': 200, 'http.request.method': 'GET' })
+    t.same(seen, [`00-${TRACE_ID}-${span.spanContext().spanId}-01`], 'one traceparent, the attempt\'s')
   })
 
   t.test('with undici traced but not the server side, the attempt is a child of the caller\'s span', async (t) => {
