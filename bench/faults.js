@@ -9,7 +9,8 @@
 //      proxy with every target fast.
 //   3. restarts: 8 clients send GETs, POSTs and POSTs with an Idempotency-Key (which the
 //      targets apply once) while each target is restarted in turn, gracefully, crudely
-//      and by crash (see faults-upstreams.js): failed requests by kind.
+//      and by crash (see faults-upstreams.js): failed requests by kind; the plugin runs
+//      twice, with HTTP/1.1 targets and with h2c targets (which go away with GOAWAY).
 //   node bench/faults.js [--rounds=3] [--duration=4] [--only=restarts | --only=killed,slow]
 
 const path = require('node:path')

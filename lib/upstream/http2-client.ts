@@ -521,11 +521,13 @@ class Attempt implements Dispatcher.DispatchController {
 
   // the controller
 
-  abort (reason: Error): void {
+  abort (reason?: Error): void {
     if (this.finished) return
+    // undici's handlers may abort with no reason (the client went away)
+    const error = reason ?? new errors.RequestAbortedError()
     this.aborted = true
-    this.reason = reason
-    this.abandon(reason)
+    this.reason = error
+    this.abandon(error)
   }
 
   pause (): void {

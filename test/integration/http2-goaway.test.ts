@@ -1,6 +1,7 @@
 // A target going away over HTTP/2 (pool option `http2`): GOAWAY with its last stream id,
 // graceful and crude restarts under load, streams reset mid-answer, PINGs unanswered.
 // Real node:http2 servers on loopback; the gateway speaks HTTP/1.1 to its clients.
+import { once } from 'node:events'
 import http2 from 'node:http2'
 import net, { type AddressInfo } from 'node:net'
 import { test } from 'tap'
@@ -262,4 +263,37 @@ test('an unanswered PING closes the connection: its requests fail at once, not a
   t.ok(elapsed >= 1900 && elapsed < 6000, `after two PING intervals, not the 20 s response timeout (${elapsed} ms)`)
   await until('the connection closed at the target', () => sockets.size === 0, 2000)
   t.equal(sockets.size, 0)
+})
+
+test('a client that leaves mid-answer: the stream is cancelled at the target, the gateway serves on', async (t) => {
+  let cancelled = 0
+  const target = await startH2Target(t, 'slow', (stream, headers) => {
+    stream.on('error', () => {})
+    stream.on('close', () => { if (stream.rstCode === http2.constants.NGHTTP2_CANCEL) cancelled++ })
+    if (headers[':path'] === '/quick') {
+      stream.respond({ ':status': 200 })
+      stream.end('quick')
+      return
+    }
+    stream.respond({ ':status': 200 })
+    const timer = setInterval(() => { if (!stream.closed) stream.write('tick ') }, 10)
+    stream.on('close', () => clearInterval(timer))
+  })
+  const { app, url } = await startGateway(t, {
+    upstreams: { h2: { targets: [target.url], http2: 'h2c' } },
+    routes: [{ prefix: '/', upstream: 'h2' }]
+  })
+  for (let i = 0; i < 3; i++) {
+    const controller = new AbortController()
+    const res = await request(`${url}/slow`, { signal: controller.signal })
+    t.equal(res.statusCode, 200)
+    await once(res.body, 'data')
+    controller.abort()
+    await t.rejects(res.body.text())
+  }
+  await until('the streams cancelled at the target', () => cancelled === 3, 3000)
+  t.equal(cancelled, 3, 'each stream cancelled (RST_STREAM CANCEL)')
+  await until('nothing in flight', () => app.upstreams.get('h2')?.target(target.url)?.inflight === 0, 3000)
+  const res = await request(`${url}/quick`)
+  t.equal(await res.body.text(), 'quick', 'the gateway serves on')
 })
