@@ -281,7 +281,8 @@ export class Http2Client extends Dispatcher {
     stream[kAttempt] = attempt
     attempt.stream = stream
     attempt.connection = connection
-    stream.setTimeout(this.options.headersTimeout)
+    // a call's own timeouts (reply-from's `timeout`) before the pool's
+    stream.setTimeout(options.headersTimeout ?? this.options.headersTimeout)
     stream.on('response', onResponse)
     stream.on('data', onData)
     stream.on('trailers', onTrailers)
@@ -548,7 +549,7 @@ class Attempt implements Dispatcher.DispatchController {
     this.status = status
     const length = headers['content-length']
     if (length !== undefined && this.options.method !== 'HEAD' && status !== 204 && status !== 304) this.expected = Number(length)
-    this.stream?.setTimeout(this.client.options.bodyTimeout)
+    this.stream?.setTimeout(this.options.bodyTimeout ?? this.client.options.bodyTimeout)
     const outbound = responseHeaders(headers)
     if (this.traced !== null) undiciRequestChannels.headers.publish({ request: this.traced, response: { statusCode: status, statusText: '', headers: rawHeaders(outbound) } })
     this.handler.onResponseStart?.(this, status, outbound, '')

@@ -297,3 +297,70 @@ test('a client that leaves mid-answer: the stream is cancelled at the target, th
   const res = await request(`${url}/quick`)
   t.equal(await res.body.text(), 'quick', 'the gateway serves on')
 })
+
+test('the HTTP/2 client keeps to the target\'s stream limit, times out as the pool says, and fails over when a target is down', async (t) => {
+  let active = 0
+  let most = 0
+  const limited = http2.createServer({ settings: { maxConcurrentStreams: 2 } })
+  limited.on('stream', (stream, headers) => {
+    stream.on('error', () => {})
+    active++
+    most = Math.max(most, active)
+    stream.on('close', () => { active-- })
+    const path = headers[':path']
+    if (path === '/silent') return
+    if (path === '/stall') {
+      stream.respond({ ':status': 200 })
+      stream.write('a little, then nothing')
+      return
+    }
+    setTimeout(() => {
+      if (stream.closed) return
+      stream.respond({ ':status': 200, 'content-type': 'text/plain' })
+      stream.end('ok')
+    }, 20)
+  })
+  const sessions = new Set<http2.ServerHttp2Session>()
+  limited.on('session', (session) => { sessions.add(session) })
+  await new Promise<void>((resolve) => limited.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { for (const session of sessions) session.destroy(); limited.close() })
+  const limitedUrl = `http://127.0.0.1:${(limited.address() as AddressInfo).port}`
+  const down = await new Promise<string>((resolve) => {
+    const probe = net.createServer()
+    probe.listen(0, '127.0.0.1', () => {
+      const port = (probe.address() as AddressInfo).port
+      probe.close(() => resolve(`http://127.0.0.1:${port}`))
+    })
+  })
+  const { app, url } = await startGateway(t, {
+    upstreams: {
+      limited: { targets: [limitedUrl], http2: 'h2c', maxConnections: 1, maxPending: 50, timeout: { response: 300, idle: 300 }, retry: { attempts: 0 } },
+      failover: { targets: [down, limitedUrl], http2: 'h2c', balancer: 'round-robin', retry: { attempts: 2 } }
+    },
+    routes: [{ prefix: '/limited', upstream: 'limited', rewritePrefix: '' }, { prefix: '/failover', upstream: 'failover', rewritePrefix: '' }]
+  })
+  const agent = new Agent({ connections: 20 })
+  t.teardown(() => agent.destroy())
+  const statuses = await Promise.all(Array.from({ length: 10 }, async () => {
+    const res = await request(`${url}/limited/x`, { dispatcher: agent })
+    await res.body.dump()
+    return res.statusCode
+  }))
+  t.same(statuses, Array(10).fill(200), 'ten requests answered')
+  t.equal(most, 2, 'never more than the 2 streams the target allows at once, on one connection')
+  t.equal(sessions.size, 1, 'one connection')
+
+  const silent = await request(`${url}/limited/silent`)
+  t.equal(silent.statusCode, 504, 'no headers within the response timeout: 504')
+  t.match(await silent.body.json(), { code: 'FST_UPSTREAM_TIMEOUT' })
+  const stalled = await request(`${url}/limited/stall`)
+  t.equal(stalled.statusCode, 200)
+  await t.rejects(stalled.body.text(), 'a body that stalls past the idle timeout breaks off')
+
+  for (const method of ['POST', 'GET']) {
+    const res = await request(`${url}/failover/x`, { method, body: method === 'POST' ? 'data' : undefined })
+    t.equal(res.statusCode, 200, `${method}: a refused connection goes to the other target`)
+    await res.body.dump()
+  }
+  t.equal(app.upstreams.get('failover')?.target(down)?.failures, 2, 'the target down counted its failures')
+})
