@@ -338,7 +338,7 @@ test('the HTTP/2 client keeps to the target\'s stream limit, times out as the po
       failover: { targets: [down, limitedUrl], http2: 'h2c', balancer: 'round-robin', retry: { attempts: 2 } }
     },
     routes: [{ prefix: '/limited', upstream: 'limited', rewritePrefix: '' }, { prefix: '/failover', upstream: 'failover', rewritePrefix: '' }]
-  })
+  }, (app) => { app.get('/own-timeout', (_request, reply) => reply.forward('limited', { url: '/silent', timeout: 100 })) })
   const agent = new Agent({ connections: 20 })
   t.teardown(() => agent.destroy())
   const statuses = await Promise.all(Array.from({ length: 10 }, async () => {
@@ -351,8 +351,13 @@ test('the HTTP/2 client keeps to the target\'s stream limit, times out as the po
   t.equal(sessions.size, 1, 'one connection')
 
   const silent = await request(`${url}/limited/silent`)
+  const started = Date.now()
   t.equal(silent.statusCode, 504, 'no headers within the response timeout: 504')
   t.match(await silent.body.json(), { code: 'FST_UPSTREAM_TIMEOUT' })
+  const ownTimeout = await request(`${url}/own-timeout`)
+  t.equal(ownTimeout.statusCode, 504, 'a call\'s own timeout (reply.forward `timeout`) before the pool\'s')
+  const took = Date.now() - started
+  t.ok(took < 290, `after 100 ms, not the pool's 300 (${took} ms)`)
   const stalled = await request(`${url}/limited/stall`)
   t.equal(stalled.statusCode, 200)
   await t.rejects(stalled.body.text(), 'a body that stalls past the idle timeout breaks off')
