@@ -52,8 +52,11 @@ class Connection {
   readonly session: TaggedSession
   /** streams open on it */
   streams = 0
-  /** the most streams it takes: ours, or less once the target's SETTINGS say so */
-  maxStreams: number
+  /**
+   * the most streams it takes: 1 until the target's SETTINGS come (a target that takes fewer
+   * than we would assume refuses the streams past its limit), then theirs or ours, the lower
+   */
+  maxStreams = 1
   /** the GOAWAY's last stream id, -1 until one came: then it takes no new stream */
   lastStreamId = -1
   /** a PING sent and not yet answered */
@@ -62,9 +65,8 @@ class Connection {
   readonly attempts = new Set<Attempt>()
   pinger: NodeJS.Timeout | undefined = undefined
 
-  constructor (session: TaggedSession, maxStreams: number) {
+  constructor (session: TaggedSession) {
     this.session = session
-    this.maxStreams = maxStreams
     session[kConnection] = this
   }
 
@@ -184,7 +186,8 @@ export class Http2Client extends Dispatcher {
     this.connecting++
     const url = this.origin
     this.options.connect({
-      hostname: url.hostname,
+      // an IPv6 address without its brackets, as undici passes it
+      hostname: url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname,
       host: url.host,
       protocol: url.protocol,
       port: url.port,
@@ -197,9 +200,9 @@ export class Http2Client extends Dispatcher {
         this.connectFailed(error ?? new errors.SocketError('no socket'))
         return
       }
-      if (this.destroyedError !== undefined || this.closing !== undefined) {
+      // closing gracefully, the connection still serves what waits
+      if (this.destroyedError !== undefined) {
         socket.destroy()
-        this.drive()
         return
       }
       if (url.protocol === 'https:' && (socket as TLSSocket).alpnProtocol !== 'h2') {
@@ -243,7 +246,7 @@ export class Http2Client extends Dispatcher {
       peerMaxConcurrentStreams: this.options.maxConcurrentStreams,
       settings: { enablePush: false }
     })
-    const connection = new Connection(session, this.options.maxConcurrentStreams)
+    const connection = new Connection(session)
     this.connections.push(connection)
     session[kClient] = this
     session.on('remoteSettings', onRemoteSettings)
@@ -365,9 +368,10 @@ function ignore (): void {}
 
 function onRemoteSettings (this: ClientSession, settings: http2.Settings): void {
   const connection = this[kConnection] as Connection
+  // ours is the most we want, theirs the most they take (no limit when they name none)
+  const ours = (this[kClient] as Http2Client).options.maxConcurrentStreams
   const theirs = settings.maxConcurrentStreams
-  // ours is the most we want, theirs the most they take
-  if (theirs !== undefined) connection.maxStreams = Math.max(1, Math.min(theirs, (this[kClient] as Http2Client).options.maxConcurrentStreams))
+  connection.maxStreams = Math.max(1, theirs === undefined ? ours : Math.min(theirs, ours))
   this[kClient]?.drive()
 }
 

@@ -369,3 +369,40 @@ test('the HTTP/2 client keeps to the target\'s stream limit, times out as the po
   }
   t.equal(app.upstreams.get('failover')?.target(down)?.failures, 2, 'the target down counted its failures')
 })
+
+test('an h2c target on ::1; a graceful close with requests waiting for a stream answers them all', async (t) => {
+  const held: http2.ServerHttp2Stream[] = []
+  const server = http2.createServer({ settings: { maxConcurrentStreams: 1 } })
+  server.on('stream', (stream) => {
+    stream.on('error', () => {})
+    held.push(stream)
+    setTimeout(() => {
+      if (stream.closed) return
+      stream.respond({ ':status': 200 })
+      stream.end('v6')
+    }, 50)
+  })
+  const sessions = new Set<http2.ServerHttp2Session>()
+  server.on('session', (session) => { sessions.add(session); session.on('close', () => sessions.delete(session)) })
+  await new Promise<void>((resolve) => server.listen(0, '::1', resolve))
+  t.teardown(() => { for (const session of sessions) session.destroy(); server.close() })
+  const { app, url } = await startGateway(t, {
+    upstreams: { v6: { targets: [`http://[::1]:${(server.address() as AddressInfo).port}`], http2: 'h2c', maxConnections: 1, maxPending: 10 } },
+    routes: [{ prefix: '/', upstream: 'v6' }]
+  })
+  const agent = new Agent({ connections: 5 })
+  t.teardown(() => agent.destroy())
+  const answers = Array.from({ length: 3 }, async () => {
+    const res = await request(`${url}/x`, { dispatcher: agent })
+    return `${res.statusCode} ${await res.body.text()}`
+  })
+  await until('the first stream at the target', () => held.length === 1, 2000)
+  // two wait for a stream (the target takes one at a time) while the app closes
+  const closed = app.close()
+  t.same(await Promise.all(answers), ['200 v6', '200 v6', '200 v6'], 'each answered over IPv6 loopback, before the close completed')
+  // the client's keep-alive connections would hold the server's close for their timeout
+  await agent.close()
+  await closed
+  await until('the connection closed', () => sessions.size === 0, 2000)
+  t.equal(sessions.size, 0, 'no connection left open')
+})
