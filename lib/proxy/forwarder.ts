@@ -21,7 +21,7 @@ import {
 } from './forward-options'
 import { Forwarding, kForwarding, poolProxy, type ForwardedRequest, type PoolProxy } from './forwarding'
 import { Exchange } from './exchange'
-import { isGrpc, holdToDeadline, sendError, sendGrpcError } from './grpc'
+import { grpcAnswer, isGrpc, holdToDeadline, sendError, sendGrpcError } from './grpc'
 import { applyHeaders, forwardingOf, rewriteHeaders, rewriteRequestHeaders } from './header-hooks'
 import { acceptsTrailers } from './header-policy'
 import { mirrorRequest } from './mirror'
@@ -438,7 +438,8 @@ export class Forwarder implements ResponseBodySink {
   }
 
   readonly bodyStarts = (reply: FastifyReply, stream: Readable, now: boolean): void => {
-    if (applyHeaders(reply, forwardingOf(reply.request))) {
+    const forwarding = forwardingOf(reply.request)
+    if (applyHeaders(reply, forwarding)) {
       // a gRPC Trailers-Only answer: no body (see applyHeaders)
       stream.resume()
       reply.send()
@@ -447,12 +448,14 @@ export class Forwarder implements ResponseBodySink {
     // Fastify writes the headers with the first bytes it pipes; an event stream's (sent
     // `now`) go as soon as the piping starts, which may be within send() (see flushOnPipe)
     if (now) reply.raw.on('pipe', flushOnPipe)
-    reply.send(stream)
+    // a gRPC answer that breaks off ends with a status the client reads (see grpcAnswer)
+    reply.send(forwarding.trailersTo !== null && isGrpc(reply.request) ? grpcAnswer(stream, reply) : stream)
   }
 
   readonly bodyBroke = (reply: FastifyReply, error: Error): void => {
     // the client has part of the answer: Fastify aborts its response (never a clean end
-    // of a truncated body); the exchange counted the failure, this reports it
+    // of a truncated body; a gRPC call's ends with UNAVAILABLE instead); the exchange
+    // counted the failure, this reports it
     const forwarding = forwardingOf(reply.request)
     const mapped = upstreamError(error)
     forwarding.error = mapped.code

@@ -1,3 +1,4 @@
+import { PassThrough, type Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { DeadlineExceededError } from '../errors'
 import type { Forwarding } from './forwarding'
@@ -122,4 +123,34 @@ export function holdToDeadline (reply: FastifyReply, forwarding: Forwarding, exp
 
 function deadlinePassed (reply: FastifyReply, forwarding: Forwarding, ms: number, expire: (reply: FastifyReply, forwarding: Forwarding, error: Error) => void): void {
   expire(reply, forwarding, new DeadlineExceededError(ms))
+}
+
+// The answer to a gRPC call, between the target's body and the client (shared listener:
+// `this` is the target's body)
+const kAnswer = Symbol('fastify-upstream.grpc-answer')
+type AnswerSource = Readable & { [kAnswer]?: { to: PassThrough, reply: FastifyReply } }
+
+/**
+ * The body of a target's answer to a gRPC call as the client gets it: the same bytes, and
+ * when it breaks off (the target's connection lost, the stream reset), an end with
+ * UNAVAILABLE in the trailers, as gRPC clients read a call that failed, where any other
+ * answer would be reset (which they read as INTERNAL). One stream more, for gRPC calls only.
+ */
+export function grpcAnswer (source: Readable, reply: FastifyReply): Readable {
+  const to = new PassThrough()
+  ;(source as AnswerSource)[kAnswer] = { to, reply }
+  source.on('error', answerBrokeOff)
+  source.pipe(to)
+  return to
+}
+
+function answerBrokeOff (this: AnswerSource, error: Error): void {
+  const answer = this[kAnswer]
+  if (answer === undefined) return
+  this[kAnswer] = undefined
+  this.unpipe(answer.to)
+  const raw = answer.reply.raw
+  if (raw.destroyed || raw.writableEnded) return
+  raw.addTrailers({ 'grpc-status': String(GrpcStatus.UNAVAILABLE), 'grpc-message': grpcMessage(`the target's answer broke off: ${error.message}`) })
+  answer.to.end()
 }

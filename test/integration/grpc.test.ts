@@ -506,3 +506,39 @@ test('an HTTP/2 target\'s trailers on a buffered answer, and none on an answer d
   t.equal(trailers?.['x-answer'], '2', 'the trailers of the answer the client got')
   await sleep(10)
 })
+
+test('an answer that breaks off mid-stream ends the call with UNAVAILABLE, not a reset', async (t) => {
+  // a gRPC server (node:http2) that sends one message of a stream, then loses its connection or resets the stream
+  const server = http2.createServer()
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => {})
+    stream.resume()
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' })
+    const message = Buffer.from('first')
+    const frame = Buffer.alloc(5 + message.length)
+    frame.writeUInt32BE(message.length, 1)
+    message.copy(frame, 5)
+    stream.write(frame)
+    setTimeout(() => { if (headers['x-how'] === 'reset') stream.destroy(new Error('broken')); else stream.session?.destroy() }, 30)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  const { address } = await startGrpcGateway(t, {
+    upstreams: { grpc: { targets: [`http://127.0.0.1:${(server.address() as AddressInfo).port}`], http2: 'h2c' } },
+    routes: [{ prefix: '/', upstream: 'grpc' }]
+  })
+  const c = client(t, address)
+  for (const how of ['connection', 'reset']) {
+    const metadata = new grpc.Metadata()
+    metadata.set('x-how', how)
+    const call = c.repeat(Buffer.from('5'), metadata)
+    const messages: string[] = []
+    call.on('data', (message: Buffer) => messages.push(message.toString()))
+    call.on('error', () => {})
+    // (events.once would reject on the call's 'error')
+    const status = await new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve))
+    t.same(messages, ['first'], `${how}: the message before the break reached the client`)
+    t.equal(status.code, grpc.status.UNAVAILABLE, `${how}: the call ends UNAVAILABLE`)
+    t.match(status.details, /the target's answer broke off/)
+  }
+})
