@@ -145,9 +145,10 @@ export class Exchange implements Handler {
         // hedge cancelled the attempt (see targetsFault)
         if (this.forwarding.exchange === this) this.forwarding.time = now - this.start
         if (targetsFault(error)) countFailure(this.target, detector, now)
-      } else if ((error as { code?: string }).code !== 'UND_ERR_ABORTED' && detector?.isFailureStatus(this.status) !== true) {
+      } else if (targetsFault(error) && (error as { code?: string }).code !== 'UND_ERR_ABORTED' && detector?.isFailureStatus(this.status) !== true) {
         // after them the answer broke off, unless its reader dropped it (undici reports
-        // that as an abort, no fault of the target) or its status was counted already
+        // that as an abort), the call's deadline cut it, or a hedge did (no fault of the
+        // target's: see targetsFault), or its status was counted already
         countFailure(this.target, detector, now)
       }
     }

@@ -1,6 +1,7 @@
 import { PassThrough, type Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { DeadlineExceededError } from '../errors'
+import { upstreamError } from './upstream-error'
 import type { Forwarding } from './forwarding'
 
 // gRPC through a mount: a gRPC call is an HTTP/2 POST with an `application/grpc` body,
@@ -36,6 +37,9 @@ export function isGrpc (request: FastifyRequest): boolean {
   // end, '+', ';'
   return Number.isNaN(next) || next === 43 || next === 59
 }
+
+/** The longest delay a Node timer takes (ms); a longer one fires at once. */
+const MAX_TIMER = 2_147_483_647
 
 const TIMEOUT_UNITS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 }
 const TIMEOUT = /^([0-9]{1,8})([HMSmun])$/
@@ -115,7 +119,8 @@ function clearDeadline (this: RawWithDeadline): void {
  */
 export function holdToDeadline (reply: FastifyReply, forwarding: Forwarding, expire: (reply: FastifyReply, forwarding: Forwarding, error: Error) => void): void {
   const ms = grpcTimeout(reply.request.headers['grpc-timeout'])
-  if (ms === undefined) return
+  // past what a timer holds (about 24.8 days; gRPC allows 99,999,999 hours): no deadline here
+  if (ms === undefined || ms > MAX_TIMER) return
   const raw = reply.raw as RawWithDeadline
   raw[kDeadline] = setTimeout(deadlinePassed, ms, reply, forwarding, ms, expire)
   raw.once('close', clearDeadline)
@@ -133,8 +138,9 @@ type AnswerSource = Readable & { [kAnswer]?: { to: PassThrough, reply: FastifyRe
 /**
  * The body of a target's answer to a gRPC call as the client gets it: the same bytes, and
  * when it breaks off (the target's connection lost, the stream reset), an end with
- * UNAVAILABLE in the trailers, as gRPC clients read a call that failed, where any other
- * answer would be reset (which they read as INTERNAL). One stream more, for gRPC calls only.
+ * UNAVAILABLE in the trailers (DEADLINE_EXCEEDED when the call's deadline cut it), as
+ * gRPC clients read a call that failed, where any other answer would be reset (which
+ * they read as INTERNAL). One stream more, for gRPC calls only.
  */
 export function grpcAnswer (source: Readable, reply: FastifyReply): Readable {
   const to = new PassThrough()
@@ -151,6 +157,8 @@ function answerBrokeOff (this: AnswerSource, error: Error): void {
   this.unpipe(answer.to)
   const raw = answer.reply.raw
   if (raw.destroyed || raw.writableEnded) return
-  raw.addTrailers({ 'grpc-status': String(GrpcStatus.UNAVAILABLE), 'grpc-message': grpcMessage(`the target's answer broke off: ${error.message}`) })
+  // UNAVAILABLE for a target that failed; DEADLINE_EXCEEDED when the call's deadline cut it
+  const mapped = upstreamError(error)
+  raw.addTrailers({ 'grpc-status': String(grpcStatusOf(mapped)), 'grpc-message': grpcMessage(`the target's answer broke off: ${mapped.message}`) })
   answer.to.end()
 }

@@ -3,6 +3,7 @@ import { pipeline, Readable } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import { Dispatcher, errors, type buildConnector } from 'undici'
 import { undiciRequestChannels, undiciRequests } from '../channels'
+import { INVALID_VALUE, TOKEN } from '../header-syntax'
 
 const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants
 
@@ -268,13 +269,23 @@ export class Http2Client extends Dispatcher {
     const { options } = attempt
     const body = options.body
     const headers = requestHeaders(options, this.origin)
+    if (headers instanceof Error) {
+      // Node's HTTP/2 client would throw on it, and take the whole connection down with it
+      attempt.fail(headers)
+      return
+    }
     const bodiless = body == null || (typeof body === 'string' && body.length === 0) || (body instanceof Uint8Array && body.byteLength === 0)
     let stream: TaggedStream
     try {
       stream = connection.session.request(headers, { endStream: bodiless })
     } catch (error) {
-      // the session closed under us (a GOAWAY in this very tick): not sent
-      attempt.fail(refused(String((error as Error).message)))
+      // the session closed under us (a GOAWAY in this very tick): not sent; else Node
+      // refused the headers (a value it takes only once given as a list, say): the
+      // gateway's own fault, as undici reports one
+      const code = (error as { code?: string }).code
+      attempt.fail(code === 'ERR_HTTP2_GOAWAY_SESSION' || code === 'ERR_HTTP2_INVALID_SESSION'
+        ? refused(String((error as Error).message))
+        : new errors.InvalidArgumentError(String((error as Error).message)))
       return
     }
     connection.streams++
@@ -383,6 +394,7 @@ function onRemoteSettings (this: ClientSession, settings: http2.Settings): void 
 function onGoaway (this: ClientSession, _code: number, lastStreamId: number): void {
   const connection = this[kConnection] as Connection
   connection.lastStreamId = lastStreamId
+  clearInterval(connection.pinger)
   for (const attempt of [...connection.attempts]) {
     const id = attempt.stream?.id
     if (id === undefined || id > lastStreamId) attempt.abandon(refused(`GOAWAY, last stream ${lastStreamId}`))
@@ -397,7 +409,9 @@ function onSessionClose (this: ClientSession): void {
 /** Every interval: the PING before this one is still unanswered, the connection is gone. */
 function ping (connection: Connection): void {
   const session = connection.session
-  if (session.destroyed) return
+  // a connection draining after a GOAWAY (closed: Node cancels its PINGs) lives as long
+  // as its streams, which their own timeouts bound
+  if (session.destroyed || session.closed || connection.lastStreamId !== -1) return
   if (connection.awaitingPing) {
     session.destroy(new errors.SocketError('HTTP/2: PING unanswered'))
     return
@@ -448,8 +462,22 @@ function onStreamClose (this: TaggedStream): void {
   attempt.closed(this)
 }
 
-/** The headers of a request as Node's HTTP/2 client takes them: Host as :authority, no undefined values. */
-function requestHeaders (options: DispatchOptions, origin: URL): http2.OutgoingHttpHeaders {
+/** undici's error for a header it will not send (the forwarder reads its message, see upstream-error.ts). */
+function invalidHeader (name: string): Error {
+  return new errors.InvalidArgumentError(TOKEN.test(name) ? `invalid ${name} header` : 'invalid header')
+}
+
+function validValue (value: unknown): boolean {
+  if (Array.isArray(value)) return value.every(validValue)
+  return !INVALID_VALUE.test(String(value))
+}
+
+/**
+ * The headers of a request as Node's HTTP/2 client takes them: Host as :authority, no
+ * undefined values; an error for a name or value Node would refuse (it would take the
+ * connection's other streams down with the one request).
+ */
+function requestHeaders (options: DispatchOptions, origin: URL): http2.OutgoingHttpHeaders | Error {
   const headers: http2.OutgoingHttpHeaders = {
     ':method': options.method,
     ':path': options.path,
@@ -462,12 +490,14 @@ function requestHeaders (options: DispatchOptions, origin: URL): http2.OutgoingH
       const value = record[name]
       if (value === undefined) continue
       const lower = name.toLowerCase()
+      if (!TOKEN.test(lower) || !validValue(value)) return invalidHeader(lower)
       if (lower === 'host') headers[':authority'] = String(value)
       else headers[lower] = value
     }
   } else if (Array.isArray(given)) {
     for (let i = 0; i < given.length; i += 2) {
       const lower = String(given[i]).toLowerCase()
+      if (!TOKEN.test(lower) || !validValue(given[i + 1])) return invalidHeader(lower)
       if (lower === 'host') headers[':authority'] = String(given[i + 1])
       else headers[lower] = given[i + 1] as string
     }
@@ -502,6 +532,8 @@ class Attempt implements Dispatcher.DispatchController {
   /** the answer's Content-Length (-1: none, or an answer with no body), and the body bytes so far */
   expected = -1
   received = 0
+  /** a gRPC answer whose status is to come in its trailers */
+  grpc = false
   trailers: IncomingHttpHeaders | undefined = undefined
   finished = false
   /** what undici's request channels carry for this request, while a tracer listens (see tracedRequest) */
@@ -535,14 +567,22 @@ class Attempt implements Dispatcher.DispatchController {
     this.abandon(error)
   }
 
+  // while the reader holds the body back, its silence is not the target's (undici's
+  // HTTP/1.1 client stops its body timeout too)
   pause (): void {
     this.paused = true
     this.stream?.pause()
+    if (this.status !== 0) this.stream?.setTimeout(0)
   }
 
   resume (): void {
     this.paused = false
     this.stream?.resume()
+    if (this.status !== 0 && !this.finished) this.stream?.setTimeout(this.bodyTimeout())
+  }
+
+  private bodyTimeout (): number {
+    return this.options.bodyTimeout ?? this.client.options.bodyTimeout
   }
 
   // the stream's reports
@@ -553,35 +593,51 @@ class Attempt implements Dispatcher.DispatchController {
     this.status = status
     const length = headers['content-length']
     if (length !== undefined && this.options.method !== 'HEAD' && status !== 204 && status !== 304) this.expected = Number(length)
-    this.stream?.setTimeout(this.options.bodyTimeout ?? this.client.options.bodyTimeout)
+    // a gRPC answer with its status to come: it ends with trailers, or broke off
+    const type = headers['content-type']
+    this.grpc = typeof type === 'string' && type.startsWith('application/grpc') && headers['grpc-status'] === undefined
+    if (!this.paused) this.stream?.setTimeout(this.bodyTimeout())
     const outbound = responseHeaders(headers)
     if (this.traced !== null) undiciRequestChannels.headers.publish({ request: this.traced, response: { statusCode: status, statusText: '', headers: rawHeaders(outbound) } })
-    this.handler.onResponseStart?.(this, status, outbound, '')
+    // a handler that throws (a caller's onResponse, through reply-from) fails the attempt, as undici does
+    try {
+      this.handler.onResponseStart?.(this, status, outbound, '')
+    } catch (error) {
+      this.abandon(error as Error)
+    }
   }
 
   data (chunk: Buffer): void {
     if (this.finished) return
     this.received += chunk.length
-    this.handler.onResponseData?.(this, chunk)
+    try {
+      this.handler.onResponseData?.(this, chunk)
+    } catch (error) {
+      this.abandon(error as Error)
+    }
   }
 
   /**
    * The body ended: complete, unless the stream was closed under it. Node ends the body
    * of a stream closed by its connection's loss (CANCEL) as it ends a complete one, and
    * a reset with NO_ERROR before END_STREAM too: a length short of Content-Length tells
-   * the latter.
+   * the latter, and a gRPC answer with no status (gRPC's come in the trailers).
    */
   end (): void {
     if (this.finished || this.status === 0) return
     const code = this.stream?.rstCode
-    if ((code !== undefined && code !== 0) || (this.expected !== -1 && this.received !== this.expected)) {
+    if ((code !== undefined && code !== 0) || (this.expected !== -1 && this.received !== this.expected) || (this.grpc && this.trailers?.['grpc-status'] === undefined)) {
       this.fail(new errors.SocketError(`HTTP/2: the stream closed before the response was complete (code ${code ?? 'none'}, ${this.received} of ${this.expected === -1 ? 'unknown' : this.expected} bytes)`))
       return
     }
     this.settle()
     const trailers = this.trailers === undefined ? {} : responseHeaders(this.trailers)
     if (this.traced !== null) undiciRequestChannels.trailers.publish({ request: this.traced, trailers: rawHeaders(trailers) })
-    this.handler.onResponseEnd?.(this, trailers)
+    try {
+      this.handler.onResponseEnd?.(this, trailers)
+    } catch {
+      // reported once already (as complete): nothing left to tell the handler
+    }
   }
 
   /** The request body failed (the client's stream broke, was too large, or stalled): its error is the attempt's. */

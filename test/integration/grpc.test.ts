@@ -542,3 +542,52 @@ test('an answer that breaks off mid-stream ends the call with UNAVAILABLE, not a
     t.match(status.details, /the target's answer broke off/)
   }
 })
+
+test('deadlines: one past a timer\'s reach is no deadline here; one that passes mid-answer ends the call DEADLINE_EXCEEDED and blames no target', async (t) => {
+  const target = await startEchoServer(t, 'a')
+  // a gRPC server (node:http2) that streams a message every 50 ms, and never ends unless asked
+  const server = http2.createServer()
+  server.on('stream', (stream) => {
+    stream.on('error', () => {})
+    stream.resume()
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true })
+    const frame = Buffer.from([0, 0, 0, 0, 1, 0x41])
+    const timer = setInterval(() => { if (!stream.closed) stream.write(frame) }, 50)
+    stream.on('close', () => clearInterval(timer))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  const slowUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const { app, port } = await startGrpcGateway(t, {
+    upstreams: { grpc: { targets: [target.url], http2: 'h2c' }, slow: { targets: [slowUrl], http2: 'h2c' } },
+    routes: [{ prefix: '/test.Echo', upstream: 'grpc', rewritePrefix: '/test.Echo' }, { prefix: '/slow', upstream: 'slow', rewritePrefix: '' }]
+  })
+  const far = await rawCall(port, '/test.Echo/Unary', { 'grpc-timeout': '720H' })
+  t.equal(far.trailers?.['grpc-status'], '0', '720 hours (past 2^31 ms): answered, not cut at once')
+  const cut = await rawCall(port, '/slow/test.Echo/Stream', { 'grpc-timeout': '300m' })
+  t.ok(cut.body.length >= 6, `messages came before the deadline (${cut.body.length} bytes)`)
+  t.equal(cut.trailers?.['grpc-status'], String(grpc.status.DEADLINE_EXCEEDED), 'then DEADLINE_EXCEEDED')
+  t.ok(cut.ms >= 290 && cut.ms < 3000, `at the deadline (${cut.ms} ms)`)
+  t.equal(app.upstreams.get('slow')?.target(slowUrl)?.failures, 0, 'the client\'s deadline is no failure of the target')
+})
+
+test('a gRPC answer that ends with no status (no trailers) is a failure, not an OK', async (t) => {
+  const server = http2.createServer()
+  server.on('stream', (stream) => {
+    stream.on('error', () => {})
+    stream.resume()
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' })
+    // a message, then the end of the stream with no trailers
+    stream.end(Buffer.from([0, 0, 0, 0, 1, 0x41]))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const { app, port } = await startGrpcGateway(t, {
+    upstreams: { grpc: { targets: [url], http2: 'h2c', retry: { attempts: 0 } } },
+    routes: [{ prefix: '/', upstream: 'grpc' }]
+  })
+  const raw = await rawCall(port, '/test.Echo/Unary')
+  t.equal(raw.trailers?.['grpc-status'], String(grpc.status.UNAVAILABLE), 'UNAVAILABLE, not the OK a bare end would read as')
+  t.equal(app.upstreams.get('grpc')?.target(url)?.failures, 1, 'counted against the target')
+})

@@ -406,3 +406,78 @@ test('an h2c target on ::1; a graceful close with requests waiting for a stream 
   await until('the connection closed', () => sessions.size === 0, 2000)
   t.equal(sessions.size, 0, 'no connection left open')
 })
+
+test('a connection draining after a GOAWAY is not closed by its PINGs while its streams finish', async (t) => {
+  // GOAWAY at once, then the answer 2.5 s later: past two PING intervals of 1 s
+  const target = await startH2Target(t, 'draining', (stream) => {
+    stream.on('error', () => {})
+    stream.resume()
+    stream.session?.goaway(http2.constants.NGHTTP2_NO_ERROR, stream.id as number)
+    setTimeout(() => {
+      if (stream.closed) return
+      stream.respond({ ':status': 200 })
+      stream.end('finished')
+    }, 2500)
+  })
+  const { app, url } = await startGateway(t, {
+    upstreams: { h2: { targets: [target.url], http2: 'h2c', http2Settings: { pingInterval: 1000 }, retry: { attempts: 0 } } },
+    routes: [{ prefix: '/', upstream: 'h2' }]
+  })
+  const res = await request(`${url}/x`, { method: 'POST', body: 'once' })
+  t.equal(res.statusCode, 200, 'the stream the target took finished')
+  t.equal(await res.body.text(), 'finished')
+  t.equal(app.upstreams.get('h2')?.target(target.url)?.failures, 0)
+})
+
+test('a header Node would refuse fails that request alone, as the gateway\'s fault; the connection serves on', async (t) => {
+  const target = await startH2Target(t, 'headers', (stream, headers) => {
+    stream.on('error', () => {})
+    stream.resume()
+    setTimeout(() => {
+      if (stream.closed) return
+      stream.respond({ ':status': 200 })
+      stream.end(String(headers[':path']))
+    }, headers[':path'] === '/slow' ? 100 : 0)
+  })
+  const { app, url } = await startGateway(t, {
+    upstreams: { h2: { targets: [target.url, `${target.url}/other`], http2: 'h2c', maxConnections: 1 } },
+    routes: [{ prefix: '/', upstream: 'h2' }]
+  }, (app) => {
+    app.get('/bad-name', (_request, reply) => reply.forward('h2', { url: '/x', rewriteRequestHeaders: (_req, headers) => ({ ...headers, 'bad name': 'x' }) }))
+    app.get('/bad-value', (_request, reply) => reply.forward('h2', { url: '/x', rewriteRequestHeaders: (_req, headers) => ({ ...headers, 'x-bad': 'a\u0000b' }) }))
+    app.get('/twice', (_request, reply) => reply.forward('h2', { url: '/x', rewriteRequestHeaders: (_req, headers) => ({ ...headers, 'content-type': ['a/b', 'c/d'] as unknown as string }) }))
+  })
+  // a request in flight on the connection meanwhile
+  const slow = request(`${url}/slow`)
+  for (const path of ['/bad-name', '/bad-value', '/twice']) {
+    const res = await request(`${url}${path}`)
+    t.equal(res.statusCode, 500, `${path}: 500`)
+    t.match(await res.body.json(), { code: 'FST_UPSTREAM_BAD_HEADER' }, `${path}: the gateway's own error`)
+  }
+  const answered = await slow
+  t.equal(answered.statusCode, 200, 'the request in flight on the same connection finished')
+  t.equal(await answered.body.text(), '/slow')
+  t.equal(target.sessions.size, 1, 'on the one connection it had')
+  for (const view of app.upstreams.get('h2')?.targets ?? []) t.equal(view.failures, 0, 'no target blamed')
+})
+
+test('a reader that holds the answer back is no stalled target: the idle timeout waits while it reads nothing', async (t) => {
+  const size = 8 * 1024 * 1024
+  const target = await startH2Target(t, 'big', (stream) => {
+    stream.on('error', () => {})
+    stream.respond({ ':status': 200 })
+    stream.end(Buffer.alloc(size, 1))
+  })
+  const { app, url } = await startGateway(t, {
+    upstreams: { h2: { targets: [target.url], http2: 'h2c', timeout: { idle: 300 } } },
+    routes: [{ prefix: '/', upstream: 'h2' }]
+  })
+  const res = await request(`${url}/big`)
+  t.equal(res.statusCode, 200)
+  // nothing read for 1 s: the gateway's buffers fill and it stops reading the target
+  await sleep(1000)
+  let length = 0
+  for await (const chunk of res.body) length += (chunk as Buffer).length
+  t.equal(length, size, 'the whole answer, read late')
+  t.equal(app.upstreams.get('h2')?.target(target.url)?.failures, 0)
+})
