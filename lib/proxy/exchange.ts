@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import type { Duplex } from 'node:stream'
 import type { Dispatcher } from 'undici'
+import { headerPairs } from '../header-syntax'
 import { countFailure, type OutlierDetector } from '../health/outlier-detector'
 import type { Target } from '../upstream/target'
 import type { Forwarding } from './forwarding'
@@ -129,7 +130,7 @@ export class Exchange implements Handler {
     // before the body's end reaches the client: the trailers go out with it (an answer
     // dropped for a retry is no longer the request's exchange)
     const forwarding = this.forwarding
-    if (forwarding.trailersTo !== null && forwarding.exchange === this) passTrailers(forwarding.trailersTo, trailersOf(controller, trailers))
+    if (forwarding.trailersTo !== null && forwarding.exchange === this) passTrailers(forwarding.trailersTo, trailers)
     relayResponseEnd(this.handler, this.legacy, controller, trailers)
   }
 
@@ -242,31 +243,10 @@ export function relayResponseError (handler: Handler, legacy: boolean, controlle
 }
 
 /**
- * The trailers of an answer. Over HTTP/2, undici 7 keeps them only as the controller's
- * `rawTrailers`, an object (its parse of them, made for HTTP/1.1's list, is empty).
- */
-function trailersOf (controller: Controller, trailers: IncomingHttpHeaders): IncomingHttpHeaders {
-  const raw: unknown = controller.rawTrailers
-  return raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? raw as IncomingHttpHeaders : trailers
-}
-
-/**
  * Headers or trailers as the deprecated calls take them: the raw list undici keeps on the
  * controller (undici 7 and 8 both do), else one rebuilt from the parsed object.
  */
 function raw (list: Controller['rawHeaders'], parsed: IncomingHttpHeaders | null | undefined): Buffer[] | string[] {
   if (Array.isArray(list)) return list
-  const pairs: Buffer[] = []
-  if (parsed == null) return pairs
-  for (const name of Object.keys(parsed)) {
-    const value = parsed[name]
-    if (value === undefined) continue
-    const key = Buffer.from(name, 'latin1')
-    if (Array.isArray(value)) {
-      for (const item of value) pairs.push(key, Buffer.from(item, 'latin1'))
-    } else {
-      pairs.push(key, Buffer.from(value, 'latin1'))
-    }
-  }
-  return pairs
+  return parsed == null ? [] : headerPairs(parsed)
 }

@@ -2,7 +2,7 @@ import { isIP } from 'node:net'
 import type { FastifyRequest } from 'fastify'
 import type { Dispatcher } from 'undici'
 import { BadHeaderError } from '../errors'
-import { INVALID_VALUE, TOKEN } from '../header-syntax'
+import { INVALID_VALUE, TOKEN, validHeaderValue } from '../header-syntax'
 import type { HeaderPolicyConfig, HeaderValue } from '../options/config'
 
 /**
@@ -22,10 +22,9 @@ const REQUEST_HOP_BY_HOP = [...HOP_BY_HOP, 'http2-settings']
 
 /**
  * The headers Node's HTTP/2 client refuses (RFC 9113 §8.2.2: connection-specific), `te`
- * unless it is `trailers`. undici passes the others through to it, and Node throws from
- * inside undici's send: the request fails and its connection takes no other (before the
- * connection is up, the throw is uncaught and ends the process). The policy strips them
- * all; what a caller's rewrite or `headers.set` adds after it is dropped here.
+ * unless it is `trailers`: the request would fail as the gateway's own fault (see
+ * Http2Client). The policy strips them all; what a caller's rewrite or `headers.set`
+ * adds after it is dropped here, as over HTTP/1.1 the policy would have.
  */
 const HTTP2_REFUSED = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'http2-settings']
 
@@ -72,16 +71,11 @@ export function stripHopByHop (headers: Headers): void {
 }
 
 /**
- * Prepares a request to a target of a pool with `http2`. undici's HTTP/2 client sends a
- * request it does not take as `idempotent` (all but GET and HEAD, unless told) only when
- * no other is in flight on its connection, and those queued behind it there wait too:
- * the flag means nothing else to undici 7 (it never resends a request itself; retries
- * are the forwarder's), so it is set, and such requests share the connection too. A
- * request with a streamed body still goes alone (undici's rule, which this cannot
- * change). The headers Node's HTTP/2 client throws on are dropped (see dropConnectionHeaders).
+ * Prepares the headers of a request to a target of a pool with `http2`: without those
+ * Node's HTTP/2 client throws on (see dropConnectionHeaders), with the client's
+ * `TE: trailers`.
  */
 export function http2Request (options: Dispatcher.DispatchOptions, request?: FastifyRequest): void {
-  options.idempotent = true
   const headers = options.headers
   if (headers != null && typeof headers === 'object' && !Array.isArray(headers)) {
     dropConnectionHeaders(headers as Record<string, string | undefined>)
@@ -118,12 +112,6 @@ const NOT_TRAILERS = new Set([
   'retry-after', 'vary', 'www-authenticate', 'proxy-authenticate', 'http2-settings'
 ])
 
-function validValue (value: string | string[]): boolean {
-  if (typeof value === 'string') return !INVALID_VALUE.test(value)
-  for (const item of value) if (INVALID_VALUE.test(item)) return false
-  return true
-}
-
 /**
  * Adds a target's trailers to the client's response, without the fields no trailer may
  * carry and any Node would refuse to send; nothing when the response is over.
@@ -133,7 +121,7 @@ export function passTrailers (sink: TrailerSink, trailers: Record<string, string
   let kept: Record<string, string | string[]> | undefined
   for (const name in trailers) {
     const value = trailers[name]
-    if (value === undefined || name.charCodeAt(0) === 58 || NOT_TRAILERS.has(name) || !TOKEN.test(name) || !validValue(value)) continue
+    if (value === undefined || name.charCodeAt(0) === 58 || NOT_TRAILERS.has(name) || !TOKEN.test(name) || !validHeaderValue(value)) continue
     (kept ??= {})[name] = value
   }
   if (kept !== undefined && !sink.writableEnded) sink.addTrailers(kept)

@@ -57,6 +57,15 @@ export function connector (config: PoolConfig, lookup?: LookupFunction, http2 = 
  */
 export const IDLE_SWEEP_INTERVAL = 60_000
 
+/**
+ * true when the pool's connections to `origin` are HTTP/2 (or may be, by ALPN): `'h2c'`,
+ * or `true` for an https origin; an http origin of a `true` pool speaks HTTP/1.1 (there is
+ * no ALPN to offer h2 with).
+ */
+function speaksHttp2 (config: PoolConfig, origin: string): boolean {
+  return config.http2 === 'h2c' || (config.http2 === true && origin.startsWith('https:'))
+}
+
 /** What the targets of one origin send through: undici's Pool over HTTP/1.1, an Http2Client with `http2`. */
 type ConnectionPool = Pool | Http2Client
 
@@ -134,11 +143,9 @@ export class TargetConnections {
     target.connection = entry.pool
     // as the origin's other targets; else HTTP/2 until a connection says otherwise (a
     // `true` pool's https target may choose HTTP/1.1)
-    const http2 = this.config.http2
-    const multiplexed = http2 === 'h2c' || (http2 === true && target.origin.startsWith('https:'))
     target.perConnection = entry.targets.length > 1
       ? entry.targets[0].perConnection
-      : (multiplexed ? this.config.http2Settings.maxConcurrentStreams : 1)
+      : (speaksHttp2(this.config, target.origin) ? this.config.http2Settings.maxConcurrentStreams : 1)
   }
 
   /**
@@ -150,9 +157,7 @@ export class TargetConnections {
     if (entry === undefined || !entry.targets.includes(target)) return undefined
     if (entry.pool !== undefined) return (target.connection = entry.pool)
     const config = this.config
-    // an http target of a `true` pool speaks HTTP/1.1 (there is no ALPN to offer h2 with)
-    const http2 = config.http2 === 'h2c' || (config.http2 === true && target.origin.startsWith('https:'))
-    const pool = !http2
+    const pool = !speaksHttp2(config, target.origin)
       ? new Pool(target.origin, this.http1Options(this.connector))
       : new Http2Client(target.origin, {
         connect: this.connector,

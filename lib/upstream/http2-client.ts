@@ -3,7 +3,7 @@ import { pipeline, Readable } from 'node:stream'
 import type { TLSSocket } from 'node:tls'
 import { Dispatcher, errors, type buildConnector } from 'undici'
 import { undiciRequestChannels, undiciRequests } from '../channels'
-import { INVALID_VALUE, TOKEN } from '../header-syntax'
+import { headerPairs, TOKEN, validHeaderValue } from '../header-syntax'
 
 const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants
 
@@ -45,11 +45,10 @@ const kAttempt = Symbol('fastify-upstream.h2-attempt')
 const kConnection = Symbol('fastify-upstream.h2-connection')
 type TaggedStream = ClientHttp2Stream & { [kAttempt]?: Attempt }
 type TaggedSession = ClientHttp2Session & { [kConnection]?: Connection }
-const kClient = Symbol('fastify-upstream.h2-client')
-type ClientSession = TaggedSession & { [kClient]?: Http2Client }
 
 /** One connection (an HTTP/2 session) and what the client knows of it. */
 class Connection {
+  readonly client: Http2Client
   readonly session: TaggedSession
   /** streams open on it */
   streams = 0
@@ -66,7 +65,8 @@ class Connection {
   readonly attempts = new Set<Attempt>()
   pinger: NodeJS.Timeout | undefined = undefined
 
-  constructor (session: TaggedSession) {
+  constructor (client: Http2Client, session: TaggedSession) {
+    this.client = client
     this.session = session
     session[kConnection] = this
   }
@@ -122,15 +122,13 @@ export class Http2Client extends Dispatcher {
   }
 
   /** What the idle sweep reads, as undici's Pool has it. */
-  get stats (): { connected: number, size: number, queued: number, running: number, pending: number } {
+  get stats (): { connected: number, size: number, queued: number } {
     const queued = this.queue.length
     const h1 = (this.http1 as unknown as { stats?: { connected: number, size: number, queued: number } } | undefined)?.stats
     return {
       connected: this.connections.length + (h1?.connected ?? 0),
       size: queued + this.running + (h1?.size ?? 0),
-      queued: queued + (h1?.queued ?? 0),
-      running: this.running,
-      pending: queued
+      queued: queued + (h1?.queued ?? 0)
     }
   }
 
@@ -242,14 +240,13 @@ export class Http2Client extends Dispatcher {
   }
 
   private connected (socket: NonNullable<Parameters<Parameters<buildConnector.connector>[1]>[1]>): void {
-    const session: ClientSession = http2.connect(this.origin, {
+    const session: TaggedSession = http2.connect(this.origin, {
       createConnection: () => socket as never,
       peerMaxConcurrentStreams: this.options.maxConcurrentStreams,
       settings: { enablePush: false }
     })
-    const connection = new Connection(session)
+    const connection = new Connection(this, session)
     this.connections.push(connection)
-    session[kClient] = this
     session.on('remoteSettings', onRemoteSettings)
     session.on('goaway', onGoaway)
     session.on('close', onSessionClose)
@@ -377,13 +374,13 @@ function ignore (): void {}
 
 // Session listeners, shared (no closure per connection): `this` is the session
 
-function onRemoteSettings (this: ClientSession, settings: http2.Settings): void {
+function onRemoteSettings (this: TaggedSession, settings: http2.Settings): void {
   const connection = this[kConnection] as Connection
   // ours is the most we want, theirs the most they take (no limit when they name none)
-  const ours = (this[kClient] as Http2Client).options.maxConcurrentStreams
+  const ours = connection.client.options.maxConcurrentStreams
   const theirs = settings.maxConcurrentStreams
   connection.maxStreams = Math.max(1, theirs === undefined ? ours : Math.min(theirs, ours))
-  this[kClient]?.drive()
+  connection.client.drive()
 }
 
 /**
@@ -391,7 +388,7 @@ function onRemoteSettings (this: ClientSession, settings: http2.Settings): void 
  * Node has not sent yet) were not processed and fail as refused; the others finish (Node
  * closes the session once they have; with an error code it destroys it at once).
  */
-function onGoaway (this: ClientSession, _code: number, lastStreamId: number): void {
+function onGoaway (this: TaggedSession, _code: number, lastStreamId: number): void {
   const connection = this[kConnection] as Connection
   connection.lastStreamId = lastStreamId
   clearInterval(connection.pinger)
@@ -399,11 +396,12 @@ function onGoaway (this: ClientSession, _code: number, lastStreamId: number): vo
     const id = attempt.stream?.id
     if (id === undefined || id > lastStreamId) attempt.abandon(refused(`GOAWAY, last stream ${lastStreamId}`))
   }
-  this[kClient]?.drive()
+  connection.client.drive()
 }
 
-function onSessionClose (this: ClientSession): void {
-  this[kClient]?.connectionClosed(this[kConnection] as Connection)
+function onSessionClose (this: TaggedSession): void {
+  const connection = this[kConnection] as Connection
+  connection.client.connectionClosed(connection)
 }
 
 /** Every interval: the PING before this one is still unanswered, the connection is gone. */
@@ -462,14 +460,21 @@ function onStreamClose (this: TaggedStream): void {
   attempt.closed(this)
 }
 
+/**
+ * A request's headers as an object: reply-from gives one; a list of names and values
+ * (undici's other form) or none is made one.
+ */
+function headerRecord (options: DispatchOptions): Record<string, unknown> {
+  const given = options.headers
+  if (given != null && typeof given === 'object' && !Array.isArray(given)) return given as Record<string, unknown>
+  const record: Record<string, unknown> = {}
+  if (Array.isArray(given)) for (let i = 0; i < given.length; i += 2) record[String(given[i]).toLowerCase()] = given[i + 1]
+  return record
+}
+
 /** undici's error for a header it will not send (the forwarder reads its message, see upstream-error.ts). */
 function invalidHeader (name: string): Error {
   return new errors.InvalidArgumentError(TOKEN.test(name) ? `invalid ${name} header` : 'invalid header')
-}
-
-function validValue (value: unknown): boolean {
-  if (Array.isArray(value)) return value.every(validValue)
-  return !INVALID_VALUE.test(String(value))
 }
 
 /**
@@ -483,24 +488,14 @@ function requestHeaders (options: DispatchOptions, origin: URL): http2.OutgoingH
     ':path': options.path,
     ':authority': origin.host
   }
-  const given = options.headers
-  if (given != null && typeof given === 'object' && !Array.isArray(given)) {
-    const record = given as Record<string, string | string[] | number | undefined>
-    for (const name in record) {
-      const value = record[name]
-      if (value === undefined) continue
-      const lower = name.toLowerCase()
-      if (!TOKEN.test(lower) || !validValue(value)) return invalidHeader(lower)
-      if (lower === 'host') headers[':authority'] = String(value)
-      else headers[lower] = value
-    }
-  } else if (Array.isArray(given)) {
-    for (let i = 0; i < given.length; i += 2) {
-      const lower = String(given[i]).toLowerCase()
-      if (!TOKEN.test(lower) || !validValue(given[i + 1])) return invalidHeader(lower)
-      if (lower === 'host') headers[':authority'] = String(given[i + 1])
-      else headers[lower] = given[i + 1] as string
-    }
+  const record = headerRecord(options)
+  for (const name in record) {
+    const value = record[name]
+    if (value === undefined) continue
+    const lower = name.toLowerCase()
+    if (!TOKEN.test(lower) || !validHeaderValue(value)) return invalidHeader(lower)
+    if (lower === 'host') headers[':authority'] = String(value)
+    else headers[lower] = value as string | string[]
   }
   const body = options.body
   if (headers['content-length'] === undefined && (typeof body === 'string' || body instanceof Uint8Array)) {
@@ -598,7 +593,7 @@ class Attempt implements Dispatcher.DispatchController {
     this.grpc = typeof type === 'string' && type.startsWith('application/grpc') && headers['grpc-status'] === undefined
     if (!this.paused) this.stream?.setTimeout(this.bodyTimeout())
     const outbound = responseHeaders(headers)
-    if (this.traced !== null) undiciRequestChannels.headers.publish({ request: this.traced, response: { statusCode: status, statusText: '', headers: rawHeaders(outbound) } })
+    if (this.traced !== null) undiciRequestChannels.headers.publish({ request: this.traced, response: { statusCode: status, statusText: '', headers: headerPairs(outbound) } })
     // a handler that throws (a caller's onResponse, through reply-from) fails the attempt, as undici does
     try {
       this.handler.onResponseStart?.(this, status, outbound, '')
@@ -632,7 +627,7 @@ class Attempt implements Dispatcher.DispatchController {
     }
     this.settle()
     const trailers = this.trailers === undefined ? {} : responseHeaders(this.trailers)
-    if (this.traced !== null) undiciRequestChannels.trailers.publish({ request: this.traced, trailers: rawHeaders(trailers) })
+    if (this.traced !== null) undiciRequestChannels.trailers.publish({ request: this.traced, trailers: headerPairs(trailers) })
     try {
       this.handler.onResponseEnd?.(this, trailers)
     } catch {
@@ -704,16 +699,9 @@ interface TracedRequest {
  * request's headers before they are sent.
  */
 function tracedRequest (options: DispatchOptions, origin: URL): TracedRequest {
-  const given = options.headers
-  let record: Record<string, unknown>
-  if (given != null && typeof given === 'object' && !Array.isArray(given)) {
-    record = given as Record<string, unknown>
-  } else {
-    // a list of names and values (or none): made an object the tracer's headers join
-    record = {}
-    if (Array.isArray(given)) for (let i = 0; i < given.length; i += 2) record[String(given[i]).toLowerCase()] = given[i + 1]
-    options.headers = record as DispatchOptions['headers']
-  }
+  // the object the tracer's headers join
+  const record = headerRecord(options)
+  options.headers = record as DispatchOptions['headers']
   const headers: string[] = []
   for (const name in record) {
     const value = record[name]
@@ -732,15 +720,4 @@ function tracedRequest (options: DispatchOptions, origin: URL): TracedRequest {
   }
   undiciRequests.publish({ request })
   return request
-}
-
-/** Headers as undici's channels carry them: a flat list of names and values. */
-function rawHeaders (headers: IncomingHttpHeaders): Buffer[] {
-  const list: Buffer[] = []
-  for (const name in headers) {
-    const value = headers[name]
-    if (value === undefined) continue
-    for (const item of Array.isArray(value) ? value : [value]) list.push(Buffer.from(name), Buffer.from(String(item)))
-  }
-  return list
 }
